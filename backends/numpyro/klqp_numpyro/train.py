@@ -1,0 +1,271 @@
+"""Training on NumPyro/JAX: one jitted update, run by a fused ``lax.scan`` over chunks.
+
+In-memory data lives on the device. Each step draws its minibatch by slicing the
+current epoch's permutation (one O(N) shuffle per epoch, not per step), draws the
+noise from ``fold_in(key, step)``, evaluates every weight's schedule at the traced
+step, and applies Adam; a chunk of steps is one compiled call, and the progress bar,
+callbacks and Ctrl-C are handled between chunks. Because the minibatch and the noise
+depend only on (seed, step), a resumed run continues the random stream of an
+unbroken one.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from tqdm.auto import tqdm
+
+from klqp import objective
+from klqp.model import ROW_INDEX
+from klqp.objective import Shared
+from klqp.problem import FitConfig, Problem, check_batch, init_params
+from klqp.results import HISTORY_KEYS, FitResult, FitState
+
+from .lowering import build_terms
+from .optim import row_adam_init, row_adam_update
+
+_NAME = "numpyro"
+
+
+def _inv_softplus(x):
+    return x + np.log(-np.expm1(-x))
+
+
+def _weights_at(problem: Problem, step, shared_values: dict) -> dict:
+    """Every weight at ``step`` (traced): schedules are evaluated with jnp; a Shared weight
+    comes in as a traced argument, so changing it recompiles nothing."""
+    out = {}
+    for name, w in problem.weights.items():
+        out[name] = shared_values[name] if isinstance(w, Shared) else w(step, xp=jnp)
+    return out
+
+
+def _shared_values(problem: Problem) -> dict:
+    return {name: jnp.asarray(w.value) for name, w in problem.weights.items()
+            if isinstance(w, Shared)}
+
+
+def draw_noise(problem: Problem, key, b: int) -> dict:
+    keys = jax.random.split(key, max(1, len(problem.model.latents)))
+    return {v.name: jax.random.normal(k, ((b,) if v.role == "local" else ()) + tuple(v.shape))
+            for k, v in zip(keys, problem.model.latents)}
+
+
+class Trainer:
+    """Holds the jitted update for one problem; counts how often JAX traced it."""
+
+    def __init__(self, problem: Problem, learning_rate: float):
+        self.problem = problem
+        self.terms = build_terms(problem)
+        self.learning_rate = learning_rate
+        self.optimizer = optax.adam(learning_rate)
+        self.trace_counts = collections.Counter()
+        self._chunk = jax.jit(self._run_chunk, static_argnames=("length",))
+        self._step = jax.jit(self._stream_step)
+
+    # -- the update of one step -------------------------------------------------------
+    def init_state(self, variables):
+        return (self.optimizer.init(variables["global"]),
+                row_adam_init(variables["local"], self.problem.total_size))
+
+    def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
+        """One optimizer step on one minibatch. Locals are gathered to the batch rows
+        first, so their gradient and update cost O(b), not O(N). ``active=False`` (traced)
+        computes the step but keeps the state."""
+        problem = self.problem
+        w = _weights_at(problem, step, shared_values)
+        b = indices.shape[0]
+        s = objective.cost_scale(problem.total_size, b, problem.scale_cost_to_minibatch)
+        noise = draw_noise(problem, key, b)
+        rows = jax.tree.map(lambda a: a[indices], variables["local"])
+
+        def loss_of(glob, rows):
+            params = {k: {"loc": p["loc"], "scale": jax.nn.softplus(p["raw_scale"])}
+                      for k, p in {**glob, **rows}.items()}
+            t = self.terms(params, batch, indices, noise)
+            return objective.loss(t, cost_scale=s, **w), (t.loglik, t.kl_global, t.kl_local)
+
+        (loss, aux), (g_glob, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
+            variables["global"], rows)
+        t = objective.Terms(*aux)
+        updates, glob_state = self.optimizer.update(g_glob, opt_state[0], variables["global"])
+        glob = optax.apply_updates(variables["global"], updates)
+        keep = lambda new, old: jnp.where(active, new, old)  # globals are small: O(size)
+        glob = jax.tree.map(keep, glob, variables["global"])
+        glob_state = jax.tree.map(keep, glob_state, opt_state[0])
+        local, local_state = row_adam_update(g_rows, opt_state[1], variables["local"], indices,
+                                             self.learning_rate, active)
+        record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
+                  "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local), **w}
+        return ({"global": glob, "local": local}, (glob_state, local_state),
+                {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS})
+
+    # -- in-memory data: a chunk of steps as one scan ----------------------------------
+    def _run_chunk(self, carry, data, key, step0, n_active, shared_values, *, length):
+        self.trace_counts["chunk"] += 1
+        problem = self.problem
+        n, b, m = problem.total_size, problem.batch_size, problem.num_batches
+        perm_key, noise_key = jax.random.split(key)
+
+        def body(carry, i):
+            variables, opt_state, perm = carry
+            step = step0 + i
+            epoch, pos = step // m, step % m
+            perm = lax.cond(pos == 0,
+                            lambda: jax.random.permutation(jax.random.fold_in(perm_key, epoch), n),
+                            lambda: perm)
+            idx = lax.dynamic_slice(perm, (pos * b,), (b,))
+            batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
+            # Steps past the end of the run (the last chunk is padded to one length,
+            # so it never recompiles) leave the state as it was.
+            new_vars, new_state, record = self.update(
+                variables, opt_state, batch, idx, jax.random.fold_in(noise_key, step), step,
+                shared_values, active=i < n_active)
+            return (new_vars, new_state, perm), record
+
+        return lax.scan(body, carry, jnp.arange(length))
+
+    # -- streamed batches: one jitted step per batch ------------------------------------
+    def _stream_step(self, variables, opt_state, batch, indices, key, step, shared_values):
+        self.trace_counts["stream_step"] += 1
+        return self.update(variables, opt_state, batch, indices, key, step, shared_values)
+
+
+def _to_variables(problem: Problem, params: dict) -> dict:
+    """q's params -> what the optimizer moves: loc and raw_scale (scale = softplus(raw))."""
+    as_var = lambda p: {"loc": jnp.asarray(p["loc"]),
+                        "raw_scale": jnp.asarray(_inv_softplus(np.asarray(p["scale"])))}
+    return {role: {v.name: as_var(params[v.name]) for v in getattr(problem.model, role + "s")}
+            for role in ("global", "local")}
+
+
+def _to_params(variables: dict) -> dict:
+    return {k: {"loc": np.asarray(v["loc"], dtype=float),
+                "scale": np.asarray(jax.nn.softplus(v["raw_scale"]), dtype=float)}
+            for role in ("global", "local") for k, v in variables[role].items()}
+
+
+class _Run:
+    """The state of one fit as it goes: what a result, a callback or Ctrl-C sees."""
+
+    def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer):
+        self.problem, self.config, self.trainer = problem, config, trainer
+        self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale))
+        self.opt_state = trainer.init_state(self.variables)
+        self.step = 0
+        self.history = {k: [] for k in HISTORY_KEYS}
+        if config.resume is not None:
+            prev = config.resume
+            treedef = jax.tree.structure((self.variables, self.opt_state))
+            self.variables, self.opt_state = jax.tree.unflatten(
+                treedef, [jnp.asarray(a) for a in prev.state.optimizer])
+            self.step = prev.state.step
+            for k in HISTORY_KEYS:
+                self.history[k].append(prev.history[k])
+
+    def result(self, interrupted: bool = False) -> FitResult:
+        hist = {k: np.concatenate([np.atleast_1d(np.asarray(h, dtype=float)) for h in v])
+                if v else np.zeros(0) for k, v in self.history.items()}
+        leaves = [np.asarray(a) for a in jax.tree.leaves((self.variables, self.opt_state))]
+        return FitResult(problem=self.problem, backend=_NAME, params=_to_params(self.variables),
+                         history=hist, state=FitState(step=self.step, optimizer=leaves, backend=_NAME),
+                         interrupted=interrupted,
+                         info={"trace_counts": dict(self.trainer.trace_counts)})
+
+    def record(self, rec: dict, n: int | None = None) -> None:
+        for k in HISTORY_KEYS:
+            self.history[k].append(np.asarray(rec[k]) if n is None else np.asarray(rec[k])[:n])
+
+    def callbacks_say_stop(self) -> bool:
+        """Run the user's callbacks; True when one raises StopIteration."""
+        if not self.config.callbacks:
+            return False
+        current = self.result()
+        for cb in self.config.callbacks:
+            try:
+                cb(self.step, current)
+            except StopIteration:
+                return True
+        return False
+
+
+def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> FitResult:
+    trainer = trainer or Trainer(problem, config.learning_rate)
+    run = _Run(problem, config, trainer)
+    key = jax.random.PRNGKey(config.seed)
+    bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",
+               unit="step", dynamic_ncols=True)
+    interrupted = False
+    try:
+        if problem.data is not None:
+            _run_in_memory(run, key, run.step + config.steps, bar)
+        else:
+            _run_stream(run, key, run.step + config.steps, bar)
+    except KeyboardInterrupt:
+        interrupted = True  # the state is the last completed chunk's
+    finally:
+        bar.close()
+    return run.result(interrupted)
+
+
+def _run_in_memory(run: _Run, key, end: int, bar) -> None:
+    problem, config, trainer = run.problem, run.config, run.trainer
+    data = {k: jnp.asarray(v) for k, v in problem.data.items()}
+    chunk = config.chunk_size or max(1, min(config.steps, 500))
+    perm = jnp.zeros(problem.total_size, dtype=jnp.int32)
+    if run.step % problem.num_batches != 0:  # resumed mid-epoch: rebuild that epoch's order
+        perm_key = jax.random.split(key)[0]
+        perm = jax.random.permutation(
+            jax.random.fold_in(perm_key, run.step // problem.num_batches), problem.total_size)
+    while run.step < end:
+        n_active = min(chunk, end - run.step)
+        (variables, opt_state, perm), rec = trainer._chunk(
+            (run.variables, run.opt_state, perm), data, key, jnp.asarray(run.step),
+            jnp.asarray(n_active), _shared_values(problem), length=chunk)
+        run.variables, run.opt_state = variables, opt_state
+        run.record(rec, n_active)
+        run.step += n_active
+        bar.update(n_active)
+        bar.set_postfix(elbo=f"{float(rec['elbo'][n_active - 1]):.5g}")
+        if run.callbacks_say_stop():
+            break
+
+
+def _epochs(stream):
+    """Batches of a stream, epoch after epoch when it can be iterated again."""
+    while True:
+        it = iter(stream)
+        yield from it
+        if it is stream:  # a one-shot iterator: no second epoch
+            return
+
+
+def _run_stream(run: _Run, key, end: int, bar) -> None:
+    problem, trainer = run.problem, run.trainer
+    model = problem.model
+    noise_key = jax.random.split(key)[1]
+    for batch in _epochs(problem.stream):
+        if run.step >= end:
+            break
+        cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",
+                           need_rows=bool(model.locals), total_size=problem.total_size)
+        rows = cols.pop(ROW_INDEX, None)
+        b = next(iter(cols.values())).shape[0]
+        if b > problem.total_size:
+            raise ValueError(f"streamed batch at step {run.step} has {b} rows, more than "
+                             f"total_size={problem.total_size}")
+        indices = jnp.asarray(rows if rows is not None else np.arange(b))
+        run.variables, run.opt_state, rec = trainer._step(
+            run.variables, run.opt_state, {k: jnp.asarray(v) for k, v in cols.items()}, indices,
+            jax.random.fold_in(noise_key, run.step), jnp.asarray(run.step), _shared_values(problem))
+        run.record(rec)
+        run.step += 1
+        bar.update(1)
+        if run.callbacks_say_stop():
+            break

@@ -1,0 +1,31 @@
+"""klqp: one mini-batch variational objective, stated once, compiled to PyMC or NumPyro.
+
+>>> import klqp as kq
+>>> with kq.Model("normal_mean") as model:
+...     mu = kq.Global("mu", kq.Normal(0.0, 10.0))
+...     kq.Observed("y", kq.Normal(mu, 1.0))
+>>> print(kq.explain(model, total_size=1000, batch_size=100).coefficients["loglik"])
+10.0
+"""
+
+from . import backends, schedules
+from .api import compile, fit
+from .distributions import (Bernoulli, Beta, Binomial, Categorical, Distribution, Exponential,
+                            Gamma, HalfNormal, LogNormal, Normal, Poisson, StudentT)
+from .explain import Explanation, explain
+from .expr import exp, log, mean, relu, sigmoid, softplus, sum, tanh
+from .model import ROW_INDEX, Data, Global, Local, Model, ModelError, Observed
+from .objective import Shared, Terms
+from .problem import Problem
+from .results import FitResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model", "Data", "Global", "Local", "Observed", "ModelError", "ROW_INDEX",
+    "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
+    "Binomial", "Poisson", "Categorical", "StudentT", "Distribution",
+    "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean",
+    "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
+    "Problem", "FitResult",
+]

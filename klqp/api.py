@@ -1,0 +1,85 @@
+"""``kq.compile`` and ``kq.fit``: validate, pick the backend plug-in, hand it the problem."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterable, Optional
+
+from . import backends
+from .problem import FitConfig, make_problem
+
+__all__ = ["compile", "fit"]
+
+
+def _problem(model, data, kw):
+    return make_problem(model, data, **kw)
+
+
+def compile(model, data, *, backend: str = "numpyro", batch_size=None, total_size=None,  # noqa: A001
+            beta=None, beta_global=None, beta_local=None, likelihood_weight=1.0,
+            scale_cost_to_minibatch: bool = False, backend_options: Optional[dict] = None):
+    """Lower ``model`` to ``backend`` and return its objective as functions of q's params.
+
+    The returned object has ``init_params(seed)``, ``loss(params, indices=, noise=)``,
+    ``grad(...)`` (same structure as params) and ``terms(...)`` (loss, elbo, loglik,
+    kl_global, kl_local). With fixed indices and noise the loss is deterministic, which
+    is what the cross-backend agreement tests use.
+    """
+    impl = backends.get(backend)
+    problem = make_problem(model, data, batch_size=batch_size, total_size=total_size, beta=beta,
+                           beta_global=beta_global, beta_local=beta_local,
+                           likelihood_weight=likelihood_weight,
+                           scale_cost_to_minibatch=scale_cost_to_minibatch)
+    return impl.compile(problem, **(backend_options or {}))
+
+
+def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=None,
+        total_size=None, beta=None, beta_global=None, beta_local=None, likelihood_weight=1.0,
+        scale_cost_to_minibatch: bool = False, learning_rate: float = 1e-2, seed: int = 0,
+        progress: Optional[bool] = None, callbacks: Iterable[Callable] = (),
+        chunk_size: Optional[int] = None, resume=None, init_scale: float = 0.1,
+        backend_options: Optional[dict] = None):
+    """Fit q by minimizing the klqp objective (see ``kq.explain``) with Adam.
+
+    data: a dict of arrays holding all N rows (klqp draws each minibatch on device,
+    uniformly without replacement, a fresh permutation each epoch), or an iterable of
+    batch dicts (streamed; needs ``total_size``; a model with Local latents needs the
+    rows' numbers under ``"row_index"``).
+
+    beta sets both KL weights; beta_global / beta_local set one block. Each weight, and
+    likelihood_weight, is a number, a ``kq.Shared`` or a ``kq.schedules`` schedule.
+
+    callbacks: functions ``callback(step, result)`` run between compiled chunks of
+    steps; they may change a ``kq.Shared`` or raise ``StopIteration`` to stop early.
+    progress: a progress bar (default: on in a terminal, off when ``CI`` is set).
+    resume: a previous FitResult of the same model; training continues from its step,
+    parameters and optimizer state, with the same random stream as an unbroken run.
+    Ctrl-C stops after the current chunk and returns the state so far
+    (``result.interrupted``).
+    """
+    impl = backends.get(backend)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps={steps!r} must be a non-negative integer")
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
+            and learning_rate > 0):
+        raise ValueError(f"learning_rate={learning_rate!r} must be a positive number, e.g. 1e-2")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
+    if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+        raise ValueError(f"init_scale={init_scale!r} must be a positive number")
+    problem = make_problem(model, data, batch_size=batch_size, total_size=total_size, beta=beta,
+                           beta_global=beta_global, beta_local=beta_local,
+                           likelihood_weight=likelihood_weight,
+                           scale_cost_to_minibatch=scale_cost_to_minibatch)
+    if resume is not None:
+        if resume.model is not model:
+            raise ValueError("resume= must be a FitResult of the same kq.Model object")
+        if resume.backend != backend:
+            raise ValueError(f"resume= comes from backend {resume.backend!r}, not {backend!r}")
+    if progress is None:
+        progress = not os.environ.get("CI") and os.isatty(2)
+    config = FitConfig(steps=steps, learning_rate=float(learning_rate), seed=int(seed),
+                       progress=bool(progress), callbacks=tuple(callbacks), chunk_size=chunk_size,
+                       resume=resume, init_scale=float(init_scale))
+    return impl.fit(problem, config, **(backend_options or {}))

@@ -1,0 +1,243 @@
+"""Expressions: a tiny, plain-data tree that every backend lowers.
+
+A model's distribution parameters are expressions over its variables
+(``theta * x``, ``kq.exp(log_sigma)``, ``w[group]``). Building one runs no numeric
+code: each node is an operator name, its arguments and a few attributes, so a spec
+can be printed, compared and saved as JSON. A backend evaluates a tree with
+:func:`evaluate`, handing in its own array namespace (``jax.numpy``,
+``pytensor.tensor`` or ``numpy``).
+
+>>> import klqp as kq
+>>> with kq.Model("m") as m:
+...     x = kq.Data("x")
+...     w = kq.Global("w", kq.Normal(0.0, 1.0))
+>>> print(kq.exp(w * x + 1.0))
+exp(((w * x) + 1.0))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "Expr", "Const", "as_expr", "exp", "log", "sigmoid", "softplus", "tanh", "relu",
+    "sum", "mean", "evaluate", "variables_in", "NumpyOps",
+]
+
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@"}
+_UNARY = ("neg", "exp", "log", "sigmoid", "softplus", "tanh", "relu", "log_sigmoid")
+
+
+@dataclass(frozen=True, eq=False)
+class Expr:
+    """A node: ``op`` applied to ``args`` with static ``attrs`` (e.g. an axis)."""
+
+    op: str
+    args: tuple = ()
+    attrs: tuple = ()  # sorted (key, value) pairs, so the node stays hashable plain data
+
+    # -- arithmetic builds new nodes ------------------------------------------------
+    def __add__(self, o): return Expr("add", (self, as_expr(o)))
+    def __radd__(self, o): return Expr("add", (as_expr(o), self))
+    def __sub__(self, o): return Expr("sub", (self, as_expr(o)))
+    def __rsub__(self, o): return Expr("sub", (as_expr(o), self))
+    def __mul__(self, o): return Expr("mul", (self, as_expr(o)))
+    def __rmul__(self, o): return Expr("mul", (as_expr(o), self))
+    def __truediv__(self, o): return Expr("div", (self, as_expr(o)))
+    def __rtruediv__(self, o): return Expr("div", (as_expr(o), self))
+    def __pow__(self, o): return Expr("pow", (self, as_expr(o)))
+    def __matmul__(self, o): return Expr("matmul", (self, as_expr(o)))
+    def __rmatmul__(self, o): return Expr("matmul", (as_expr(o), self))
+    def __neg__(self): return Expr("neg", (self,))
+
+    def __getitem__(self, index):
+        """Index by an integer data column (``w[group]``) or by a Python int (``w[0]``)."""
+        if isinstance(index, (int, np.integer)):
+            return Expr("index", (self,), (("at", int(index)),))
+        if not isinstance(index, Expr):
+            raise TypeError(f"index a klqp expression with an int or an integer Data column, not {index!r}")
+        return Expr("index", (self, index))
+
+    def sum(self, axis: int = -1) -> "Expr":
+        return sum(self, axis)
+
+    def mean(self, axis: int = -1) -> "Expr":
+        return mean(self, axis)
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return dict(self.attrs).get(key, default)
+
+    def __bool__(self):
+        raise TypeError("a klqp expression has no truth value (it is symbolic)")
+
+    def __repr__(self) -> str:
+        if self.op == "const":
+            v = self.attr("value")
+            return repr(v) if np.ndim(v) == 0 else f"array{np.shape(v)}"
+        if self.op == "var":
+            return self.attr("name")
+        if self.op in _BINARY:
+            return f"({self.args[0]!r} {_BINARY[self.op]} {self.args[1]!r})"
+        if self.op == "neg":
+            return f"-{self.args[0]!r}"
+        if self.op == "index":
+            at = self.args[1] if len(self.args) == 2 else self.attr("at")
+            return f"{self.args[0]!r}[{at!r}]"
+        if self.op in ("sum", "mean"):
+            return f"{self.op}({self.args[0]!r}, axis={self.attr('axis')})"
+        return f"{self.op}({', '.join(repr(a) for a in self.args)})"
+
+    # -- plain data -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        attrs = {k: (np.asarray(v).tolist() if k == "value" else v) for k, v in self.attrs}
+        return {"op": self.op, "args": [a.to_dict() for a in self.args], "attrs": attrs}
+
+
+def Const(value) -> Expr:
+    """A constant (a number or an array), stored as plain data."""
+    value = np.asarray(value, dtype=float) if not isinstance(value, (int, float)) else value
+    return Expr("const", (), (("value", value),))
+
+
+def as_expr(value) -> Expr:
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"a boolean ({value!r}) is not a valid model expression")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return Const(float(value))
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"cannot use {type(value).__name__} {value!r} in a model expression")
+    return Const(arr.astype(float))
+
+
+def _unary(op: str) -> Callable[[Any], Expr]:
+    def f(x) -> Expr:
+        return Expr(op, (as_expr(x),))
+    f.__name__ = op
+    f.__doc__ = f"Elementwise ``{op}`` of an expression."
+    return f
+
+
+exp = _unary("exp")
+log = _unary("log")
+sigmoid = _unary("sigmoid")
+softplus = _unary("softplus")
+tanh = _unary("tanh")
+relu = _unary("relu")
+
+
+def sum(x, axis: int = -1) -> Expr:  # noqa: A001 - mirrors numpy's name on purpose
+    """Sum over ``axis``. Per-row expressions keep the row axis first, so use a
+    negative axis (``-1``) to sum over a row's own entries."""
+    return Expr("sum", (as_expr(x),), (("axis", int(axis)),))
+
+
+def mean(x, axis: int = -1) -> Expr:
+    """Mean over ``axis`` (see :func:`sum` for the axis convention)."""
+    return Expr("mean", (as_expr(x),), (("axis", int(axis)),))
+
+
+def variables_in(expr: Expr) -> list[str]:
+    """Names of the variables an expression reads, in first-seen order."""
+    seen: dict[str, None] = {}
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node.op == "var":
+            seen.setdefault(node.attr("name"))
+        stack.extend(reversed(node.args))
+    return list(seen)
+
+
+class NumpyOps:
+    """The array namespace a backend hands to :func:`evaluate` (this one: NumPy).
+
+    A backend's own namespace needs the same names; arithmetic, ``@`` and indexing
+    come from its arrays' operators.
+    """
+
+    exp = staticmethod(np.exp)
+    log = staticmethod(np.log)
+    tanh = staticmethod(np.tanh)
+
+    @staticmethod
+    def sigmoid(x):
+        return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+    @staticmethod
+    def softplus(x):
+        return np.logaddexp(0.0, x)
+
+    @staticmethod
+    def log_sigmoid(x):
+        return -np.logaddexp(0.0, -x)
+
+    @staticmethod
+    def relu(x):
+        return np.maximum(x, 0.0)
+
+    @staticmethod
+    def sum(x, axis):
+        return np.sum(x, axis=axis)
+
+    @staticmethod
+    def mean(x, axis):
+        return np.mean(x, axis=axis)
+
+    @staticmethod
+    def const(value):
+        return np.asarray(value, dtype=float)
+
+
+def evaluate(expr: Expr, env: Mapping[str, Any], ops: Any = NumpyOps) -> Any:
+    """Evaluate ``expr`` with variable values from ``env`` using the namespace ``ops``.
+
+    >>> from klqp.expr import Expr, evaluate
+    >>> x = Expr("var", (), (("name", "x"),))
+    >>> float(evaluate(2.0 * x + 1.0, {"x": 3.0}))
+    7.0
+    """
+    memo: dict[int, Any] = {}
+
+    def ev(node: Expr):
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        op = node.op
+        if op == "var":
+            out = env[node.attr("name")]
+        elif op == "const":
+            out = ops.const(node.attr("value"))
+        else:
+            a = [ev(arg) for arg in node.args]
+            if op == "add":
+                out = a[0] + a[1]
+            elif op == "sub":
+                out = a[0] - a[1]
+            elif op == "mul":
+                out = a[0] * a[1]
+            elif op == "div":
+                out = a[0] / a[1]
+            elif op == "pow":
+                out = a[0] ** a[1]
+            elif op == "matmul":
+                out = a[0] @ a[1]
+            elif op == "neg":
+                out = -a[0]
+            elif op == "index":
+                out = a[0][a[1]] if len(a) == 2 else a[0][..., node.attr("at")]
+            elif op in ("sum", "mean"):
+                out = getattr(ops, op)(a[0], node.attr("axis"))
+            elif op in _UNARY:
+                out = getattr(ops, op)(a[0])
+            else:
+                raise ValueError(f"unknown expression operator {op!r}")
+        memo[key] = out
+        return out
+
+    return ev(expr)

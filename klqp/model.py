@@ -1,0 +1,259 @@
+"""The model spec: data columns, global and local latents, observations.
+
+A ``kq.Model`` is plain data. Declaring variables inside ``with kq.Model(...)``
+records them in order; nothing is compiled and no backend is imported. Shapes are
+checked as each variable is declared, so a mistake points at the line that made it.
+
+>>> import klqp as kq
+>>> with kq.Model("hierarchical") as model:
+...     x = kq.Data("x")
+...     theta = kq.Global("theta", kq.Normal(0.0, 1.0))
+...     sigma = kq.Global("sigma", kq.HalfNormal(1.0))
+...     z = kq.Local("z", kq.Normal(theta * x, 0.7))
+...     kq.Observed("y", kq.Normal(z, sigma))
+>>> [v.name for v in model.latents]
+['theta', 'sigma', 'z']
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .distributions import Distribution
+from .expr import Expr, NumpyOps, evaluate, variables_in
+
+__all__ = ["Model", "Data", "Global", "Local", "Observed", "VarSpec", "ModelError",
+           "ROW_INDEX", "current_model"]
+
+#: Key of a streamed batch's row numbers (0..N-1), needed when a model has Local latents.
+ROW_INDEX = "row_index"
+
+_DUMMY_ROWS = 3  # shape checks evaluate parameters on this many fake rows
+_DUMMY_VALUE = {"real": 0.5, "positive": 1.0, "unit_interval": 0.5}
+
+
+class ModelError(ValueError):
+    """A model spec that cannot be right, raised when the offending line runs."""
+
+
+@dataclass(frozen=True)
+class VarSpec:
+    """One declared variable.
+
+    role: "data" (a per-row input column), "global" (one copy, prior + q),
+    "local" (one copy per row, prior + q), "observed" (per-row likelihood).
+    shape: the variable's own shape; for per-row roles the shape of ONE row.
+    """
+
+    name: str
+    role: str
+    shape: tuple
+    dist: Optional[Distribution] = None
+    dtype: str = "float"
+
+    @property
+    def per_row(self) -> bool:
+        return self.role in ("data", "local", "observed")
+
+    @property
+    def support(self) -> str:
+        return self.dist.support if self.dist is not None else "real"
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "role": self.role, "shape": list(self.shape), "dtype": self.dtype}
+        if self.dist is not None:
+            d["dist"] = self.dist.to_dict()
+        return d
+
+
+_STACK: list["Model"] = []
+
+
+def current_model() -> "Model":
+    if not _STACK:
+        raise ModelError("declare variables inside `with kq.Model(...):`")
+    return _STACK[-1]
+
+
+class Model:
+    """A named collection of variables; ``total_size`` is N (None: the data's length)."""
+
+    def __init__(self, name: str = "model", total_size: Optional[int] = None):
+        if total_size is not None and (not isinstance(total_size, (int, np.integer)) or total_size < 1):
+            raise ModelError(f"Model {name!r}: total_size={total_size!r} must be a positive int "
+                             "(the number of rows N) or None to use the data's length")
+        self.name = name
+        self.total_size = None if total_size is None else int(total_size)
+        self.vars: dict[str, VarSpec] = {}
+
+    def __enter__(self) -> "Model":
+        _STACK.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _STACK.pop()
+
+    # -- views --------------------------------------------------------------------
+    def _role(self, role: str) -> list[VarSpec]:
+        return [v for v in self.vars.values() if v.role == role]
+
+    @property
+    def data_vars(self) -> list[VarSpec]:
+        return self._role("data")
+
+    @property
+    def globals(self) -> list[VarSpec]:
+        return self._role("global")
+
+    @property
+    def locals(self) -> list[VarSpec]:
+        return self._role("local")
+
+    @property
+    def observed(self) -> list[VarSpec]:
+        return self._role("observed")
+
+    @property
+    def latents(self) -> list[VarSpec]:
+        return [v for v in self.vars.values() if v.role in ("global", "local")]
+
+    def __getitem__(self, name: str) -> VarSpec:
+        try:
+            return self.vars[name]
+        except KeyError:
+            raise KeyError(f"model {self.name!r} has no variable {name!r}; "
+                           f"it has {list(self.vars)}") from None
+
+    def __repr__(self) -> str:
+        lines = [f"Model({self.name!r}, total_size={self.total_size})"]
+        for v in self.vars.values():
+            rhs = f" ~ {v.dist!r}" if v.dist is not None else ""
+            shape = f"(rows, {', '.join(map(str, v.shape))})" if v.per_row else str(v.shape)
+            lines.append(f"  {v.role:<8} {v.name}{rhs}  shape={shape}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "total_size": self.total_size,
+                "variables": [v.to_dict() for v in self.vars.values()]}
+
+    # -- declaration ---------------------------------------------------------------
+    def _add(self, spec: VarSpec) -> Expr:
+        self.vars[spec.name] = spec
+        return Expr("var", (), (("name", spec.name),))
+
+    def _check_name(self, kind: str, name: str) -> None:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ModelError(f"{kind} name {name!r} must be a Python identifier, e.g. 'theta'")
+        if name == ROW_INDEX:
+            raise ModelError(f"{kind} name {name!r} is reserved for the row numbers of a streamed batch")
+        if name in self.vars:
+            raise ModelError(f"{kind} {name!r}: model {self.name!r} already has a "
+                             f"{self.vars[name].role} variable with that name; pick another name")
+
+    def dummy_value(self, spec: VarSpec, rows: int = _DUMMY_ROWS) -> np.ndarray:
+        """A placeholder of the right shape (per-row variables get ``rows`` rows)."""
+        shape = ((rows,) if spec.per_row else ()) + tuple(spec.shape)
+        if spec.dtype == "int":
+            return np.zeros(shape, dtype=int)
+        return np.full(shape, _DUMMY_VALUE.get(spec.support, 0.5))
+
+    def _param_shapes(self, kind: str, name: str, dist: Distribution) -> tuple[bool, tuple]:
+        """(reads a per-row variable?, broadcast per-row/own shape of the value)."""
+        if not isinstance(dist, Distribution):
+            raise ModelError(f"{kind} {name!r}: expected a distribution such as kq.Normal(0, 1), "
+                             f"got {dist!r}")
+        reads = {n for _, e in dist.params for n in variables_in(e)}
+        for n in sorted(reads):
+            if n not in self.vars:
+                raise ModelError(f"{kind} {name!r}: its distribution reads {n!r}, which is not "
+                                 f"declared in model {self.name!r} (declared: {list(self.vars)}); "
+                                 "declare it first")
+            if self.vars[n].role == "observed":
+                raise ModelError(f"{kind} {name!r}: reads observed variable {n!r}; observations "
+                                 "are data, so declare the column with kq.Data instead")
+        per_row = any(self.vars[n].per_row for n in reads)
+        env = {n: self.dummy_value(self.vars[n]) for n in reads}
+        shapes = []
+        for pname, e in dist.params:
+            with np.errstate(all="ignore"):
+                try:
+                    value = np.asarray(evaluate(e, env, NumpyOps))
+                except (ValueError, IndexError) as err:
+                    raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} has inconsistent "
+                                     f"shapes ({err}); fix the shapes of the variables it reads") from None
+            shp = value.shape
+            if per_row and any(self.vars[n].per_row for n in variables_in(e)):
+                shp = shp[1:]
+            drop = dict(dist.param_event_dims).get(pname, 0)
+            shapes.append(shp[: len(shp) - drop] if drop else shp)
+        try:
+            return per_row, tuple(np.broadcast_shapes(*shapes))
+        except ValueError:
+            raise ModelError(f"{kind} {name!r}: parameter shapes {shapes} do not broadcast; "
+                             "fix the shapes of the variables its parameters read") from None
+
+    def _check_shape(self, kind: str, name: str, param_shape: tuple, shape) -> tuple:
+        if shape is None:
+            return param_shape
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        try:
+            ok = np.broadcast_shapes(param_shape, shape) == shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ModelError(f"{kind} {name!r}: shape={shape} but its distribution's parameters have "
+                             f"shape {param_shape}; pass shape={param_shape} or fix the parameters")
+        return shape
+
+
+def Data(name: str, shape=(), dtype: str = "float") -> Expr:
+    """A per-row input column; ``data[name]`` has shape (N, *shape).
+
+    ``dtype="int"`` makes an integer column that can index a global (``w[group]``).
+    """
+    model = current_model()
+    model._check_name("Data", name)
+    if dtype not in ("float", "int"):
+        raise ModelError(f"Data {name!r}: dtype={dtype!r} must be 'float' or 'int'")
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return model._add(VarSpec(name, "data", shape, None, dtype))
+
+
+def Global(name: str, dist: Distribution, shape=None) -> Expr:
+    """A latent with one copy for the whole data set (prior p(theta), Gaussian q)."""
+    model = current_model()
+    model._check_name("Global", name)
+    per_row, pshape = model._param_shapes("Global", name, dist)
+    if per_row:
+        raise ModelError(f"Global {name!r}: its prior {dist!r} reads a per-row variable, so it "
+                         "would not be one copy for the whole data set; declare it with kq.Local")
+    if dist.is_discrete:
+        raise ModelError(f"Global {name!r}: {dist.family} is discrete; reparameterized VI needs a "
+                         "continuous latent (use it in kq.Observed, or a continuous relaxation)")
+    shape = model._check_shape("Global", name, pshape, shape)
+    return model._add(VarSpec(name, "global", shape, dist))
+
+
+def Local(name: str, dist: Distribution, shape=None) -> Expr:
+    """A latent with one copy per row (q has its own mean and scale for each row)."""
+    model = current_model()
+    model._check_name("Local", name)
+    _, pshape = model._param_shapes("Local", name, dist)
+    if dist.is_discrete:
+        raise ModelError(f"Local {name!r}: {dist.family} is discrete; reparameterized VI needs a "
+                         "continuous latent")
+    shape = model._check_shape("Local", name, pshape, shape)
+    return model._add(VarSpec(name, "local", shape, dist))
+
+
+def Observed(name: str, dist: Distribution) -> Expr:
+    """The per-row likelihood of the column ``data[name]``."""
+    model = current_model()
+    model._check_name("Observed", name)
+    _, pshape = model._param_shapes("Observed", name, dist)
+    return model._add(VarSpec(name, "observed", pshape, dist,
+                              "float" if dist.support in ("real", "positive", "unit_interval") else "int"))

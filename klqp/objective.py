@@ -1,0 +1,151 @@
+"""THE objective. Every backend computes its loss through :func:`loss` in this module.
+
+For a minibatch B of b rows out of N (``total_size``), reparameterized draws
+theta~ ~ q(theta) and z~_i ~ q(z_i), a backend estimates three terms, each in
+full-data nats:
+
+    loglik     = (N/b) * sum_{i in B} log p(y_i | theta~, z~_i, x_i)
+    kl_global  = log q(theta~) - log p(theta~)
+    kl_local   = (N/b) * sum_{i in B} ( log q(z~_i) - log p(z~_i | theta~, x_i) )
+
+and the loss one optimizer step descends is
+
+    loss = s * ( -T * loglik + beta_global * kl_global + beta_local * kl_local )
+
+with s = b/N when ``scale_cost_to_minibatch`` (PyMC's flag) else 1, and T the
+likelihood weight. s changes the gradient's size, never the optimum. The reported
+ELBO is always ``loglik - kl_global - kl_local`` (beta = T = 1, full-data nats),
+whatever s, b and the weights are. Log-densities of latents are taken in each
+latent's unconstrained space (the log-Jacobian sits in log p), as PyMC and NumPyro do.
+
+This module holds only arithmetic, so the same functions serve NumPy, JAX and
+PyTensor values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from . import schedules as _schedules
+
+__all__ = ["Shared", "Weight", "Weights", "Terms", "loss", "elbo", "cost_scale",
+           "coefficients", "resolve_weights", "WEIGHT_NAMES"]
+
+WEIGHT_NAMES = ("beta_global", "beta_local", "likelihood_weight")
+
+
+class Shared:
+    """A weight the user (or a callback) changes while training, without recompiling.
+
+    >>> import klqp as kq
+    >>> beta = kq.Shared(0.1)
+    >>> beta.value = 0.5      # takes effect from the next compiled chunk of steps
+    """
+
+    def __init__(self, value: float, name: str = "shared"):
+        self.name = name
+        self.value = value
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, v: float) -> None:
+        v = float(v)
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"kq.Shared {self.name!r}: value {v!r} must be a finite number >= 0")
+        self._value = v
+
+    def __repr__(self) -> str:
+        return f"Shared({self._value!r})"
+
+
+Weight = Union[float, Shared, _schedules.Schedule]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The three weights of the objective, each a Schedule or a Shared."""
+
+    beta_global: Any
+    beta_local: Any
+    likelihood_weight: Any
+
+    def items(self):
+        return ((n, getattr(self, n)) for n in WEIGHT_NAMES)
+
+    def at(self, step: int, xp: Any = None) -> dict:
+        """Each weight's value at ``step`` (Shared: its current value)."""
+        import numpy as np
+        xp = xp or np
+        return {n: (w.value if isinstance(w, Shared) else w(step, xp=xp)) for n, w in self.items()}
+
+
+@dataclass
+class Terms:
+    """The three per-step estimates, in full-data nats (see the module docstring)."""
+
+    loglik: Any
+    kl_global: Any
+    kl_local: Any
+
+
+def cost_scale(total_size: int, batch_size: int, scale_cost_to_minibatch: bool) -> float:
+    """s: b/N when scale_cost_to_minibatch, else 1 (PyMC's meaning of the flag)."""
+    return batch_size / total_size if scale_cost_to_minibatch else 1.0
+
+
+def loss(terms: Terms, *, beta_global, beta_local, likelihood_weight, cost_scale) -> Any:
+    """``s * (-T * loglik + beta_global * kl_global + beta_local * kl_local)``."""
+    return cost_scale * (-likelihood_weight * terms.loglik
+                         + beta_global * terms.kl_global
+                         + beta_local * terms.kl_local)
+
+
+def elbo(terms: Terms) -> Any:
+    """The evidence lower bound estimate: always at beta = T = 1, full-data nats."""
+    return terms.loglik - terms.kl_global - terms.kl_local
+
+
+def coefficients(*, total_size: int, batch_size: int, beta_global: float, beta_local: float,
+                 likelihood_weight: float, scale_cost_to_minibatch: bool) -> dict:
+    """The factor in front of each RAW minibatch sum in the loss.
+
+    loglik multiplies -sum_B log p(y_i|.); kl_global multiplies log q(theta) - log p(theta);
+    kl_local multiplies sum_B (log q(z_i) - log p(z_i|.)).
+    """
+    s = cost_scale(total_size, batch_size, scale_cost_to_minibatch)
+    ratio = total_size / batch_size
+    return {"loglik": s * likelihood_weight * ratio,
+            "kl_global": s * beta_global,
+            "kl_local": s * beta_local * ratio}
+
+
+def _as_weight(name: str, value) -> Any:
+    if isinstance(value, (Shared, _schedules.Schedule)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name}={value!r}: give a number, a kq.Shared or a kq.schedules schedule")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name}={v!r}: a weight must be a finite number >= 0 "
+                         f"(e.g. {name}=1.0, or a schedule such as kq.schedules.linear_warmup(1000))")
+    return _schedules.constant(v)
+
+
+def resolve_weights(*, beta=None, beta_global=None, beta_local=None, likelihood_weight=1.0,
+                    num_batches: int = 1) -> Weights:
+    """Normalize the user's weight arguments. ``beta`` sets both KL weights; ``beta_global``
+    or ``beta_local`` override it for their block. Unset KL weights are 1 (the ELBO)."""
+    base = 1.0 if beta is None else beta
+    chosen = {"beta_global": base if beta_global is None else beta_global,
+              "beta_local": base if beta_local is None else beta_local,
+              "likelihood_weight": likelihood_weight}
+    out = {}
+    for name, value in chosen.items():
+        w = _as_weight(name, value)
+        out[name] = w.bind(num_batches=num_batches) if isinstance(w, _schedules.Schedule) else w
+    return Weights(**out)

@@ -1,0 +1,214 @@
+"""A validated fitting problem: model + data + N + b + weights + the scale flag.
+
+Everything a user can get wrong is checked here, before any backend compiles
+anything, and each error names the variable, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+
+from .model import ROW_INDEX, Model, ModelError, VarSpec
+from .objective import Weights, cost_scale, resolve_weights
+
+__all__ = ["Problem", "make_problem", "check_batch", "init_params", "FitConfig"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    model: Model
+    total_size: int
+    batch_size: int
+    weights: Weights
+    scale_cost_to_minibatch: bool
+    data: Optional[dict] = None        # in-memory: every column with all N rows
+    stream: Optional[Iterable] = None  # or an iterable of batch dicts
+
+    @property
+    def num_batches(self) -> int:
+        return batches_per_epoch(self.total_size, self.batch_size, self.stream is not None)
+
+    @property
+    def cost_scale(self) -> float:
+        return cost_scale(self.total_size, self.batch_size, self.scale_cost_to_minibatch)
+
+    def row_shape(self, name: str) -> tuple:
+        """Shape of one row of a data or observed column."""
+        spec = self.model[name]
+        if self.data is not None and name in self.data:
+            return tuple(self.data[name].shape[1:])
+        return tuple(spec.shape)
+
+
+@dataclass
+class FitConfig:
+    steps: int = 1000
+    learning_rate: float = 1e-2
+    seed: int = 0
+    progress: Optional[bool] = None
+    callbacks: tuple = ()
+    chunk_size: Optional[int] = None
+    resume: Any = None
+    init_scale: float = 0.1
+
+
+def batches_per_epoch(total_size: int, batch_size: int, streamed: bool) -> int:
+    """In-graph draws use N // b full batches per epoch (the N mod b rows left over by an
+    epoch's permutation sit that epoch out); a stream's epoch ends with a ragged batch."""
+    return max(1, math.ceil(total_size / batch_size)) if streamed else total_size // batch_size
+
+
+def _columns(model: Model) -> list[VarSpec]:
+    return model.data_vars + model.observed
+
+
+def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
+                total_size: Optional[int] = None) -> dict:
+    """Check and convert one mapping of columns; returns float/int NumPy arrays."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"{where}: expected a dict of arrays, got {type(batch).__name__}")
+    names = {v.name for v in _columns(model)}
+    allowed = names | ({ROW_INDEX} if need_rows is not None else set())
+    unknown = sorted(set(batch) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown data name(s) {unknown}; model {model.name!r} reads "
+                         f"Data {[v.name for v in model.data_vars]} and Observed "
+                         f"{[v.name for v in model.observed]}. Rename or drop the column.")
+    missing = sorted(names - set(batch))
+    if need_rows and ROW_INDEX not in batch:
+        missing.append(ROW_INDEX)
+    if missing:
+        hint = (f" A streamed batch of a model with Local latents must carry '{ROW_INDEX}': the "
+                "rows' numbers 0..N-1, so each row keeps its own q." if ROW_INDEX in missing else "")
+        raise ValueError(f"{where}: missing data for {missing}; pass data={{'name': array, ...}} "
+                         f"with every Data and Observed column.{hint}")
+    out, length = {}, None
+    for name in list(names) + ([ROW_INDEX] if ROW_INDEX in batch else []):
+        arr = np.asarray(batch[name])
+        if arr.ndim == 0:
+            raise ValueError(f"{where}: column {name!r} is a scalar; it needs one row per data point")
+        if length is None:
+            length, first = arr.shape[0], name
+        elif arr.shape[0] != length:
+            raise ValueError(f"{where}: column {name!r} has {arr.shape[0]} rows but {first!r} has "
+                             f"{length}; every column needs the same number of rows")
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: column {name!r} has dtype {arr.dtype}; give numbers")
+        if name == ROW_INDEX:
+            if arr.dtype.kind not in "iu" or arr.ndim != 1:
+                raise ValueError(f"{where}: '{ROW_INDEX}' must be a 1-d integer array of row numbers")
+            if total_size is not None and (arr.min() < 0 or arr.max() >= total_size):
+                raise ValueError(f"{where}: '{ROW_INDEX}' holds {int(arr.min())}..{int(arr.max())} "
+                                 f"but rows are numbered 0..{total_size - 1} (total_size={total_size})")
+            out[name] = arr.astype(np.int64)
+            continue
+        spec = model[name]
+        if not np.all(np.isfinite(arr)):
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise ValueError(f"{where}: column {name!r} holds {arr[tuple(bad)]!r} at index "
+                             f"{tuple(int(i) for i in bad)}; NaN/inf are not data. Drop or impute "
+                             "those rows first.")
+        row = arr.shape[1:]
+        if spec.role == "data":
+            if row != tuple(spec.shape):
+                raise ValueError(f"{where}: Data {name!r} has rows of shape {row} but was declared "
+                                 f"with shape={tuple(spec.shape)}; fix kq.Data({name!r}, shape=...) "
+                                 "or the array")
+        else:
+            try:
+                ok = np.broadcast_shapes(row, tuple(spec.shape)) == row
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{where}: Observed {name!r} has rows of shape {row} but its "
+                                 f"distribution's parameters have per-row shape {tuple(spec.shape)}; "
+                                 "fix the model or the array")
+        if spec.dtype == "int":
+            if not np.all(arr == np.round(arr)):
+                raise ValueError(f"{where}: column {name!r} must hold whole numbers "
+                                 f"({spec.role} {spec.dist or 'index'})")
+            support = spec.support
+            low = arr.min() if arr.size else 0
+            if (support == "boolean" and not np.isin(arr, (0, 1)).all()) or low < 0:
+                raise ValueError(f"{where}: column {name!r} has values outside the support of "
+                                 f"{spec.dist if spec.dist is not None else 'an index column'} "
+                                 f"(min {low}, max {arr.max()})")
+            out[name] = arr.astype(np.int64)
+        else:
+            out[name] = arr.astype(np.float64)
+    return out
+
+
+def _positive_int(name: str, value, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer; {fix}")
+    return int(value)
+
+
+def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=None,
+                 beta_global=None, beta_local=None, likelihood_weight=1.0,
+                 scale_cost_to_minibatch: bool = False) -> Problem:
+    """Validate everything and build a :class:`Problem` (no backend code runs)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"expected a kq.Model, got {type(model).__name__}")
+    if not model.observed:
+        raise ModelError(f"model {model.name!r} has no kq.Observed variable: nothing to fit")
+    if not model.latents:
+        raise ModelError(f"model {model.name!r} has no kq.Global or kq.Local latent: nothing to infer")
+    if total_size is not None and model.total_size is not None and total_size != model.total_size:
+        raise ValueError(f"total_size={total_size} disagrees with the model's total_size="
+                         f"{model.total_size}; give one of them")
+    n = total_size if total_size is not None else model.total_size
+    if n is not None:
+        n = _positive_int("total_size", n, "it is N, the number of rows in the full data set")
+    if not isinstance(scale_cost_to_minibatch, (bool, np.bool_)):
+        raise TypeError(f"scale_cost_to_minibatch={scale_cost_to_minibatch!r} must be True or False")
+
+    columns, stream = None, None
+    if isinstance(data, Mapping):
+        columns = check_batch(model, data, where="data", need_rows=None)
+        rows = next(iter(columns.values())).shape[0]
+        if n is None:
+            n = rows
+        elif rows != n:
+            raise ValueError(f"data has {rows} rows but total_size={n}. In-memory data must hold "
+                             "all N rows (klqp draws the minibatches); to feed batches yourself, "
+                             "pass an iterable of batch dicts and total_size=N")
+    elif data is not None and hasattr(data, "__iter__") and not isinstance(data, (str, bytes)):
+        if n is None:
+            raise ValueError("streamed batches need total_size=N (the size of the full data set); "
+                             "klqp never guesses N from a loader's length")
+        stream = data
+    else:
+        raise TypeError(f"data must be a dict of arrays or an iterable of batch dicts, got "
+                        f"{type(data).__name__}")
+
+    if batch_size is None:
+        batch_size = n if stream is None else None
+    if stream is not None and batch_size is None:
+        batch_size = n  # only sets batches/epoch for Blundell; each step uses its batch's b
+    b = _positive_int("batch_size", batch_size, "it is the number of rows per step")
+    if b > n:
+        raise ValueError(f"batch_size={b} is larger than total_size={n}; use batch_size <= {n}")
+    num_batches = batches_per_epoch(n, b, stream is not None)  # Blundell's M
+    weights = resolve_weights(beta=beta, beta_global=beta_global, beta_local=beta_local,
+                              likelihood_weight=likelihood_weight, num_batches=num_batches)
+    return Problem(model=model, total_size=n, batch_size=b, weights=weights,
+                   scale_cost_to_minibatch=bool(scale_cost_to_minibatch), data=columns,
+                   stream=stream)
+
+
+def init_params(problem: Problem, seed: int = 0, init_scale: float = 0.1) -> dict:
+    """Initial q parameters, the same for every backend: ``{latent: {"loc", "scale"}}`` in
+    unconstrained space; locals carry all N rows. loc ~ N(0, 0.1^2) breaks symmetry."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for v in problem.model.latents:
+        shape = ((problem.total_size,) if v.role == "local" else ()) + tuple(v.shape)
+        params[v.name] = {"loc": 0.1 * rng.standard_normal(shape),
+                          "scale": np.full(shape, float(init_scale))}
+    return params

@@ -1,0 +1,93 @@
+"""What a fit returns: q's parameters, per-step history and the state to resume from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from . import transforms
+from .problem import Problem
+
+__all__ = ["FitResult", "FitState", "HISTORY_KEYS"]
+
+HISTORY_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local",
+                "beta_global", "beta_local", "likelihood_weight")
+
+
+@dataclass
+class FitState:
+    """Where training stands: enough to resume exactly (plain arrays, no pickles)."""
+
+    step: int
+    optimizer: list  # the optimizer state's leaves, as NumPy arrays, in the backend's order
+    backend: str
+
+
+@dataclass
+class FitResult:
+    """q after training.
+
+    ``params``: ``{latent: {"loc", "scale"}}`` in unconstrained space (locals: N rows).
+    ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, beta_global,
+    beta_local, likelihood_weight`` (figures in full-data nats; see klqp.objective).
+    ``interrupted``: True when Ctrl-C stopped the run; the state is the last completed step.
+    """
+
+    problem: Problem
+    backend: str
+    params: dict
+    history: dict
+    state: FitState
+    interrupted: bool = False
+    info: dict = field(default_factory=dict)
+
+    @property
+    def model(self):
+        return self.problem.model
+
+    @property
+    def steps(self) -> int:
+        return self.state.step
+
+    def _q(self, name: str):
+        if name not in self.params:
+            raise KeyError(f"{name!r} is not a latent of model {self.model.name!r}; latents: "
+                           f"{list(self.params)}")
+        return self.model[name].support, self.params[name]["loc"], self.params[name]["scale"]
+
+    def mean(self, name: str) -> np.ndarray:
+        """Mean of q for ``name`` in the variable's own (constrained) space."""
+        support, loc, scale = self._q(name)
+        return transforms.moments(support, loc, scale)[0]
+
+    def std(self, name: str) -> np.ndarray:
+        """Standard deviation of q for ``name`` in the variable's own space."""
+        support, loc, scale = self._q(name)
+        return transforms.moments(support, loc, scale)[1]
+
+    def sample(self, name: str, num_samples: int = 1000, seed: int = 0) -> np.ndarray:
+        """Draws from q for ``name``, shape (num_samples, *shape)."""
+        support, loc, scale = self._q(name)
+        rng = np.random.default_rng(seed)
+        u = loc + scale * rng.standard_normal((num_samples,) + np.shape(loc))
+        return transforms.forward(support, u)
+
+    def summary(self, max_rows: int = 5) -> str:
+        """A short table of q's mean and sd per latent (locals: the first rows)."""
+        lines = [f"{'latent':<12} {'role':<7} {'mean':>28} {'sd':>28}"]
+        for v in self.model.latents:
+            m, s = self.mean(v.name), self.std(v.name)
+            fmt = lambda a: np.array2string(np.ravel(a)[:max_rows], precision=3, separator=", ")
+            lines.append(f"{v.name:<12} {v.role:<7} {fmt(m):>28} {fmt(s):>28}")
+        last = {k: float(np.mean(self.history[k][-100:])) for k in ("elbo", "loglik",
+                                                                     "kl_global", "kl_local")}
+        lines.append(f"last 100 steps, mean: elbo {last['elbo']:.2f}, loglik {last['loglik']:.2f}, "
+                     f"kl_global {last['kl_global']:.2f}, kl_local {last['kl_local']:.2f} (nats)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        flag = ", interrupted" if self.interrupted else ""
+        return (f"FitResult(model={self.model.name!r}, backend={self.backend!r}, "
+                f"steps={self.steps}{flag})")

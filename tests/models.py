@@ -1,0 +1,90 @@
+"""Models and data shared by the tests: together they use every distribution, every
+transform, global and local latents, vector latents, data columns and integer indexing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import klqp as kq
+
+
+def hierarchical(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    z = 1.5 * x + 0.7 * rng.normal(size=n)
+    y = z + 0.5 * rng.normal(size=n)
+    with kq.Model("hierarchical") as model:
+        xd = kq.Data("x", shape=())
+        theta = kq.Global("theta", kq.Normal(0.0, 1.0), shape=())
+        sigma = kq.Global("sigma", kq.HalfNormal(1.0))
+        zl = kq.Local("z", kq.Normal(theta * xd, 0.7))
+        kq.Observed("y", kq.Normal(zl, sigma))
+    return model, {"x": x, "y": y}
+
+
+def logistic(n=300, d=3, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    w_true = np.array([1.0, -2.0, 0.5])[:d]
+    y = (rng.random(n) < 1 / (1 + np.exp(-(x @ w_true - 0.3)))).astype(float)
+    with kq.Model("logistic") as model:
+        xd = kq.Data("x", shape=(d,))
+        w = kq.Global("w", kq.Normal(0.0, 1.0), shape=(d,))
+        b0 = kq.Global("b0", kq.StudentT(4.0, 0.0, 2.0))
+        kq.Observed("y", kq.Bernoulli(logits=xd @ w + b0))
+    return model, {"x": x, "y": y}
+
+
+def counts(n=250, groups=4, seed=2):
+    """Integer indexing of a global by a data column; Poisson, Binomial, Gamma, Beta,
+    Exponential, Bernoulli(probs)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, size=n)
+    rate = np.exp(np.linspace(-0.5, 1.0, groups))[g]
+    with kq.Model("counts") as model:
+        gd = kq.Data("g", dtype="int")
+        tau = kq.Global("tau", kq.Gamma(2.0, 2.0))
+        mu = kq.Global("mu", kq.Normal(0.0, 1.0 / tau), shape=(groups,))
+        p = kq.Global("p", kq.Beta(2.0, 3.0))
+        lam = kq.Global("lam", kq.Exponential(1.0))
+        kq.Observed("k", kq.Poisson(kq.exp(mu[gd])))
+        kq.Observed("m", kq.Binomial(5, probs=p))
+        kq.Observed("c", kq.Bernoulli(probs=lam / (1.0 + lam)))
+    data = {"g": g, "k": rng.poisson(rate), "m": rng.binomial(5, 0.4, size=n),
+            "c": (rng.random(n) < 0.6).astype(float)}
+    return model, data
+
+
+def vector_locals(n=150, seed=3):
+    """Vector-valued locals on (0, inf) and (0, 1); StudentT, Categorical, LogNormal."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    with kq.Model("vector_locals") as model:
+        xd = kq.Data("x", shape=(2,))
+        scale = kq.Global("scale", kq.LogNormal(0.0, 0.5))
+        w = kq.Global("w", kq.Normal(0.0, 1.0), shape=(2, 3))
+        u = kq.Local("u", kq.LogNormal(0.0, scale), shape=(2,))
+        frac = kq.Local("frac", kq.Beta(2.0, 2.0))
+        kq.Observed("t", kq.StudentT(5.0, kq.sum(u * xd, -1) * frac, scale))
+        kq.Observed("cls", kq.Categorical(logits=(xd * u) @ w))
+    data = {"x": x, "t": rng.standard_t(5, size=n), "cls": rng.integers(0, 3, size=n)}
+    return model, data
+
+
+ALL = {"hierarchical": hierarchical, "logistic": logistic, "counts": counts,
+       "vector_locals": vector_locals}
+
+
+def draw_noise(model, n_rows, rng):
+    return {v.name: rng.standard_normal(((n_rows,) if v.role == "local" else ()) + v.shape)
+            for v in model.latents}
+
+
+def random_params(model, total, rng):
+    """q params away from the init, so the checks see non-trivial values."""
+    out = {}
+    for v in model.latents:
+        shape = ((total,) if v.role == "local" else ()) + v.shape
+        out[v.name] = {"loc": 0.5 * rng.standard_normal(shape),
+                       "scale": np.exp(0.3 * rng.standard_normal(shape) - 0.5)}
+    return out

@@ -1,0 +1,86 @@
+"""An independent NumPy/SciPy evaluation of DESIGN.md's loss, for the agreement tests.
+
+It shares nothing with the backends but klqp's expression evaluator: densities come
+from scipy.stats, transforms are written out here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+from klqp.expr import NumpyOps, evaluate
+
+
+def _forward(support, u):
+    if support == "real":
+        return u, np.zeros_like(u)
+    if support == "positive":
+        return np.exp(u), u
+    x = special.expit(u)
+    return x, np.log(x) + np.log1p(-x)
+
+
+def logpdf(family: str, x, p: dict):
+    if family == "Normal":
+        return stats.norm.logpdf(x, p["mu"], p["sigma"])
+    if family == "HalfNormal":
+        return stats.halfnorm.logpdf(x, scale=p["sigma"])
+    if family == "LogNormal":
+        return stats.lognorm.logpdf(x, s=p["sigma"], scale=np.exp(p["mu"]))
+    if family == "Exponential":
+        return stats.expon.logpdf(x, scale=1.0 / p["lam"])
+    if family == "Gamma":
+        return stats.gamma.logpdf(x, a=p["alpha"], scale=1.0 / p["beta"])
+    if family == "Beta":
+        return stats.beta.logpdf(x, p["alpha"], p["beta"])
+    if family == "StudentT":
+        return stats.t.logpdf(x, df=p["nu"], loc=p["mu"], scale=p["sigma"])
+    if family == "Bernoulli":
+        logits = p["logits"] if "logits" in p else special.logit(p["probs"])
+        return x * logits - np.logaddexp(0.0, logits)
+    if family == "Binomial":
+        prob = p["probs"] if "probs" in p else special.expit(p["logits"])
+        return stats.binom.logpmf(x, p["n"], prob)
+    if family == "Poisson":
+        return stats.poisson.logpmf(x, p["mu"])
+    if family == "Categorical":
+        logp = p["logits"] - special.logsumexp(p["logits"], axis=-1, keepdims=True)
+        logp = np.broadcast_to(logp, np.shape(x) + logp.shape[-1:])
+        return np.take_along_axis(logp, np.asarray(x, int)[..., None], axis=-1)[..., 0]
+    raise NotImplementedError(family)
+
+
+def reference_terms(problem, params, indices, noise, *, step=0):
+    """DESIGN.md's loss and terms, computed with NumPy in float64."""
+    model, n = problem.model, problem.total_size
+    b = len(indices)
+    ratio = n / b
+    env = {v.name: problem.data[v.name][indices] for v in model.data_vars}
+    loglik, kl_global, kl_local = 0.0, 0.0, 0.0
+    for v in model.vars.values():
+        if v.role == "data":
+            continue
+        p = {k: np.asarray(evaluate(e, env, NumpyOps), float) for k, e in v.dist.params}
+        if v.role == "observed":
+            y = problem.data[v.name][indices]
+            loglik += ratio * np.sum(np.broadcast_to(logpdf(v.dist.family, y, p), y.shape))
+            continue
+        loc, scale = np.asarray(params[v.name]["loc"]), np.asarray(params[v.name]["scale"])
+        if v.role == "local":
+            loc, scale = loc[indices], scale[indices]
+        u = loc + scale * np.asarray(noise[v.name])
+        x, log_jac = _forward(v.support, u)
+        log_q = np.sum(stats.norm.logpdf(u, loc, scale))
+        log_p = np.sum(np.broadcast_to(logpdf(v.dist.family, x, p), u.shape)) + np.sum(log_jac)
+        if v.role == "global":
+            kl_global += log_q - log_p
+        else:
+            kl_local += ratio * (log_q - log_p)
+        env[v.name] = x
+    w = {k: float(val) for k, val in problem.weights.at(step).items()}
+    s = b / n if problem.scale_cost_to_minibatch else 1.0
+    loss = s * (-w["likelihood_weight"] * loglik + w["beta_global"] * kl_global
+                + w["beta_local"] * kl_local)
+    return {"loss": loss, "elbo": loglik - kl_global - kl_local, "loglik": loglik,
+            "kl_global": kl_global, "kl_local": kl_local}
