@@ -132,7 +132,7 @@ class Model:
         lines = [f"Model({self.name!r}, total_size={self.total_size})"]
         for v in self.vars.values():
             rhs = f" ~ {v.dist!r}" if v.dist is not None else ""
-            shape = f"(rows, {', '.join(map(str, v.shape))})" if v.per_row else str(v.shape)
+            shape = str(((("rows",) if v.per_row else ()) + tuple(v.shape))).replace("'", "")
             lines.append(f"  {v.role:<8} {v.name}{rhs}  shape={shape}")
         return "\n".join(lines)
 

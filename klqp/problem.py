@@ -71,7 +71,8 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
     """Check and convert one mapping of columns; returns float/int NumPy arrays."""
     if not isinstance(batch, Mapping):
         raise TypeError(f"{where}: expected a dict of arrays, got {type(batch).__name__}")
-    names = {v.name for v in _columns(model)}
+    ordered = [v.name for v in _columns(model)]
+    names = set(ordered)
     allowed = names | ({ROW_INDEX} if need_rows is not None else set())
     unknown = sorted(set(batch) - allowed)
     if unknown:
@@ -87,7 +88,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
         raise ValueError(f"{where}: missing data for {missing}; pass data={{'name': array, ...}} "
                          f"with every Data and Observed column.{hint}")
     out, length = {}, None
-    for name in list(names) + ([ROW_INDEX] if ROW_INDEX in batch else []):
+    for name in ordered + ([ROW_INDEX] if ROW_INDEX in batch else []):
         arr = np.asarray(batch[name])
         if arr.ndim == 0:
             raise ValueError(f"{where}: column {name!r} is a scalar; it needs one row per data point")
@@ -109,7 +110,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
         spec = model[name]
         if not np.all(np.isfinite(arr)):
             bad = np.argwhere(~np.isfinite(arr))[0]
-            raise ValueError(f"{where}: column {name!r} holds {arr[tuple(bad)]!r} at index "
+            raise ValueError(f"{where}: column {name!r} holds {float(arr[tuple(bad)])} at index "
                              f"{tuple(int(i) for i in bad)}; NaN/inf are not data. Drop or impute "
                              "those rows first.")
         row = arr.shape[1:]
