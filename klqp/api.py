@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any, Callable, Iterable, Optional
 
-from . import backends
+from . import backends, schedules
 from .problem import FitConfig, make_problem
 
 __all__ = ["compile", "fit"]
@@ -36,7 +36,7 @@ def compile(model, data, *, backend: str = "numpyro", batch_size=None, total_siz
 
 def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=None,
         total_size=None, beta=None, beta_global=None, beta_local=None, likelihood_weight=1.0,
-        scale_cost_to_minibatch: bool = False, learning_rate: float = 1e-2, seed: int = 0,
+        scale_cost_to_minibatch: bool = False, learning_rate=1e-2, seed: int = 0,
         progress: Optional[bool] = None, callbacks: Iterable[Callable] = (),
         chunk_size: Optional[int] = None, resume=None, init_scale: float = 0.1,
         backend_options: Optional[dict] = None):
@@ -50,6 +50,7 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     beta sets both KL weights; beta_global / beta_local set one block. Each weight, and
     likelihood_weight, is a number, a ``kq.Shared`` or a ``kq.schedules`` schedule.
 
+    learning_rate: Adam's step size, a number or a schedule of the step.
     callbacks: functions ``callback(step, result)`` run between compiled chunks of
     steps; they may change a ``kq.Shared`` or raise ``StopIteration`` to stop early.
     progress: a progress bar (default: on in a terminal, off when ``CI`` is set).
@@ -61,9 +62,13 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     impl = backends.get(backend)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps={steps!r} must be a non-negative integer")
-    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
-            and learning_rate > 0):
-        raise ValueError(f"learning_rate={learning_rate!r} must be a positive number, e.g. 1e-2")
+    if isinstance(learning_rate, schedules.Schedule):
+        if not float(learning_rate(0)) > 0:
+            raise ValueError(f"learning_rate={learning_rate!r} must be positive at step 0")
+    elif not (isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool)
+              and math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate={learning_rate!r} must be a positive number (e.g. 1e-2) "
+                         "or a kq.schedules schedule (e.g. schedules.linear(1e-2, 1e-4, steps))")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     if not (isinstance(init_scale, (int, float)) and init_scale > 0):
@@ -79,7 +84,9 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
             raise ValueError(f"resume= comes from backend {resume.backend!r}, not {backend!r}")
     if progress is None:
         progress = not os.environ.get("CI") and os.isatty(2)
-    config = FitConfig(steps=steps, learning_rate=float(learning_rate), seed=int(seed),
+    if not isinstance(learning_rate, schedules.Schedule):
+        learning_rate = schedules.constant(learning_rate)
+    config = FitConfig(steps=steps, learning_rate=learning_rate, seed=int(seed),
                        progress=bool(progress), callbacks=tuple(callbacks), chunk_size=chunk_size,
                        resume=resume, init_scale=float(init_scale))
     return impl.fit(problem, config, **(backend_options or {}))

@@ -47,7 +47,7 @@ class Problem:
 @dataclass
 class FitConfig:
     steps: int = 1000
-    learning_rate: float = 1e-2
+    learning_rate: Any = None  # a klqp.schedules.Schedule of the step
     seed: int = 0
     progress: Optional[bool] = None
     callbacks: tuple = ()

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Schedule", "constant", "linear_warmup", "sigmoid", "cyclical", "blundell",
+__all__ = ["Schedule", "constant", "linear", "linear_warmup", "sigmoid", "cyclical", "blundell",
            "beta_norm", "beta_from_norm"]
 
 
@@ -43,7 +43,7 @@ class Constant(Schedule):
 
 
 @dataclass(frozen=True)
-class LinearWarmup(Schedule):
+class Linear(Schedule):
     steps: int
     start: float = 0.0
     end: float = 1.0
@@ -103,7 +103,15 @@ def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Schedule:
     (KL warm-up: Bowman et al. 2015; Sonderby et al. 2016)."""
     if steps < 1:
         raise ValueError(f"linear_warmup: steps={steps} must be >= 1")
-    return LinearWarmup(int(steps), float(start), float(end))
+    return Linear(int(steps), float(start), float(end))
+
+
+def linear(start: float, end: float, steps: int) -> Schedule:
+    """From ``start`` to ``end`` linearly over ``steps`` steps, then ``end``; e.g. a
+    learning-rate decay ``linear(1e-2, 1e-4, 5000)``."""
+    if steps < 1:
+        raise ValueError(f"linear: steps={steps} must be >= 1")
+    return Linear(int(steps), float(start), float(end))
 
 
 def sigmoid(midpoint: float, rate: float = 0.01, end: float = 1.0) -> Schedule:

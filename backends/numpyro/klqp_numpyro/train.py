@@ -63,8 +63,8 @@ class Trainer:
     def __init__(self, problem: Problem, learning_rate: float):
         self.problem = problem
         self.terms = build_terms(problem)
-        self.learning_rate = learning_rate
-        self.optimizer = optax.adam(learning_rate)
+        self.learning_rate = learning_rate  # a schedule: evaluated at the traced step
+        self.optimizer = optax.scale_by_adam()
         self.trace_counts = collections.Counter()
         self._chunk = jax.jit(self._run_chunk, static_argnames=("length",))
         self._step = jax.jit(self._stream_step)
@@ -94,13 +94,14 @@ class Trainer:
         (loss, aux), (g_glob, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
             variables["global"], rows)
         t = objective.Terms(*aux)
+        lr = self.learning_rate(step, xp=jnp)
         updates, glob_state = self.optimizer.update(g_glob, opt_state[0], variables["global"])
-        glob = optax.apply_updates(variables["global"], updates)
+        glob = jax.tree.map(lambda p, u: p - lr * u, variables["global"], updates)
         keep = lambda new, old: jnp.where(active, new, old)  # globals are small: O(size)
         glob = jax.tree.map(keep, glob, variables["global"])
         glob_state = jax.tree.map(keep, glob_state, opt_state[0])
         local, local_state = row_adam_update(g_rows, opt_state[1], variables["local"], indices,
-                                             self.learning_rate, active)
+                                             lr, active)
         record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
                   "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local), **w}
         return ({"global": glob, "local": local}, (glob_state, local_state),
@@ -118,7 +119,7 @@ class Trainer:
             step = step0 + i
             epoch, pos = step // m, step % m
             perm = lax.cond(pos == 0,
-                            lambda: jax.random.permutation(jax.random.fold_in(perm_key, epoch), n),
+                            lambda: jax.random.permutation(jax.random.fold_in(perm_key, epoch), n).astype(perm.dtype),
                             lambda: perm)
             idx = lax.dynamic_slice(perm, (pos * b,), (b,))
             batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
@@ -176,7 +177,8 @@ class _Run:
         return FitResult(problem=self.problem, backend=_NAME, params=_to_params(self.variables),
                          history=hist, state=FitState(step=self.step, optimizer=leaves, backend=_NAME),
                          interrupted=interrupted,
-                         info={"trace_counts": dict(self.trainer.trace_counts)})
+                         info={"compiles": sum(self.trainer.trace_counts.values()),
+                               "trace_counts": dict(self.trainer.trace_counts)})
 
     def record(self, rec: dict, n: int | None = None) -> None:
         for k in HISTORY_KEYS:
@@ -222,7 +224,8 @@ def _run_in_memory(run: _Run, key, end: int, bar) -> None:
     if run.step % problem.num_batches != 0:  # resumed mid-epoch: rebuild that epoch's order
         perm_key = jax.random.split(key)[0]
         perm = jax.random.permutation(
-            jax.random.fold_in(perm_key, run.step // problem.num_batches), problem.total_size)
+            jax.random.fold_in(perm_key, run.step // problem.num_batches),
+            problem.total_size).astype(jnp.int32)
     while run.step < end:
         n_active = min(chunk, end - run.step)
         (variables, opt_state, perm), rec = trainer._chunk(
