@@ -1,0 +1,137 @@
+"""Training behaviour every backend owes the user: determinism, weights that change
+without recompiling, resume, Ctrl-C, streamed batches with a ragged last batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import klqp as kq
+from klqp import schedules
+from models import hierarchical
+
+BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
+
+
+def _fit(backend, steps=200, **kw):
+    model, data = kw.pop("built", None) or hierarchical(n=120)
+    base = dict(backend=backend, steps=steps, batch_size=30, learning_rate=0.02, seed=0,
+                chunk_size=50)
+    return kq.fit(model, data, **{**base, **kw}), model, data
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_numbers(backend):
+    built = hierarchical(n=120)
+    a, *_ = _fit(backend, built=built)
+    b, *_ = _fit(backend, built=built)
+    c, *_ = _fit(backend, built=built, seed=1)
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+    np.testing.assert_array_equal(a.params["z"]["loc"], b.params["z"]["loc"])
+    assert not np.allclose(a.history["loss"], c.history["loss"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_history_obeys_the_objective(backend):
+    r, *_ = _fit(backend, beta_global=0.5, beta_local=schedules.linear_warmup(100),
+                 likelihood_weight=0.8, scale_cost_to_minibatch=True)
+    h = r.history
+    assert all(len(h[k]) == 200 for k in h)
+    s = 30 / 120
+    np.testing.assert_allclose(h["loss"], s * (-h["likelihood_weight"] * h["loglik"]
+                                               + h["beta_global"] * h["kl_global"]
+                                               + h["beta_local"] * h["kl_local"]), rtol=1e-9)
+    np.testing.assert_allclose(h["elbo"], h["loglik"] - h["kl_global"] - h["kl_local"], rtol=1e-9)
+    np.testing.assert_allclose(h["beta_local"], np.minimum(np.arange(200) / 100, 1.0), atol=1e-12)
+    assert np.all(h["beta_global"] == 0.5) and np.all(h["likelihood_weight"] == 0.8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_changing_weights_never_recompiles(backend):
+    beta = kq.Shared(0.1)
+    seen = []
+
+    def anneal(step, result):
+        seen.append(step)
+        beta.value = min(1.0, beta.value + 0.2)
+
+    r, *_ = _fit(backend, steps=330, beta_global=beta, beta_local=schedules.sigmoid(100, 0.05),
+                 likelihood_weight=schedules.cyclical(330, 3), callbacks=[anneal],
+                 learning_rate=schedules.linear(0.02, 0.001, 330))
+    assert seen == [50, 100, 150, 200, 250, 300, 330]
+    # the Shared value in force during each chunk is recorded step by step
+    np.testing.assert_allclose(r.history["beta_global"][:50], 0.1)
+    np.testing.assert_allclose(r.history["beta_global"][50:100], 0.3)
+    np.testing.assert_allclose(r.history["beta_global"][300:], 1.0)
+    assert r.info["compiles"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_continues_an_unbroken_run(backend):
+    built = hierarchical(n=120)
+    whole, *_ = _fit(backend, built=built, steps=300)
+    first, *_ = _fit(backend, built=built, steps=125)
+    rest, *_ = _fit(backend, built=built, steps=175, resume=first)
+    assert rest.steps == 300
+    np.testing.assert_allclose(rest.history["loss"], whole.history["loss"], rtol=1e-9)
+    for name in whole.params:
+        for p in ("loc", "scale"):
+            np.testing.assert_allclose(rest.params[name][p], whole.params[name][p], rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_keeps_the_fitted_state(backend):
+    def interrupt(step, result):
+        if step == 100:
+            raise KeyboardInterrupt
+
+    r, *_ = _fit(backend, steps=400, callbacks=[interrupt])
+    assert r.interrupted and r.steps == 100 and len(r.history["loss"]) == 100
+    assert np.all(np.isfinite(r.mean("z")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_callback_can_stop_early(backend):
+    def stop(step, result):
+        if result.history["elbo"].size >= 150:
+            raise StopIteration
+
+    r, *_ = _fit(backend, steps=1000, callbacks=[stop])
+    assert r.steps == 150 and not r.interrupted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stream_scales_each_batch_by_its_own_size(backend):
+    """A ragged last batch gets N/b_last. q is pinned (tiny scale, tiny learning rate) so
+    each step's loglik must equal (N/b) * sum log p(y_i | mu0) for that step's rows."""
+    rng = np.random.default_rng(0)
+    n = 100
+    y = rng.normal(1.0, 2.0, size=n)
+    with kq.Model("normal") as model:
+        mu = kq.Global("mu", kq.Normal(0.0, 5.0))
+        kq.Observed("y", kq.Normal(mu, 2.0))
+    sizes = [30, 30, 30, 10]
+    bounds = np.cumsum([0] + sizes)
+    batches = [{"y": y[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
+    r = kq.fit(model, batches, backend=backend, total_size=n, steps=8, learning_rate=1e-12,
+               init_scale=1e-9, seed=0, scale_cost_to_minibatch=True)
+    mu0 = r.params["mu"]["loc"]
+    expected = [n / len(b["y"]) * stats.norm.logpdf(b["y"], mu0, 2.0).sum() for b in batches] * 2
+    np.testing.assert_allclose(r.history["loglik"], expected, rtol=1e-6)
+    s = np.array(sizes * 2) / n
+    np.testing.assert_allclose(r.history["loss"], s * (-r.history["loglik"] + r.history["kl_global"]),
+                               rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stream_with_locals_updates_only_its_rows(backend):
+    model, data = hierarchical(n=60)
+    batches = [{"x": data["x"][i:i + 20], "y": data["y"][i:i + 20],
+                "row_index": np.arange(i, i + 20)} for i in (0, 20)]
+    r = kq.fit(model, batches, backend=backend, total_size=60, steps=10, learning_rate=0.05,
+               seed=0)
+    init = kq.compile(model, data, backend=backend, batch_size=20).init_params(seed=0)
+    assert r.steps == 10
+    np.testing.assert_array_equal(r.params["z"]["loc"][40:], init["z"]["loc"][40:])
+    assert np.all(r.params["z"]["loc"][:40] != init["z"]["loc"][:40])
