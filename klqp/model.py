@@ -250,10 +250,11 @@ def Local(name: str, dist: Distribution, shape=None) -> Expr:
     return model._add(VarSpec(name, "local", shape, dist))
 
 
-def Observed(name: str, dist: Distribution) -> Expr:
-    """The per-row likelihood of the column ``data[name]``."""
+def Observed(name: str, dist: Distribution) -> None:
+    """The per-row likelihood of the column ``data[name]`` (returns nothing: observations
+    are data, and other variables read data through kq.Data)."""
     model = current_model()
     model._check_name("Observed", name)
     _, pshape = model._param_shapes("Observed", name, dist)
-    return model._add(VarSpec(name, "observed", pshape, dist,
-                              "float" if dist.support in ("real", "positive", "unit_interval") else "int"))
+    model._add(VarSpec(name, "observed", pshape, dist,
+                       "float" if dist.support in ("real", "positive", "unit_interval") else "int"))

@@ -74,6 +74,32 @@ class FitResult:
         u = loc + scale * rng.standard_normal((num_samples,) + np.shape(loc))
         return transforms.forward(support, u)
 
+    def to_inference_data(self, num_samples: int = 1000, seed: int = 0):
+        """Draws from q as an ArviZ data tree (``posterior`` and ``observed_data`` groups).
+
+        Names, dims and shapes depend only on the model, so both backends give the same
+        structure: a local latent has dims ``(chain, draw, "row", ...)``; other axes are
+        ``<name>_dim_<k>``. Needs ``arviz``.
+        """
+        import arviz as az
+
+        posterior, dims = {}, {}
+        for v in self.model.latents:
+            posterior[v.name] = self.sample(v.name, num_samples, seed)[None]
+            own = [f"{v.name}_dim_{k}" for k in range(len(v.shape))]
+            dims[v.name] = (["row"] if v.role == "local" else []) + own
+        observed = {}
+        if self.problem.data is not None:
+            for v in self.model.observed:
+                arr = self.problem.data[v.name]
+                observed[v.name] = arr
+                dims[v.name] = ["row"] + [f"{v.name}_dim_{k}" for k in range(arr.ndim - 1)]
+        groups = {"posterior": posterior}
+        if observed:
+            groups["observed_data"] = observed
+        return az.from_dict(groups, dims=dims,
+                            attrs={"klqp_backend": self.backend, "klqp_steps": self.steps})
+
     def summary(self, max_rows: int = 5) -> str:
         """A short table of q's mean and sd per latent (locals: the first rows)."""
         lines = [f"{'latent':<12} {'role':<7} {'mean':>28} {'sd':>28}"]
