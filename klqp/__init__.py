@@ -8,13 +8,14 @@
 10.0
 """
 
-from . import backends, schedules
+from . import backends, nn, schedules
 from .api import compile, fit
-from .distributions import (Bernoulli, Beta, Binomial, Categorical, Distribution, Exponential,
-                            Gamma, HalfNormal, LogNormal, Normal, Poisson, StudentT)
+from .distributions import (Bernoulli, Beta, Binomial, Categorical, ContinuousBernoulli,
+                            Distribution, Exponential, Gamma, HalfNormal, LogNormal, Normal,
+                            Poisson, StudentT)
 from .explain import Explanation, explain
-from .expr import exp, log, mean, relu, sigmoid, softplus, sum, tanh
-from .model import ROW_INDEX, Data, Global, Local, Model, ModelError, Observed
+from .expr import concat, exp, log, mean, relu, sigmoid, softplus, sum, tanh
+from .model import ROW_INDEX, Data, Global, Local, Model, ModelError, Observed, Param, column
 from .objective import Shared, Terms
 from .problem import Problem
 from .results import FitResult
@@ -22,10 +23,10 @@ from .results import FitResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "Data", "Global", "Local", "Observed", "ModelError", "ROW_INDEX",
+    "Model", "Data", "Global", "Local", "Observed", "Param", "column", "ModelError", "ROW_INDEX",
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
-    "Binomial", "Poisson", "Categorical", "StudentT", "Distribution",
-    "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean",
+    "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "Distribution",
+    "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean", "concat", "nn",
     "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
     "Problem", "FitResult",
 ]

@@ -21,6 +21,7 @@ from .expr import Expr, as_expr
 __all__ = [
     "Distribution", "SUPPORT_TRANSFORM", "Normal", "HalfNormal", "LogNormal", "Exponential",
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
+    "ContinuousBernoulli",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
@@ -125,3 +126,11 @@ def Poisson(mu) -> Distribution:
 def Categorical(logits) -> Distribution:
     """Categorical over the last axis of ``logits`` (observed only); values are 0..K-1."""
     return _make("Categorical", "categorical", event_dims={"logits": 1}.items(), logits=logits)
+
+
+def ContinuousBernoulli(probs=None, logits=None) -> Distribution:
+    """Continuous Bernoulli on [0, 1] (Loaiza-Ganem & Cunningham 2019), with its
+    normalizing constant: p(x) = C(l) l^x (1-l)^(1-x). For pixel intensities in [0, 1],
+    where a plain Bernoulli likelihood is not a density."""
+    return _make("ContinuousBernoulli", "unit_interval",
+                 **_one_of("ContinuousBernoulli", probs, logits))

@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "Expr", "Const", "as_expr", "exp", "log", "sigmoid", "softplus", "tanh", "relu",
-    "sum", "mean", "evaluate", "variables_in", "NumpyOps",
+    "sum", "mean", "concat", "evaluate", "variables_in", "NumpyOps",
 ]
 
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@"}
@@ -54,9 +54,16 @@ class Expr:
     def __neg__(self): return Expr("neg", (self,))
 
     def __getitem__(self, index):
-        """Index by an integer data column (``w[group]``) or by a Python int (``w[0]``)."""
+        """Index by an integer data column (``w[group]``), by a Python int (``w[0]``) or
+        slice (``h[2:4]``); ints and slices act on the last axis."""
+        if isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis:
+            index = index[1]  # x[..., k] is x[k]: ints and slices act on the last axis anyway
         if isinstance(index, (int, np.integer)):
             return Expr("index", (self,), (("at", int(index)),))
+        if isinstance(index, slice):
+            if index.step not in (None, 1):
+                raise TypeError("slices of klqp expressions take no step")
+            return Expr("slice", (self,), (("start", index.start), ("stop", index.stop)))
         if not isinstance(index, Expr):
             raise TypeError(f"index a klqp expression with an int or an integer Data column, not {index!r}")
         return Expr("index", (self, index))
@@ -88,6 +95,9 @@ class Expr:
             return f"{self.args[0]!r}[{at!r}]"
         if self.op in ("sum", "mean"):
             return f"{self.op}({self.args[0]!r}, axis={self.attr('axis')})"
+        if self.op == "slice":
+            start, stop = self.attr("start"), self.attr("stop")
+            return f"{self.args[0]!r}[..., {'' if start is None else start}:{'' if stop is None else stop}]"
         return f"{self.op}({', '.join(repr(a) for a in self.args)})"
 
     # -- plain data -------------------------------------------------------------------
@@ -142,6 +152,11 @@ def mean(x, axis: int = -1) -> Expr:
     return Expr("mean", (as_expr(x),), (("axis", int(axis)),))
 
 
+def concat(parts, axis: int = -1) -> Expr:
+    """Join expressions along ``axis`` (default: a row's last axis)."""
+    return Expr("concat", tuple(as_expr(p) for p in parts), (("axis", int(axis)),))
+
+
 def variables_in(expr: Expr) -> list[str]:
     """Names of the variables an expression reads, in first-seen order."""
     seen: dict[str, None] = {}
@@ -190,6 +205,10 @@ class NumpyOps:
         return np.mean(x, axis=axis)
 
     @staticmethod
+    def concat(parts, axis):
+        return np.concatenate(parts, axis=axis)
+
+    @staticmethod
     def const(value):
         return np.asarray(value, dtype=float)
 
@@ -233,6 +252,10 @@ def evaluate(expr: Expr, env: Mapping[str, Any], ops: Any = NumpyOps) -> Any:
                 out = a[0][a[1]] if len(a) == 2 else a[0][..., node.attr("at")]
             elif op in ("sum", "mean"):
                 out = getattr(ops, op)(a[0], node.attr("axis"))
+            elif op == "slice":
+                out = a[0][..., node.attr("start"):node.attr("stop")]
+            elif op == "concat":
+                out = ops.concat(a, node.attr("axis"))
             elif op in _UNARY:
                 out = getattr(ops, op)(a[0])
             else:

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import keyword
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .distributions import Distribution
 from .expr import Expr, NumpyOps, evaluate, variables_in
 
-__all__ = ["Model", "Data", "Global", "Local", "Observed", "VarSpec", "ModelError",
-           "ROW_INDEX", "current_model"]
+__all__ = ["Model", "Data", "Global", "Local", "Observed", "Param", "column", "VarSpec",
+           "ModelError", "ROW_INDEX", "current_model"]
 
 #: Key of a streamed batch's row numbers (0..N-1), needed when a model has Local latents.
 ROW_INDEX = "row_index"
@@ -45,8 +45,11 @@ class VarSpec:
     """One declared variable.
 
     role: "data" (a per-row input column), "global" (one copy, prior + q),
-    "local" (one copy per row, prior + q), "observed" (per-row likelihood).
+    "local" (one copy per row, prior + q), "observed" (per-row likelihood),
+    "param" (a point parameter: no prior, optimized).
     shape: the variable's own shape; for per-row roles the shape of ONE row.
+    encoder: for an amortized local, (loc, scale) expressions of the row's columns.
+    init: for a param, how to initialise it ("glorot", "zeros", a number or an array).
     """
 
     name: str
@@ -54,6 +57,12 @@ class VarSpec:
     shape: tuple
     dist: Optional[Distribution] = None
     dtype: str = "float"
+    encoder: Optional[tuple] = None
+    init: Any = None
+
+    @property
+    def amortized(self) -> bool:
+        return self.encoder is not None
 
     @property
     def per_row(self) -> bool:
@@ -67,6 +76,10 @@ class VarSpec:
         d = {"name": self.name, "role": self.role, "shape": list(self.shape), "dtype": self.dtype}
         if self.dist is not None:
             d["dist"] = self.dist.to_dict()
+        if self.encoder is not None:
+            d["encoder"] = {"loc": self.encoder[0].to_dict(), "scale": self.encoder[1].to_dict()}
+        if self.init is not None:
+            d["init"] = np.asarray(self.init).tolist() if not isinstance(self.init, str) else self.init
         return d
 
 
@@ -116,6 +129,15 @@ class Model:
     @property
     def observed(self) -> list[VarSpec]:
         return self._role("observed")
+
+    @property
+    def params(self) -> list[VarSpec]:
+        return self._role("param")
+
+    @property
+    def free_locals(self) -> list[VarSpec]:
+        """Locals with their own q parameters per row (not amortized)."""
+        return [v for v in self.locals if not v.amortized]
 
     @property
     def latents(self) -> list[VarSpec]:
@@ -238,8 +260,14 @@ def Global(name: str, dist: Distribution, shape=None) -> Expr:
     return model._add(VarSpec(name, "global", shape, dist))
 
 
-def Local(name: str, dist: Distribution, shape=None) -> Expr:
-    """A latent with one copy per row (q has its own mean and scale for each row)."""
+def Local(name: str, dist: Distribution, shape=None, encoder=None) -> Expr:
+    """A latent with one copy per row.
+
+    Free (default): q(z_i) has its own mean and scale for each of the N rows.
+    Amortized: ``encoder`` produces q(z_i)'s unconstrained mean and scale from row i's
+    columns, e.g. ``encoder=kq.nn.amortize(kq.nn.MLP("enc", [64, 32, 2 * 8]), "image")``
+    or a pair of expressions ``(loc, scale)``; its weights are kq.Param (or Global).
+    """
     model = current_model()
     model._check_name("Local", name)
     _, pshape = model._param_shapes("Local", name, dist)
@@ -247,7 +275,44 @@ def Local(name: str, dist: Distribution, shape=None) -> Expr:
         raise ModelError(f"Local {name!r}: {dist.family} is discrete; reparameterized VI needs a "
                          "continuous latent")
     shape = model._check_shape("Local", name, pshape, shape)
-    return model._add(VarSpec(name, "local", shape, dist))
+    if encoder is not None:
+        if hasattr(encoder, "for_latent"):
+            encoder = encoder.for_latent(name, shape)
+        if not (isinstance(encoder, tuple) and len(encoder) == 2
+                and all(isinstance(e, Expr) for e in encoder)):
+            raise ModelError(f"Local {name!r}: encoder= takes kq.nn.amortize(net, columns...) or a "
+                             f"(loc, scale) pair of expressions, not {encoder!r}")
+    return model._add(VarSpec(name, "local", shape, dist, encoder=encoder))
+
+
+def Param(name: str, shape=(), init="glorot") -> Expr:
+    """A point parameter: no prior, optimized (decoder/encoder weights).
+
+    init: "glorot" (normal with variance 2/(fan_in + fan_out), for matrices), "zeros",
+    a number, or an array of ``shape``.
+    """
+    model = current_model()
+    model._check_name("Param", name)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    if isinstance(init, str):
+        if init not in ("glorot", "zeros"):
+            raise ModelError(f"Param {name!r}: init={init!r}; use 'glorot', 'zeros', a number or an array")
+    else:
+        arr = np.asarray(init, dtype=float)
+        if arr.ndim and arr.shape != shape:
+            raise ModelError(f"Param {name!r}: init has shape {arr.shape} but shape={shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ModelError(f"Param {name!r}: init holds NaN or inf")
+        init = arr
+    return model._add(VarSpec(name, "param", shape, None, init=init))
+
+
+def column(name: str) -> Expr:
+    """A reference to the batch's column ``name`` (Data or Observed) for an encoder: an
+    amortized q may read the observations themselves, which a prior may not."""
+    if not isinstance(name, str):
+        raise TypeError(f"column name must be a string, got {name!r}")
+    return Expr("var", (), (("name", name),))
 
 
 def Observed(name: str, dist: Distribution) -> None:

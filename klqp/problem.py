@@ -140,6 +140,13 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                                  f"(min {low}, max {arr.max()})")
             out[name] = arr.astype(np.int64)
         else:
+            support = spec.support if spec.role == "observed" else "real"
+            low = arr.min() if arr.size else 0.0
+            high = arr.max() if arr.size else 0.0
+            if (support == "positive" and low < 0) or (support == "unit_interval"
+                                                       and (low < 0 or high > 1)):
+                raise ValueError(f"{where}: column {name!r} has values in [{low:g}, {high:g}], "
+                                 f"outside the support of {spec.dist} ({support})")
             out[name] = arr.astype(np.float64)
     return out
 
@@ -195,6 +202,7 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
     b = _positive_int("batch_size", batch_size, "it is the number of rows per step")
     if b > n:
         raise ValueError(f"batch_size={b} is larger than total_size={n}; use batch_size <= {n}")
+    _check_encoders(model, columns)
     num_batches = batches_per_epoch(n, b, stream is not None)  # Blundell's M
     weights = resolve_weights(beta=beta, beta_global=beta_global, beta_local=beta_local,
                               likelihood_weight=likelihood_weight, num_batches=num_batches)
@@ -203,13 +211,62 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
                    stream=stream)
 
 
+def _check_encoders(model: Model, columns: Optional[dict]) -> None:
+    """An amortized local's encoder may read Data, Observed and Param variables; its
+    (loc, scale) must have the latent's per-row shape."""
+    from .expr import NumpyOps, evaluate, variables_in
+
+    for v in model.locals:
+        if not v.amortized:
+            continue
+        names = {n for e in v.encoder for n in variables_in(e)}
+        for n in sorted(names):
+            if n not in model.vars or model.vars[n].role in ("global", "local"):
+                raise ModelError(f"Local {v.name!r}: its encoder reads {n!r}, which is not a Data, "
+                                 f"Observed or Param variable of model {model.name!r}")
+        env = {}
+        for n in names:
+            spec = model.vars[n]
+            if spec.per_row and columns is not None and n in columns:
+                env[n] = np.zeros((3,) + columns[n].shape[1:])
+            else:
+                env[n] = model.dummy_value(spec)
+        with np.errstate(all="ignore"):
+            for part, e in zip(("loc", "scale"), v.encoder):
+                try:
+                    shape = np.shape(evaluate(e, env, NumpyOps))
+                except (ValueError, IndexError) as err:
+                    raise ModelError(f"Local {v.name!r}: encoder {part} has inconsistent shapes "
+                                     f"({err}); check the encoder's input sizes") from None
+                if shape != (3,) + tuple(v.shape):
+                    raise ModelError(f"Local {v.name!r}: the encoder's {part} has per-row shape "
+                                     f"{shape[1:]} but the latent has shape {tuple(v.shape)}")
+
+
+def _init_param(spec: VarSpec, rng) -> np.ndarray:
+    if isinstance(spec.init, str):
+        if spec.init == "zeros" or len(spec.shape) < 2:
+            return np.zeros(spec.shape)
+        fan_in, fan_out = spec.shape[-2], spec.shape[-1]
+        return np.sqrt(2.0 / (fan_in + fan_out)) * rng.standard_normal(spec.shape)
+    return np.broadcast_to(np.asarray(spec.init, dtype=float), spec.shape).copy()
+
+
 def init_params(problem: Problem, seed: int = 0, init_scale: float = 0.1) -> dict:
-    """Initial q parameters, the same for every backend: ``{latent: {"loc", "scale"}}`` in
-    unconstrained space; locals carry all N rows. loc ~ N(0, 0.1^2) breaks symmetry."""
+    """Initial parameters, the same for every backend.
+
+    Latents with q parameters: ``{name: {"loc", "scale"}}`` in unconstrained space (free
+    locals carry all N rows; loc ~ N(0, 0.1^2) breaks symmetry). Point parameters:
+    ``{name: {"value"}}``. Amortized locals have none of their own (their encoder's
+    weights are Params or Globals).
+    """
     rng = np.random.default_rng(seed)
     params = {}
-    for v in problem.model.latents:
-        shape = ((problem.total_size,) if v.role == "local" else ()) + tuple(v.shape)
-        params[v.name] = {"loc": 0.1 * rng.standard_normal(shape),
-                          "scale": np.full(shape, float(init_scale))}
+    for v in problem.model.vars.values():
+        if v.role == "param":
+            params[v.name] = {"value": _init_param(v, rng)}
+        elif v.role == "global" or (v.role == "local" and not v.amortized):
+            shape = ((problem.total_size,) if v.role == "local" else ()) + tuple(v.shape)
+            params[v.name] = {"loc": 0.1 * rng.standard_normal(shape),
+                              "scale": np.full(shape, float(init_scale))}
     return params

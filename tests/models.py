@@ -71,8 +71,35 @@ def vector_locals(n=150, seed=3):
     return model, data
 
 
+def vae(n=60, pixels=6, latent=2, seed=4):
+    """Amortized locals with an MLP encoder, an MLP decoder of point parameters, a
+    continuous-Bernoulli likelihood and a Normal one with a learnable (Param) scale."""
+    rng = np.random.default_rng(seed)
+    with kq.Model("vae") as model:
+        enc = kq.nn.MLP("enc", [pixels, 5, 2 * latent], activation="tanh")
+        z = kq.Local("z", kq.Normal(0.0, 1.0), shape=(latent,),
+                     encoder=kq.nn.amortize(enc, "image"))
+        dec = kq.nn.MLP("dec", [latent, 5, pixels], activation="softplus")
+        log_sd = kq.Param("log_sd", (), init=-0.5)
+        kq.Observed("image", kq.ContinuousBernoulli(logits=dec(z)))
+        kq.Observed("feature", kq.Normal(kq.sum(z, -1), kq.exp(log_sd)))
+    data = {"image": rng.random((n, pixels)), "feature": rng.normal(size=n)}
+    return model, data
+
+
+def bnn(n=80, d=3, classes=3, seed=5):
+    """A Bayesian neural network: Dense layers whose weights are Global latents."""
+    rng = np.random.default_rng(seed)
+    with kq.Model("bnn") as model:
+        x = kq.Data("x", shape=(d,))
+        net = kq.nn.MLP("net", [d, 4, classes], activation="relu", prior=kq.Normal(0.0, 1.0))
+        kq.Observed("label", kq.Categorical(logits=net(x)))
+    data = {"x": rng.normal(size=(n, d)), "label": rng.integers(0, classes, size=n)}
+    return model, data
+
+
 ALL = {"hierarchical": hierarchical, "logistic": logistic, "counts": counts,
-       "vector_locals": vector_locals}
+       "vector_locals": vector_locals, "vae": vae, "bnn": bnn}
 
 
 def draw_noise(model, n_rows, rng):
@@ -81,9 +108,13 @@ def draw_noise(model, n_rows, rng):
 
 
 def random_params(model, total, rng):
-    """q params away from the init, so the checks see non-trivial values."""
+    """Parameters away from the init, so the checks see non-trivial values."""
     out = {}
+    for v in model.params:
+        out[v.name] = {"value": 0.5 * rng.standard_normal(v.shape)}
     for v in model.latents:
+        if v.amortized:
+            continue
         shape = ((total,) if v.role == "local" else ()) + v.shape
         out[v.name] = {"loc": 0.5 * rng.standard_normal(shape),
                        "scale": np.exp(0.3 * rng.standard_normal(shape) - 0.5)}

@@ -44,6 +44,14 @@ def logpdf(family: str, x, p: dict):
         return stats.binom.logpmf(x, p["n"], prob)
     if family == "Poisson":
         return stats.poisson.logpmf(x, p["mu"])
+    if family == "ContinuousBernoulli":
+        lam = special.expit(p["logits"]) if "logits" in p else p["probs"]
+        lam = np.broadcast_to(lam, np.shape(x))
+        near = np.abs(lam - 0.5) < 1e-4
+        safe = np.where(near, 0.25, lam)
+        log_c = np.where(near, np.log(2.0) + 4.0 / 3.0 * (lam - 0.5) ** 2,
+                         np.log(2.0 * np.arctanh(1 - 2 * safe) / (1 - 2 * safe)))
+        return x * np.log(lam) + (1 - x) * np.log1p(-lam) + log_c
     if family == "Categorical":
         logp = p["logits"] - special.logsumexp(p["logits"], axis=-1, keepdims=True)
         logp = np.broadcast_to(logp, np.shape(x) + logp.shape[-1:])
@@ -57,18 +65,24 @@ def reference_terms(problem, params, indices, noise, *, step=0):
     b = len(indices)
     ratio = n / b
     env = {v.name: problem.data[v.name][indices] for v in model.data_vars}
+    env.update({v.name: np.asarray(params[v.name]["value"]) for v in model.params})
+    columns = {k: a[indices] for k, a in problem.data.items()}
     loglik, kl_global, kl_local = 0.0, 0.0, 0.0
     for v in model.vars.values():
-        if v.role == "data":
+        if v.role in ("data", "param"):
             continue
         p = {k: np.asarray(evaluate(e, env, NumpyOps), float) for k, e in v.dist.params}
         if v.role == "observed":
             y = problem.data[v.name][indices]
             loglik += ratio * np.sum(np.broadcast_to(logpdf(v.dist.family, y, p), y.shape))
             continue
-        loc, scale = np.asarray(params[v.name]["loc"]), np.asarray(params[v.name]["scale"])
-        if v.role == "local":
-            loc, scale = loc[indices], scale[indices]
+        if v.amortized:
+            enc_env = {**columns, **{q.name: env[q.name] for q in model.params}}
+            loc, scale = (np.asarray(evaluate(e, enc_env, NumpyOps), float) for e in v.encoder)
+        else:
+            loc, scale = np.asarray(params[v.name]["loc"]), np.asarray(params[v.name]["scale"])
+            if v.role == "local":
+                loc, scale = loc[indices], scale[indices]
         u = loc + scale * np.asarray(noise[v.name])
         x, log_jac = _forward(v.support, u)
         log_q = np.sum(stats.norm.logpdf(u, loc, scale))

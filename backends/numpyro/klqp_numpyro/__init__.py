@@ -32,7 +32,7 @@ class NumPyroObjective:
         self.terms_fn = build_terms(problem)
         self.trace_counts = collections.Counter()
         self.model = build_model(problem)      # the plain NumPyro program, for users
-        self._locals = {v.name for v in problem.model.locals}
+        self._locals = {v.name for v in problem.model.free_locals}
         self._data = {k: jnp.asarray(v) for k, v in problem.data.items()}
         self._eval = jax.jit(self._evaluate)
         self._grad = jax.jit(jax.grad(lambda *a: self._evaluate(*a)["loss"]))
@@ -57,7 +57,8 @@ class NumPyroObjective:
                 "kl_local": jnp.asarray(t.kl_local)}
 
     def _args(self, params, indices, noise, step):
-        tree = jax.tree.map(jnp.asarray, (params, {k: noise[k] for k in params}))
+        latents = [v.name for v in self.problem.model.latents]
+        tree = jax.tree.map(jnp.asarray, (params, {k: noise[k] for k in latents}))
         weights = _weights_at(self.problem, jnp.asarray(step), _shared_values(self.problem))
         return tree[0], jnp.asarray(indices), tree[1], weights
 

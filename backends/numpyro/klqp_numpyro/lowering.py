@@ -56,6 +56,25 @@ class JaxOps:
         return jnp.asarray(value)
 
 
+class ContinuousBernoulli(dist.Distribution):
+    """Loaiza-Ganem & Cunningham (2019); NumPyro has none. With l the logits,
+    log p(x) = x l - softplus(l) + log C, C = l / tanh(l / 2) (-> 2 as l -> 0)."""
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.unit_interval
+
+    def __init__(self, logits, *, validate_args=None):
+        self.logits = logits
+        super().__init__(batch_shape=jnp.shape(logits), validate_args=validate_args)
+
+    def log_prob(self, value):
+        a = jnp.abs(self.logits)
+        small = a < 1e-3
+        safe = jnp.where(small, 1.0, a)
+        log_norm = jnp.where(small, jnp.log(2.0 + a * a / 6.0), jnp.log(safe / jnp.tanh(safe / 2)))
+        return value * self.logits - jax.nn.softplus(self.logits) + log_norm
+
+
 def _family(family: str, p: dict):
     if family == "Normal":
         return dist.Normal(p["mu"], p["sigma"])
@@ -79,6 +98,9 @@ def _family(family: str, p: dict):
         return dist.Poisson(p["mu"])
     if family == "Categorical":
         return dist.Categorical(logits=p["logits"])
+    if family == "ContinuousBernoulli":
+        logits = p["logits"] if "logits" in p else jnp.log(p["probs"]) - jnp.log1p(-p["probs"])
+        return ContinuousBernoulli(logits)
     raise NotImplementedError(f"the numpyro backend has no lowering for {family!r}")
 
 
@@ -118,6 +140,9 @@ def build_model(problem: Problem):
             for v in model.vars.values():
                 if v.role == "data":
                     continue
+                if v.role == "param":  # point parameters: substituted by the caller
+                    env[v.name] = numpyro.param(v.name, jnp.zeros(v.shape))
+                    continue
                 with ExitStack() as stack:
                     if v.role != "global":
                         stack.enter_context(rows)
@@ -146,14 +171,21 @@ def build_guide(problem: Problem, init: dict):
         with ExitStack() as outer:
             if weights is not None:
                 outer.enter_context(handlers.scale(scale=weights["cost_scale"]))
+            env = dict(batch)
+            env.update({v.name: numpyro.param(v.name, jnp.asarray(init[v.name]["value"]))
+                        for v in model.params})
             for v in model.latents:
-                loc = numpyro.param(f"{v.name}_loc", jnp.asarray(init[v.name]["loc"]))
-                sd = numpyro.param(f"{v.name}_scale", jnp.asarray(init[v.name]["scale"]),
-                                   constraint=constraints.softplus_positive)
+                if v.amortized:
+                    loc, sd = (evaluate(e, env, JaxOps) for e in v.encoder)
+                else:
+                    loc = numpyro.param(f"{v.name}_loc", jnp.asarray(init[v.name]["loc"]))
+                    sd = numpyro.param(f"{v.name}_scale", jnp.asarray(init[v.name]["scale"]),
+                                       constraint=constraints.softplus_positive)
                 with ExitStack() as stack:
                     if v.role == "local":
                         idx = stack.enter_context(rows)
-                        loc, sd = loc[idx], sd[idx]
+                        if not v.amortized:
+                            loc, sd = loc[idx], sd[idx]
                     if weights is not None:
                         stack.enter_context(handlers.scale(scale=weights[f"beta_{v.role}"]))
                     base = dist.Normal(loc, sd).to_event(len(v.shape))
@@ -165,9 +197,10 @@ def build_guide(problem: Problem, init: dict):
 def build_terms(problem: Problem):
     """``terms(params, batch, indices, noise) -> Terms`` (full-data nats, no weights).
 
-    params: {latent: {"loc", "scale"}}, where a local's arrays hold only this batch's
-    rows (the caller gathers them, so gradients and optimizer updates touch b rows, not
-    N). noise: standard normal draws, locals with b rows. Log-densities of latents are in unconstrained
+    params: {latent: {"loc", "scale"}}, where a free local's arrays hold only this
+    batch's rows (the caller gathers them, so gradients and optimizer updates touch b
+    rows, not N), and {param: {"value"}}. An amortized local's loc and scale come from
+    its encoder on the batch. noise: standard normal draws, locals with b rows. Log-densities of latents are in unconstrained
     space: log p(T(u)) + log|T'(u)| against log N(u; loc, scale).
     """
     model = problem.model
@@ -175,17 +208,23 @@ def build_terms(problem: Problem):
 
     def terms(params, batch, indices, noise) -> Terms:
         values, unconstrained, log_q = {}, {}, {}
+        point = {v.name: params[v.name]["value"] for v in model.params}
+        encoder_env = {**batch, **point}
         for v in model.latents:
-            loc, sd = params[v.name]["loc"], params[v.name]["scale"]
+            if v.amortized:
+                loc, sd = (evaluate(e, encoder_env, JaxOps) for e in v.encoder)
+            else:
+                loc, sd = params[v.name]["loc"], params[v.name]["scale"]
             u = loc + sd * noise[v.name]
             unconstrained[v.name] = u
             values[v.name] = transform(v.support)(u)
             log_q[v.name] = dist.Normal(loc, sd).log_prob(u).sum()
-        trace = handlers.trace(handlers.substitute(numpyro_model, data={**values, ROWS: indices}))
+        trace = handlers.trace(handlers.substitute(numpyro_model,
+                                                   data={**values, **point, ROWS: indices}))
         sites = trace.get_trace(batch)
         loglik, kl = 0.0, {"global": 0.0, "local": 0.0}
         for v in model.vars.values():
-            if v.role == "data":
+            if v.role in ("data", "param"):
                 continue
             site = sites[v.name]
             scale = 1.0 if site["scale"] is None else site["scale"]  # N/b inside the plate

@@ -71,8 +71,8 @@ class Trainer:
 
     # -- the update of one step -------------------------------------------------------
     def init_state(self, variables):
-        return (self.optimizer.init(variables["global"]),
-                row_adam_init(variables["local"], self.problem.total_size))
+        return (self.optimizer.init(variables["dense"]),
+                row_adam_init(variables["rows"], self.problem.total_size))
 
     def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
         """One optimizer step on one minibatch. Locals are gathered to the batch rows
@@ -83,28 +83,27 @@ class Trainer:
         b = indices.shape[0]
         s = objective.cost_scale(problem.total_size, b, problem.scale_cost_to_minibatch)
         noise = draw_noise(problem, key, b)
-        rows = jax.tree.map(lambda a: a[indices], variables["local"])
+        rows = jax.tree.map(lambda a: a[indices], variables["rows"])
 
-        def loss_of(glob, rows):
-            params = {k: {"loc": p["loc"], "scale": jax.nn.softplus(p["raw_scale"])}
-                      for k, p in {**glob, **rows}.items()}
+        def loss_of(dense, rows):
+            params = _as_params({**dense, **rows})
             t = self.terms(params, batch, indices, noise)
             return objective.loss(t, cost_scale=s, **w), (t.loglik, t.kl_global, t.kl_local)
 
-        (loss, aux), (g_glob, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
-            variables["global"], rows)
+        (loss, aux), (g_dense, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
+            variables["dense"], rows)
         t = objective.Terms(*aux)
         lr = self.learning_rate(step, xp=jnp)
-        updates, glob_state = self.optimizer.update(g_glob, opt_state[0], variables["global"])
-        glob = jax.tree.map(lambda p, u: p - lr * u, variables["global"], updates)
-        keep = lambda new, old: jnp.where(active, new, old)  # globals are small: O(size)
-        glob = jax.tree.map(keep, glob, variables["global"])
-        glob_state = jax.tree.map(keep, glob_state, opt_state[0])
-        local, local_state = row_adam_update(g_rows, opt_state[1], variables["local"], indices,
+        updates, dense_state = self.optimizer.update(g_dense, opt_state[0], variables["dense"])
+        dense = jax.tree.map(lambda p, u: p - lr * u, variables["dense"], updates)
+        keep = lambda new, old: jnp.where(active, new, old)  # not the N-row arrays: O(size)
+        dense = jax.tree.map(keep, dense, variables["dense"])
+        dense_state = jax.tree.map(keep, dense_state, opt_state[0])
+        local, local_state = row_adam_update(g_rows, opt_state[1], variables["rows"], indices,
                                              lr, active)
         record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
                   "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local), **w}
-        return ({"global": glob, "local": local}, (glob_state, local_state),
+        return ({"dense": dense, "rows": local}, (dense_state, local_state),
                 {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS})
 
     # -- in-memory data: a chunk of steps as one scan ----------------------------------
@@ -139,17 +138,30 @@ class Trainer:
 
 
 def _to_variables(problem: Problem, params: dict) -> dict:
-    """q's params -> what the optimizer moves: loc and raw_scale (scale = softplus(raw))."""
-    as_var = lambda p: {"loc": jnp.asarray(p["loc"]),
-                        "raw_scale": jnp.asarray(_inv_softplus(np.asarray(p["scale"])))}
-    return {role: {v.name: as_var(params[v.name]) for v in getattr(problem.model, role + "s")}
-            for role in ("global", "local")}
+    """Parameters -> what the optimizer moves, in two groups: "dense" (globals' q and
+    point params, plain Adam) and "rows" (free locals' q, row-wise Adam). A q scale is
+    moved as raw_scale, scale = softplus(raw_scale)."""
+    def as_var(p):
+        if "value" in p:
+            return {"value": jnp.asarray(p["value"])}
+        return {"loc": jnp.asarray(p["loc"]),
+                "raw_scale": jnp.asarray(_inv_softplus(np.asarray(p["scale"])))}
+    model = problem.model
+    dense = [v for v in model.vars.values() if v.role in ("global", "param")]
+    return {"dense": {v.name: as_var(params[v.name]) for v in dense},
+            "rows": {v.name: as_var(params[v.name]) for v in model.free_locals}}
+
+
+def _as_params(group: dict, to_array=lambda a: a) -> dict:
+    """Optimizer variables -> the params structure of the objective (scale, not raw)."""
+    return {k: ({"value": to_array(p["value"])} if "value" in p else
+                {"loc": to_array(p["loc"]), "scale": to_array(jax.nn.softplus(p["raw_scale"]))})
+            for k, p in group.items()}
 
 
 def _to_params(variables: dict) -> dict:
-    return {k: {"loc": np.asarray(v["loc"], dtype=float),
-                "scale": np.asarray(jax.nn.softplus(v["raw_scale"]), dtype=float)}
-            for role in ("global", "local") for k, v in variables[role].items()}
+    as_numpy = lambda a: np.asarray(a, dtype=float)
+    return {**_as_params(variables["dense"], as_numpy), **_as_params(variables["rows"], as_numpy)}
 
 
 class _Run:
@@ -257,7 +269,7 @@ def _run_stream(run: _Run, key, end: int, bar) -> None:
         if run.step >= end:
             break
         cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",
-                           need_rows=bool(model.locals), total_size=problem.total_size)
+                           need_rows=bool(model.free_locals), total_size=problem.total_size)
         rows = cols.pop(ROW_INDEX, None)
         b = next(iter(cols.values())).shape[0]
         if b > problem.total_size:
