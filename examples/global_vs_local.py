@@ -26,6 +26,9 @@ import klqp as kq
 from klqp import schedules
 
 
+TOTAL_SIZE = 2000  # rows the example makes by default; `klqp explain` reads it
+
+
 def build_model() -> kq.Model:
     with kq.Model("global_vs_local") as model:
         mu = kq.Global("mu", kq.Normal(0.0, 10.0))
@@ -67,7 +70,7 @@ def mean_field_optimum(y, likelihood_weight=1.0, beta_local=1.0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)

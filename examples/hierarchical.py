@@ -22,6 +22,9 @@ import klqp as kq
 from klqp import schedules
 
 
+TOTAL_SIZE = 100_000  # rows the example makes by default; `klqp explain` reads it
+
+
 def make_data(n: int, seed: int = 0, theta=1.5, sigma=1.0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
@@ -42,7 +45,7 @@ def build_model() -> kq.Model:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)

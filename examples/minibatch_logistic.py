@@ -18,6 +18,7 @@ import klqp as kq
 from klqp import schedules
 
 W_TRUE = np.array([1.0, -2.0, 0.5, 0.0])
+TOTAL_SIZE = 20_000  # rows the example makes by default; `klqp explain` reads it
 
 
 def make_data(n, seed):
@@ -39,7 +40,7 @@ def build_model() -> kq.Model:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ import klqp as kq
 from klqp import schedules
 
 PRIOR_SD, NOISE_SD = 2.0, 1.5
+TOTAL_SIZE = 1000  # rows the example makes; `klqp explain` reads it
 SETTINGS = [  # (beta, likelihood_weight): T/beta = 1 is Bayes, < 1 warm, > 1 cold
     (1.0, 1.0), (4.0, 1.0), (1.0, 0.25), (0.25, 1.0), (1.0, 4.0),
 ]
@@ -39,7 +40,7 @@ def exact(y, power):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

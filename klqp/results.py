@@ -100,6 +100,43 @@ class FitResult:
         return az.from_dict(groups, dims=dims,
                             attrs={"klqp_backend": self.backend, "klqp_steps": self.steps})
 
+    def plot_history(self, path=None, smooth: int = 50):
+        """Loss, loglik, the KL terms and the weights on a shared step axis (matplotlib).
+
+        Curves are drawn raw (light) and as a running mean over ``smooth`` steps. Saves a
+        PNG when ``path`` is given; returns the figure.
+        """
+        import matplotlib
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        h = self.history
+        steps = np.arange(len(h["loss"]))
+        panels = [("loss", ["loss"]), ("full-data nats", ["elbo", "loglik"]),
+                  ("KL (nats)", ["kl_global", "kl_local"]),
+                  ("weights", ["beta_global", "beta_local", "likelihood_weight"])]
+        fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(7, 8.5))
+        for ax, (label, keys) in zip(axes, panels):
+            for key in keys:
+                y = np.asarray(h[key], dtype=float)
+                if label == "weights" or len(y) < 2 * smooth:
+                    ax.plot(steps, y, label=key)
+                    continue
+                line, = ax.plot(steps, y, alpha=0.25)
+                kernel = np.ones(smooth) / smooth
+                ax.plot(steps[smooth - 1:], np.convolve(y, kernel, mode="valid"),
+                        color=line.get_color(), label=f"{key} (mean of {smooth})")
+            ax.set_ylabel(label)
+            ax.legend(loc="best", fontsize="small")
+        axes[-1].set_xlabel("step")
+        fig.suptitle(f"{self.model.name} on {self.backend}: N={self.problem.total_size}, "
+                     f"b={self.problem.batch_size}")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
     def summary(self, max_rows: int = 5) -> str:
         """A short table of q's mean and sd per latent (locals: the first rows)."""
         lines = [f"{'latent':<12} {'role':<7} {'mean':>28} {'sd':>28}"]

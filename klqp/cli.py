@@ -1,0 +1,95 @@
+"""The ``klqp`` command.
+
+    klqp backends                                  what is installed
+    klqp run examples/vae.py --backend pymc ...    run an example (its own flags follow)
+    klqp explain examples/vae.py --batch-size 128  the objective of the model a file defines
+
+A file ``explain`` can read defines ``build_model()`` (returning a kq.Model) and, unless
+``--total-size`` is given or the model has one, ``TOTAL_SIZE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import runpy
+import sys
+
+from . import backends
+from .explain import explain
+
+
+def _load(path: str):
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise SystemExit(f"klqp: no such file: {path}")
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_backends(args) -> int:
+    names = backends.available()
+    if not names:
+        print("no backends installed; pip install -e backends/numpyro (or backends/pymc)")
+        return 1
+    for name in names:
+        try:
+            backends.get(name)
+            status = "ok"
+        except Exception as err:  # report a broken plug-in instead of crashing the listing
+            status = f"fails to load: {err}"
+        print(f"{name:<10} {status}")
+    return 0
+
+
+def _cmd_run(args, rest) -> int:
+    sys.argv = [args.file] + rest
+    runpy.run_path(args.file, run_name="__main__")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    module = _load(args.file)
+    if not hasattr(module, "build_model"):
+        raise SystemExit(f"klqp: {args.file} defines no build_model(); klqp explain needs one")
+    model = module.build_model()
+    total = args.total_size or model.total_size or getattr(module, "TOTAL_SIZE", None)
+    if total is None:
+        raise SystemExit("klqp: give --total-size N (the file sets no TOTAL_SIZE)")
+    print(explain(model, total_size=total, batch_size=args.batch_size, beta=args.beta,
+                  beta_global=args.beta_global, beta_local=args.beta_local,
+                  likelihood_weight=args.likelihood_weight,
+                  scale_cost_to_minibatch=args.scale_cost_to_minibatch))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="klqp", description="klqp: one mini-batch VI objective")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("backends", help="list the installed backends")
+    run = sub.add_parser("run", help="run an example file; flags after the file go to it")
+    run.add_argument("file")
+    ex = sub.add_parser("explain", help="print the objective of the model a file defines")
+    ex.add_argument("file")
+    ex.add_argument("--total-size", type=int)
+    ex.add_argument("--batch-size", type=int)
+    ex.add_argument("--beta", type=float)
+    ex.add_argument("--beta-global", type=float)
+    ex.add_argument("--beta-local", type=float)
+    ex.add_argument("--likelihood-weight", type=float, default=1.0)
+    ex.add_argument("--scale-cost-to-minibatch", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "run" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "backends":
+        return _cmd_backends(args)
+    if args.command == "run":
+        return _cmd_run(args, rest)
+    return _cmd_explain(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
