@@ -74,6 +74,47 @@ class FitResult:
         u = loc + scale * rng.standard_normal((num_samples,) + np.shape(loc))
         return transforms.forward(support, u)
 
+    def evaluate(self, expr, data: Optional[dict] = None, num_samples: int = 0, seed: int = 0,
+                 locals_at_mean: bool = True) -> np.ndarray:
+        """Evaluate a model expression (``net(x)``, a distribution's parameter) with NumPy,
+        for new ``data`` columns.
+
+        Point params take their fitted values. Globals take q draws when ``num_samples``
+        > 0 (result shape (num_samples, ...)), else q's mean in their own space. An
+        amortized local takes its encoder's mean on ``data`` (``locals_at_mean``); a free
+        local is only defined on the training rows and cannot be evaluated for new rows.
+
+        >>> # logits on test inputs, averaged over 100 draws of a BNN's weights:
+        >>> # probs = softmax(result.evaluate(logits_expr, {"x": X_test}, 100)).mean(0)
+        """
+        from .expr import NumpyOps, evaluate, variables_in
+
+        data = {k: np.asarray(v) for k, v in (data or {}).items()}
+        model = self.model
+        base = {v.name: self.params[v.name]["value"] for v in model.params}
+        base.update(data)
+
+        def env_for(draw: Optional[int]):
+            env = dict(base)
+            for v in model.globals:
+                env[v.name] = (self.mean(v.name) if draw is None else draws[v.name][draw])
+            for v in model.locals:
+                if v.amortized and locals_at_mean:
+                    loc = evaluate(v.encoder[0], env, NumpyOps)
+                    env[v.name] = transforms.forward(v.support, loc)
+            return env
+
+        needs = set(variables_in(expr))
+        free = [v.name for v in model.free_locals if v.name in needs]
+        if free:
+            raise ValueError(f"cannot evaluate {expr!r} for new rows: it reads free local(s) "
+                             f"{free}, which exist only for the training rows")
+        if num_samples <= 0:
+            return np.asarray(evaluate(expr, env_for(None), NumpyOps))
+        draws = {v.name: self.sample(v.name, num_samples, seed) for v in model.globals}
+        return np.stack([np.asarray(evaluate(expr, env_for(i), NumpyOps))
+                         for i in range(num_samples)])
+
     def to_inference_data(self, num_samples: int = 1000, seed: int = 0):
         """Draws from q as an ArviZ data tree (``posterior`` and ``observed_data`` groups).
 

@@ -62,3 +62,30 @@ def test_logistic_example_scale_changes_gradient_not_optimum(backend):
     results, grad_norms = load("minibatch_logistic").main(args)
     assert grad_norms[True] / grad_norms[False] == pytest.approx(100 / 4000, rel=1e-9)
     np.testing.assert_allclose(results[True].mean("w"), results[False].mean("w"), atol=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bayes_by_backprop_example_learns_digits(backend, tmp_path):
+    plot = tmp_path / "bbb.png"
+    rows, results = load("bayes_by_backprop").main(
+        ["--backend", backend, "--steps", "600", "--plot", str(plot)])
+    assert plot.stat().st_size > 10_000
+    for way, accuracy, nll, ece in rows:
+        assert accuracy > 0.7, way  # 10 classes: chance is 0.1
+    blundell = results["Blundell"].history["beta_global"]
+    m = 1437 // 128  # in-memory draws use N // b full batches per epoch
+    assert blundell[:m].sum() == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vae_example_trades_reconstruction_for_kl(backend, tmp_path):
+    images = tmp_path / "vae.png"
+    results = load("vae").main(["--backend", backend, "--steps", "400", "--images", str(images)])
+    assert images.stat().st_size > 20_000
+    kl = {label: r.history["kl_local"][-50:].mean() for label, r in results.items()}
+    # a larger beta buys a smaller KL: beta = 16 (beta_norm 1) squeezes the code hardest
+    assert kl["cont. Bernoulli, beta_norm=1"] < kl["cont. Bernoulli, beta=4"] < kl["cont. Bernoulli, beta=1"]
+    warm = results["cont. Bernoulli, linear warm-up"].history["beta_local"]
+    np.testing.assert_allclose(warm[:200], np.arange(200) / 200)
