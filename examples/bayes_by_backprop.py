@@ -20,13 +20,12 @@ before and after their factors.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import klqp as kq
+from klqp.cli import example_parser
 from klqp import schedules
 
 HIDDEN = 32
@@ -66,11 +65,7 @@ def expected_calibration_error(probs, labels, bins=10):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, steps=4000, batch_size=128)
     parser.add_argument("--plot", default=None, help="save the KL vs cross-entropy plot here")
     args = parser.parse_args(argv)
 

@@ -18,11 +18,10 @@ posterior of mu is Normal in closed form, and q(mu) can be checked against it.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 import klqp as kq
+from klqp.cli import example_parser
 from klqp import schedules
 
 
@@ -68,12 +67,7 @@ def mean_field_optimum(y, likelihood_weight=1.0, beta_local=1.0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, steps=6000, batch_size=100, rows=TOTAL_SIZE)
     args = parser.parse_args(argv)
     n, b = args.rows, args.batch_size
 

@@ -13,12 +13,12 @@ on everything when scale_cost_to_minibatch=True; `kq.explain` prints exactly tha
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 import klqp as kq
+from klqp.cli import example_parser
 from klqp import schedules
 
 
@@ -43,12 +43,7 @@ def build_model() -> kq.Model:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, steps=20_000, batch_size=2000, rows=TOTAL_SIZE)
     args = parser.parse_args(argv)
 
     data, truth = make_data(args.rows, args.seed)

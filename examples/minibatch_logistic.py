@@ -10,11 +10,10 @@ q of both runs.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 import klqp as kq
+from klqp.cli import example_parser
 from klqp import schedules
 
 W_TRUE = np.array([1.0, -2.0, 0.5, 0.0])
@@ -38,12 +37,7 @@ def build_model() -> kq.Model:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, steps=5000, batch_size=200, rows=TOTAL_SIZE)
     args = parser.parse_args(argv)
     n, b = args.rows, args.batch_size
     data, model = make_data(n, args.seed), build_model()

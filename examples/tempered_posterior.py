@@ -11,11 +11,10 @@ to T/beta, which for this conjugate model is Normal in closed form:
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 import klqp as kq
+from klqp.cli import example_parser
 from klqp import schedules
 
 PRIOR_SD, NOISE_SD = 2.0, 1.5
@@ -38,11 +37,7 @@ def exact(y, power):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--rows", type=int, default=TOTAL_SIZE)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, steps=4000, rows=TOTAL_SIZE)
     args = parser.parse_args(argv)
 
     y = 0.7 + NOISE_SD * np.random.default_rng(args.seed).normal(size=args.rows)

@@ -20,13 +20,12 @@ It prints reconstruction vs KL per image for each setting and saves reconstructi
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from scipy.special import expit
 from sklearn.datasets import load_digits
 
 import klqp as kq
+from klqp.cli import example_parser
 from klqp import schedules
 
 LATENT, HIDDEN, PIXELS = 4, 64, 64
@@ -64,11 +63,7 @@ def decoded_mean(result, images):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpyro", choices=kq.backends.available())
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = example_parser(__doc__, steps=3000, batch_size=128)
     parser.add_argument("--images", default=None, help="save reconstructions to this PNG")
     args = parser.parse_args(argv)
 

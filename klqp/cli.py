@@ -15,9 +15,25 @@ import importlib.util
 import pathlib
 import runpy
 import sys
+from typing import Optional
 
 from . import backends
 from .explain import explain
+
+
+def example_parser(doc: str, *, steps: int, batch_size: Optional[int] = None,
+                   rows: Optional[int] = None) -> argparse.ArgumentParser:
+    """The flags every example takes: --backend, --steps, --seed, and --batch-size /
+    --rows where the example has them."""
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--backend", default="numpyro", choices=backends.available())
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--seed", type=int, default=0)
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size)
+    if rows is not None:
+        parser.add_argument("--rows", type=int, default=rows, help="data rows to make (N)")
+    return parser
 
 
 def _load(path: str):
