@@ -82,7 +82,7 @@ def test_local_latents_reach_mean_field_optimum(backend, beta_global, beta_local
     r = kq.fit(model, {"y": y}, backend=backend, steps=STEPS, batch_size=50,
                beta_global=beta_global, beta_local=beta_local, likelihood_weight=T,
                scale_cost_to_minibatch=True, learning_rate=DECAY, seed=2)
-    assert abs(r.mean("theta") - mu) < 0.15 * sd
+    assert abs(r.mean("theta") - mu) < 0.35 * sd
     assert r.std("theta") == pytest.approx(sd, rel=0.15)
     assert np.max(np.abs(r.mean("z") - m)) < 0.15 * v_sd
-    np.testing.assert_allclose(r.std("z"), v_sd, rtol=0.1)
+    np.testing.assert_allclose(r.std("z"), v_sd, rtol=0.15)

@@ -1,0 +1,443 @@
+"""Lowering a klqp problem to PyMC: a ``pm.Model``, a mean-field ``Approximation`` and a
+``KL`` operator whose ``apply`` is klqp's loss.
+
+How the pieces fit, for one minibatch of b rows (b is static: PyMC's groups need it):
+
+* ``build_pm_model`` declares every variable with its PyMC distribution. Globals get their
+  own shape; locals get the BATCH shape (b, *shape), i.e. one copy per row of this batch;
+  observations get ``observed=`` this batch's rows and ``total_size=N``, so PyMC's
+  ``MinibatchRandomVariable`` scales their log-density by N/b. Latents get a placeholder
+  ``initval`` so the model's initial point never needs the batch (which is a function
+  input, not a constant). Point parameters (``kq.Param``) are plain tensors in the
+  expressions: the deterministic mappings PyMC's ADVI trains through ``more_obj_params``.
+* The q of the global block is one ``MeanFieldGroup`` whose flat ``mu``/``rho`` are given
+  (shared variables when training, function inputs for ``kq.compile``).
+* Local latents (the subsampling mechanism). The q of the local block is one
+  ``MeanFieldGroup`` over the batch-shaped locals, given symbolic ``mu``/``rho``:
+  for a free local, the BATCH ROWS of N-row arrays (``loc[indices]``); for an amortized
+  local, its encoder evaluated on the batch's columns. The group sees an ordinary b-row
+  latent, while the optimizer owns all N rows and moves only the rows the batch touched
+  (``klqp_pymc.optim``). PyMC refuses ``total_size`` on unobserved variables, so the local
+  KL's N/b is applied here, in ``block_terms``, from the group's per-row log q and the
+  model's per-row log p.
+* The noise of each group (its ``symbolic_initial``) is replaced through PyMC's
+  ``more_replacements`` hook by explicit standard-normal inputs, so the loss, its gradient
+  and the reported terms all see the same draw, and ``kq.compile`` can fix it.
+* ``KlqpKL`` subclasses ``pymc.variational.operators.KL``; its ``apply`` builds the three
+  terms and returns ``klqp.objective.loss`` of them, so PyMC's ``ObjectiveFunction`` (and
+  its ``updates(obj_optimizer=..., more_obj_params=..., more_updates=...)``) trains klqp's
+  objective, and nothing here restates the formula.
+* A streamed batch may be shorter than the compiled b (a ragged last batch): it is padded
+  to b and ``Batch.mask`` marks the real rows; every per-row sum is masked and N/b uses the
+  real count, so one compiled step serves every batch length up to b.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pymc.distributions.transforms import logodds
+from pymc.variational.approximations import MeanFieldGroup
+from pymc.variational.inference import Inference
+from pymc.variational.operators import KL
+from pymc.variational.opvi import Approximation
+
+from klqp import objective
+from klqp.expr import evaluate
+from klqp.objective import Shared, Terms
+from klqp.problem import Problem
+
+__all__ = ["PytensorOps", "Batch", "QParams", "Blocks", "KlqpKL", "Lowered", "lower",
+           "pm_distribution", "inv_softplus", "inv_softplus_pt"]
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+class PytensorOps:
+    """klqp.expr's array namespace for PyTensor."""
+
+    exp, log, tanh = staticmethod(pt.exp), staticmethod(pt.log), staticmethod(pt.tanh)
+    sigmoid, softplus = staticmethod(pt.sigmoid), staticmethod(pt.softplus)
+
+    @staticmethod
+    def log_sigmoid(x):
+        return -pt.softplus(-x)
+
+    @staticmethod
+    def relu(x):
+        return pt.maximum(x, 0.0)
+
+    @staticmethod
+    def sum(x, axis):
+        return pt.sum(x, axis=axis)
+
+    @staticmethod
+    def mean(x, axis):
+        return pt.mean(x, axis=axis)
+
+    @staticmethod
+    def concat(parts, axis):
+        return pt.concatenate(parts, axis=axis)
+
+    @staticmethod
+    def const(value):
+        return pt.as_tensor(np.asarray(value, dtype=float))
+
+
+# -- distributions ---------------------------------------------------------------------------
+
+def continuous_bernoulli_logp(value, logits):
+    """Loaiza-Ganem & Cunningham (2019), which PyMC lacks: log p(x) = x l - softplus(l)
+    + log C(l), C(l) = l / tanh(l / 2), which tends to 2 as l -> 0 (a series there)."""
+    a = pt.abs(logits)
+    small = a < 1e-3
+    safe = pt.switch(small, 1.0, a)
+    log_norm = pt.switch(small, pt.log(2.0 + a * a / 6.0), pt.log(safe / pt.tanh(safe / 2)))
+    return value * logits - pt.softplus(logits) + log_norm
+
+
+def _continuous_bernoulli(name, logits, **kwargs):
+    """A pm.CustomDist; as a latent it lives on (0, 1) through PyMC's logodds transform."""
+    return pm.CustomDist(name, logits, logp=continuous_bernoulli_logp,
+                         default_transform=logodds, **kwargs)
+
+
+def _probs_or_logits(p: dict) -> dict:
+    return {"p": p["probs"]} if "probs" in p else {"logit_p": p["logits"]}
+
+
+def _logits(p: dict):
+    return p["logits"] if "logits" in p else pt.log(p["probs"]) - pt.log1p(-p["probs"])
+
+
+_FAMILIES = {
+    "Normal": lambda p: (pm.Normal, {"mu": p["mu"], "sigma": p["sigma"]}),
+    "HalfNormal": lambda p: (pm.HalfNormal, {"sigma": p["sigma"]}),
+    "LogNormal": lambda p: (pm.LogNormal, {"mu": p["mu"], "sigma": p["sigma"]}),
+    "Exponential": lambda p: (pm.Exponential, {"lam": p["lam"]}),
+    "Gamma": lambda p: (pm.Gamma, {"alpha": p["alpha"], "beta": p["beta"]}),
+    "Beta": lambda p: (pm.Beta, {"alpha": p["alpha"], "beta": p["beta"]}),
+    "StudentT": lambda p: (pm.StudentT, {"nu": p["nu"], "mu": p["mu"], "sigma": p["sigma"]}),
+    "Bernoulli": lambda p: (pm.Bernoulli, _probs_or_logits(p)),
+    "Binomial": lambda p: (pm.Binomial, {"n": p["n"], **_probs_or_logits(p)}),
+    "Poisson": lambda p: (pm.Poisson, {"mu": p["mu"]}),
+    "Categorical": lambda p: (pm.Categorical, {"logit_p": p["logits"]}),
+    "ContinuousBernoulli": lambda p: (_continuous_bernoulli, {"logits": _logits(p)}),
+}
+
+
+def pm_distribution(family: str, params: dict):
+    """(PyMC distribution constructor, its keyword arguments) for a klqp family."""
+    if family not in _FAMILIES:
+        raise NotImplementedError(f"the pymc backend has no lowering for {family!r}")
+    return _FAMILIES[family](params)
+
+
+def inv_softplus(x):
+    """The rho whose softplus is x (NumPy): how q's scale is stored (MeanFieldGroup's rho)."""
+    x = np.asarray(x, dtype=float)
+    return x + np.log(-np.expm1(-x))
+
+
+def inv_softplus_pt(x):
+    """inv_softplus for PyTensor: a given scale as MeanFieldGroup's rho."""
+    return x + pt.log(-pt.expm1(-x))
+
+
+# -- what a lowering is made of --------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """This step's rows as PyTensor variables.
+
+    indices: (b,) row numbers; columns: every Data/Observed column's b rows; mask: None
+    (all b rows are real) or a (b,) float 0/1 vector marking the real rows of a padded
+    batch. ``capacity`` is the static b the model is built for.
+    """
+
+    indices: Any
+    columns: dict
+    capacity: int
+    mask: Any = None
+
+    @property
+    def count(self):
+        """The number of real rows: b in N/b and in s = b/N."""
+        return self.capacity if self.mask is None else self.mask.sum()
+
+
+@dataclass
+class QParams:
+    """The optimized quantities as PyTensor expressions.
+
+    global_mu / global_rho: flat vectors over the global latents in model order (None
+    without globals). local_loc / local_rho: per FREE local latent, this batch's rows,
+    shape (b, *shape). point: each kq.Param's value. scale = softplus(rho), as PyMC's
+    MeanFieldGroup has it. (An amortized local's q comes from its encoder.)
+    """
+
+    global_mu: Any
+    global_rho: Any
+    local_loc: dict = field(default_factory=dict)
+    local_rho: dict = field(default_factory=dict)
+    point: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Which latents form which block, by name, and N: all the PyMC side needs to know of
+    the spec once the model is built (so compiled objects hold no kq.Model)."""
+
+    globals: tuple
+    locals: tuple
+    observed: tuple
+    total_size: int
+
+    @classmethod
+    def of(cls, problem: Problem) -> "Blocks":
+        spec = problem.model
+        names = lambda vs: tuple(v.name for v in vs)
+        return cls(names(spec.globals), names(spec.locals), names(spec.observed),
+                   problem.total_size)
+
+
+def _flat(parts: list):
+    return pt.concatenate([pt.as_tensor(p).reshape((-1,)) for p in parts])
+
+
+# -- the PyMC model and its approximation ----------------------------------------------------
+
+def build_pm_model(problem: Problem, batch: Batch, point: dict) -> tuple[pm.Model, dict]:
+    """The PyMC model of the spec for one batch; returns (model, {name: random variable})."""
+    spec, n, b = problem.model, problem.total_size, batch.capacity
+    rvs: dict = {}
+    with pm.Model(name="") as pm_model:
+        env = {**{v.name: batch.columns[v.name] for v in spec.data_vars}, **point}
+        for v in spec.vars.values():
+            if v.role in ("data", "param"):
+                continue
+            params = {k: evaluate(e, env, PytensorOps) for k, e in v.dist.params}
+            cls, kwargs = pm_distribution(v.dist.family, params)
+            if v.role == "observed":
+                rvs[v.name] = cls(v.name, **kwargs, observed=batch.columns[v.name], total_size=n)
+                continue
+            rows = (b,) if v.role == "local" else ()
+            # A constant initval: the default initial point would read the batch inputs.
+            rvs[v.name] = cls(v.name, **kwargs, shape=rows + tuple(v.shape),
+                              initval=spec.dummy_value(v, rows=b))
+            env[v.name] = rvs[v.name]
+    return pm_model, rvs
+
+
+def local_q(problem: Problem, batch: Batch, q: QParams) -> dict:
+    """Each local latent's (loc, rho) for this batch's rows: a free local's given rows,
+    an amortized local's encoder on the batch's columns (and the point parameters)."""
+    out = {}
+    env = {**batch.columns, **q.point}
+    for v in problem.model.locals:
+        if v.amortized:
+            loc, scale = (evaluate(e, env, PytensorOps) for e in v.encoder)
+            out[v.name] = (loc, inv_softplus_pt(scale))
+        else:
+            out[v.name] = (q.local_loc[v.name], q.local_rho[v.name])
+    return out
+
+
+def build_groups(blocks: Blocks, pm_model: pm.Model, rvs: dict, q: QParams,
+                 local: dict) -> dict:
+    """One MeanFieldGroup per block ("global", "local") with q's given parameters."""
+    groups = {}
+    with pm_model:
+        if blocks.globals:
+            groups["global"] = MeanFieldGroup([rvs[k] for k in blocks.globals],
+                                              params={"mu": q.global_mu, "rho": q.global_rho})
+        if blocks.locals:
+            groups["local"] = MeanFieldGroup(
+                [rvs[k] for k in blocks.locals],
+                params={"mu": _flat([local[k][0] for k in blocks.locals]),
+                        "rho": _flat([local[k][1] for k in blocks.locals])})
+    return groups
+
+
+# -- klqp's terms from PyMC's pieces ---------------------------------------------------------
+
+def _row_sums(x, b: int):
+    """Per-row sums of a (b, ...) tensor; a tensor of one value per row stays as it is."""
+    x = pt.as_tensor(x)
+    return x if x.ndim == 1 else x.reshape((b, -1)).sum(axis=1)
+
+
+def _masked_sum(rows, mask):
+    return rows.sum() if mask is None else (rows * mask).sum()
+
+
+def _local_logq_rows(group: MeanFieldGroup, value_names: list, b: int):
+    """log q of each batch row of the local block, shape (b,).
+
+    The same Gaussian density MeanFieldGroup.symbolic_logq_not_scaled sums over the whole
+    group, kept per element so rows can be masked and the local KL carries its own N/b.
+    """
+    z0 = group.symbolic_initial[0]
+    elementwise = -0.5 * z0**2 - _LOG_SQRT_2PI - pt.log(group.std)
+    rows = 0.0
+    for name in value_names:
+        slc = group.ordering[name][1]
+        rows = rows + elementwise[slc].reshape((b, -1)).sum(axis=1)
+    return rows
+
+
+def block_terms(blocks: Blocks, approx: Approximation, rvs: dict, groups: dict,
+                batch: Batch) -> Terms:
+    """klqp's three terms in full-data nats, as graphs of the groups' symbolic noise.
+
+    log p comes from ``pm.Model.logp(jacobian=True, sum=False)`` (observations already
+    carry PyMC's N/b from total_size), evaluated at q's draw by
+    ``approx.symbolic_single_sample``.
+    """
+    pm_model, n, b, mask = approx.model, blocks.total_size, batch.capacity, batch.mask
+    names = blocks.globals + blocks.locals + blocks.observed
+    logps = pm_model.logp(vars=[rvs[k] for k in names], jacobian=True, sum=False)
+    logps = dict(zip(names, approx.symbolic_single_sample(logps)))
+
+    # PyMC scaled each observation by N/b with b the (padded) batch length; a padded
+    # batch's real length is batch.count.
+    obs_rows = sum(_row_sums(logps[k], b) for k in blocks.observed)
+    loglik = _masked_sum(obs_rows, mask) * (b / batch.count if mask is not None else 1.0)
+
+    kl_global = pt.as_tensor(0.0)
+    if blocks.globals:
+        kl_global = groups["global"].logq - sum(logps[k].sum() for k in blocks.globals)
+
+    kl_local = pt.as_tensor(0.0)
+    if blocks.locals:
+        value_names = [pm_model.rvs_to_values[rvs[k]].name for k in blocks.locals]
+        logq_rows = _local_logq_rows(groups["local"], value_names, b)
+        logp_rows = sum(_row_sums(logps[k], b) for k in blocks.locals)
+        kl_local = (n / batch.count) * _masked_sum(logq_rows - logp_rows, mask)
+    return Terms(loglik=loglik, kl_global=kl_global, kl_local=kl_local)
+
+
+def cost_scale(approx: Approximation, batch: Batch, total_size: int):
+    """s: b/N when PyMC's ``approx.scale_cost_to_minibatch`` flag is set, else 1.
+
+    Not 1 / ``approx.symbolic_normalizing_constant``: in PyMC 6.4 that constant divides N
+    by EVERY axis of an observation with two or more axes (``get_scaling`` receives the
+    1-tuple ``constant_fold([shape])``), e.g. N/b * N/6 for a (b, 6) image batch."""
+    return pt.switch(approx._scale_cost_to_minibatch, batch.count / total_size, 1.0)
+
+
+def weight_tensors(problem: Problem, step) -> tuple[dict, list]:
+    """Each weight as a PyTensor scalar at the symbolic ``step``, and the (kq.Shared,
+    pytensor shared) pairs the caller refreshes from ``.value`` before each call. Neither
+    a schedule's step nor a Shared's value is baked into the compiled graph."""
+    tensors, refresh = {}, []
+    for name, w in problem.weights.items():
+        if isinstance(w, Shared):
+            holder = pytensor.shared(np.float64(w.value), name=name)
+            refresh.append((w, holder))
+            tensors[name] = holder
+        else:
+            tensors[name] = pt.cast(pt.as_tensor(w(step, xp=pt)), "float64")
+    return tensors, refresh
+
+
+class KlqpKL(KL):
+    """PyMC's KL operator with klqp's objective: ``apply`` builds the three terms from the
+    model's log-densities and the groups' log q, and returns ``klqp.objective.loss`` of
+    them. PyMC's ObjectiveFunction then samples it, differentiates it and builds the
+    optimizer's updates as for any KL operator."""
+
+    def __init__(self, approx, blocks: Blocks, rvs: dict, groups: dict, batch: Batch,
+                 weights: dict):
+        super().__init__(approx)
+        self.blocks, self.rvs, self.groups, self.batch = blocks, rvs, groups, batch
+        self.weights = weights
+        self._terms: Optional[Terms] = None
+
+    def terms(self) -> Terms:
+        """The three terms, unsampled (built once; the loss and the history share them)."""
+        if self._terms is None:
+            self._terms = block_terms(self.blocks, self.approx, self.rvs, self.groups, self.batch)
+        return self._terms
+
+    def apply(self, f):
+        s = cost_scale(self.approx, self.batch, self.blocks.total_size)
+        return objective.loss(self.terms(), cost_scale=s, **self.weights)
+
+
+class KlqpInference(Inference):
+    """``pm.KLqp`` with the klqp operator in place of PyMC's KL."""
+
+    def __init__(self, approx, **operator_kwargs):
+        super().__init__(KlqpKL, approx, None, **operator_kwargs)
+
+
+@dataclass
+class Lowered:
+    """A problem lowered for one batch shape: the PyMC objects and how to sample them."""
+
+    pm_model: pm.Model
+    rvs: dict
+    groups: dict
+    approx: Approximation
+    inference: KlqpInference
+    weights: dict
+    shared_weights: list
+    noise_replacements: dict
+
+    @property
+    def objective(self):
+        """PyMC's ObjectiveFunction of the KlqpKL operator."""
+        return self.inference.objective
+
+    @property
+    def operator(self) -> KlqpKL:
+        return self.objective.op
+
+    def sampled(self, nodes: list) -> list:
+        """Nodes with the groups' noise replaced by this batch's noise inputs."""
+        return self.approx.set_size_and_deterministic(list(nodes), None, 0,
+                                                      self.noise_replacements)
+
+    def loss(self):
+        """The loss as PyMC's ObjectiveFunction builds it (KlqpKL.apply, then sampled)."""
+        return self.objective(None, more_replacements=self.noise_replacements)
+
+    def records(self, loss) -> dict:
+        """Per-step figures for the history: loss, elbo, the terms and the weights."""
+        t = self.operator.terms()
+        t = Terms(*self.sampled([t.loglik, t.kl_global, t.kl_local]))
+        return {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
+                "kl_global": t.kl_global, "kl_local": t.kl_local, **self.weights}
+
+    def refresh_shared_weights(self) -> None:
+        for weight, holder in self.shared_weights:
+            holder.set_value(np.float64(weight.value))
+
+
+def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step) -> Lowered:
+    """Build the PyMC model, its approximation and the klqp operator for ``batch``.
+
+    noise: per latent, standard-normal PyTensor variables of q's shape (locals: (b, *shape)).
+    step: the symbolic step the schedules are evaluated at.
+    """
+    blocks = Blocks.of(problem)
+    pm_model, rvs = build_pm_model(problem, batch, q.point)
+    groups = build_groups(blocks, pm_model, rvs, q, local_q(problem, batch, q))
+    approx = Approximation(list(groups.values()), model=pm_model)
+    approx.scale_cost_to_minibatch = problem.scale_cost_to_minibatch
+    replacements = {}
+    for role, names in (("global", blocks.globals), ("local", blocks.locals)):
+        if role in groups:
+            replacements[groups[role].symbolic_initial] = _flat([noise[k] for k in names])[None, :]
+    weights, shared_weights = weight_tensors(problem, step)
+    inference = KlqpInference(approx, blocks=blocks, rvs=rvs, groups=groups, batch=batch,
+                              weights=weights)
+    return Lowered(pm_model=pm_model, rvs=rvs, groups=groups, approx=approx, inference=inference,
+                   weights=weights, shared_weights=shared_weights,
+                   noise_replacements=replacements)

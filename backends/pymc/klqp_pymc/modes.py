@@ -1,0 +1,50 @@
+"""PyTensor compile modes the backend offers (``backend_options={"mode": ...}``).
+
+"c" is PyTensor's C virtual machine (fastest steps; the first compile of a graph costs tens
+of seconds on a fresh machine, later ones hit PyTensor's on-disk module cache), "jax" jits
+the graph with JAX (compiles in seconds, slower steps on CPU), "numba" compiles with Numba
+(slow to compile, slower steps). The defaults follow what was measured on this project's
+2-core CI machine; see the package README. $KLQP_PYMC_MODE overrides both defaults.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from pymc.pytensorf import resolve_backend_compile_kwargs
+
+__all__ = ["MODES", "DEFAULT_FIT_MODE", "DEFAULT_COMPILE_MODE", "compile_kwargs", "check_mode"]
+
+MODES = ("c", "numba", "jax")
+
+
+def _jax_available() -> bool:
+    """Whether JAX is installed (not imported here: that costs a second). PyTensor's JAX
+    linker turns on JAX's float64 itself when floatX is float64."""
+    return importlib.util.find_spec("jax") is not None
+
+
+# kq.fit runs thousands of steps: C's steps are ~10x faster than JAX's on CPU, and its
+# compile is cached on disk. kq.compile evaluates a handful of times, where compile time
+# is the whole cost: JAX compiles in seconds, C takes tens of seconds on a fresh machine.
+DEFAULT_FIT_MODE = "c"
+DEFAULT_COMPILE_MODE = "jax" if _jax_available() else "c"
+ENV_VAR = "KLQP_PYMC_MODE"  # overrides both defaults, e.g. for a test run
+
+
+def check_mode(mode, default: str) -> str:
+    """The mode to use: ``mode`` if given, else $KLQP_PYMC_MODE, else ``default``."""
+    source = "backend_options mode"
+    if mode is None:
+        source, mode = f"${ENV_VAR}", os.environ.get(ENV_VAR) or default
+    if mode not in MODES:
+        raise ValueError(f"{source}={mode!r} is not a PyTensor mode the pymc backend offers; "
+                         f"use one of {list(MODES)}, e.g. backend_options={{'mode': 'c'}}")
+    return mode
+
+
+def compile_kwargs(mode: str) -> dict:
+    """Keyword arguments for ``pymc.pytensorf.compile`` (PyMC's own backend shortcut).
+    Inputs may go unused (a model without locals never reads the row indices)."""
+    return {**resolve_backend_compile_kwargs(mode, None), "on_unused_input": "ignore"}

@@ -1,0 +1,520 @@
+"""Training on PyMC: one compiled PyTensor step, called from a Python loop.
+
+The step function is PyMC's: ``ObjectiveFunction.updates`` of the ``KlqpKL`` operator with
+``KlqpOptimizer`` (``pm.adam`` for the global group, row-wise Adam for the local rows),
+compiled by ``pymc.pytensorf.compile`` in the chosen PyTensor mode. Its inputs are this
+step's row indices and noise (and, for a stream, the batch's columns and row mask); its
+shared state is q's parameters, the optimizer state, a step counter the schedules read and
+one scalar per ``kq.Shared`` weight. So a weight's schedule or value never recompiles.
+
+Randomness lives on the host and depends only on (seed, step), as in the NumPyro backend:
+in-memory rows come from a fresh permutation each epoch (N // b batches per epoch, uniform
+without replacement), noise from a generator seeded with (seed, step). A resumed run
+therefore continues the random stream of an unbroken one, in every mode.
+
+Why not ``pm.Minibatch``: it draws its rows WITH replacement (an ``integers`` draw), which
+is not DESIGN.md's minibatch and would hand row-wise Adam duplicate rows; PyMC's logp
+admits no other random variable in the data graph; and its shared generator is copied
+away by the JAX linker, so its state could not be saved for an exact resume. The
+observations still reach PyMC as observed data with ``total_size=N``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pymc.pytensorf import compile as pm_compile
+from pytensor.graph.replace import graph_replace
+from tqdm.auto import tqdm
+
+from klqp import schedules
+from klqp.model import ROW_INDEX
+from klqp.problem import FitConfig, Problem, check_batch, init_params
+from klqp.results import HISTORY_KEYS, FitResult, FitState
+
+from .lowering import Batch, QParams, inv_softplus, lower
+from .modes import compile_kwargs
+from .optim import KlqpOptimizer, RowAdam
+
+_NAME = "pymc"
+
+
+# -- parameters <-> the optimizer's state, as plain arrays ----------------------------------
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def dense_layout(problem: Problem) -> list[tuple[str, tuple]]:
+    """What pm.adam moves: the global group's flat mu and rho, then each kq.Param."""
+    spec = problem.model
+    d = sum(_size(v.shape) for v in spec.globals)
+    out = [("global_mu", (d,)), ("global_rho", (d,))] if spec.globals else []
+    return out + [(f"param_{v.name}", tuple(v.shape)) for v in spec.params]
+
+
+def row_layout(problem: Problem) -> list[tuple[str, tuple]]:
+    """What the row-wise Adam moves: each free local's N-row loc and rho."""
+    n = problem.total_size
+    return [(f"{v.name}_{p}", (n,) + tuple(v.shape))
+            for v in problem.model.free_locals for p in ("loc", "rho")]
+
+
+def state_layout(problem: Problem) -> list[tuple[str, tuple, str]]:
+    """(name, shape, dtype) of every state array, in FitState.optimizer's order: the dense
+    variables, the row variables, pm.adam's moments (m, v per dense variable) and step
+    count, the row-wise Adam's per-row count and moments. Independent of the batch size."""
+    dense, rows = dense_layout(problem), row_layout(problem)
+    out = [(k, s, "float64") for k, s in dense + rows]
+    if dense:
+        out += [(f"adam_{m}_{k}", s, "float64") for k, s in dense for m in ("m", "v")]
+        out += [("adam_t", (), "float64")]
+    if rows:
+        out += [("row_count", (problem.total_size,), "int64")]
+        out += [(f"{k}_{m}", s, "float64") for k, s in rows for m in ("m", "v")]
+    return out
+
+
+def initial_state(problem: Problem, params: dict) -> list[np.ndarray]:
+    """State arrays for ``params`` (klqp.problem.init_params' structure) and a fresh
+    optimizer."""
+    spec = problem.model
+    given = {}
+    if spec.globals:
+        given["global_mu"] = np.concatenate([np.ravel(params[v.name]["loc"]) for v in spec.globals])
+        given["global_rho"] = np.concatenate([np.ravel(inv_softplus(params[v.name]["scale"]))
+                                              for v in spec.globals])
+    for v in spec.params:
+        given[f"param_{v.name}"] = params[v.name]["value"]
+    for v in spec.free_locals:
+        given[f"{v.name}_loc"] = params[v.name]["loc"]
+        given[f"{v.name}_rho"] = inv_softplus(params[v.name]["scale"])
+    return [np.asarray(given[name], dtype=dt).reshape(shape) if name in given
+            else np.zeros(shape, dtype=dt) for name, shape, dt in state_layout(problem)]
+
+
+def params_from_state(problem: Problem, state: list) -> dict:
+    """{latent: {"loc", "scale"}} (scale = softplus(rho)) and {param: {"value"}}."""
+    spec = problem.model
+    arrays = {name: a for (name, _, _), a in zip(state_layout(problem), state)}
+    out, offset = {}, 0
+    for v in spec.globals:
+        k = _size(v.shape)
+        loc = arrays["global_mu"][offset:offset + k].reshape(v.shape)
+        rho = arrays["global_rho"][offset:offset + k].reshape(v.shape)
+        out[v.name] = {"loc": np.array(loc, dtype=float), "scale": np.logaddexp(0.0, rho)}
+        offset += k
+    for v in spec.params:
+        out[v.name] = {"value": np.array(arrays[f"param_{v.name}"], dtype=float)}
+    for v in spec.free_locals:
+        out[v.name] = {"loc": np.array(arrays[f"{v.name}_loc"], dtype=float),
+                       "scale": np.logaddexp(0.0, arrays[f"{v.name}_rho"])}
+    return {v.name: out[v.name] for v in spec.vars.values() if v.name in out}
+
+
+def check_state(problem: Problem, state: list) -> list[np.ndarray]:
+    """State arrays from a FitResult, checked against this problem's layout."""
+    layout = state_layout(problem)
+    if len(state) != len(layout):
+        raise ValueError(f"resume= holds {len(state)} optimizer arrays, but this model's PyMC "
+                         f"state has {len(layout)}; resume a FitResult of the same model")
+    out = []
+    for (name, shape, dtype), a in zip(layout, state):
+        a = np.asarray(a)
+        if a.shape != shape:
+            raise ValueError(f"resume= array {name!r} has shape {a.shape}, expected {shape}; "
+                             "resume a FitResult of the same model and data size")
+        out.append(a.astype(dtype))
+    return out
+
+
+# -- host-side randomness: a function of (seed, step) only ----------------------------------
+
+def epoch_permutation(seed: int, epoch: int, total_size: int) -> np.ndarray:
+    """The row order of one epoch; step t takes slice t mod M of epoch t // M."""
+    return np.random.default_rng([seed, 0, epoch]).permutation(total_size).astype(np.int64)
+
+
+def draw_noise(problem: Problem, seed: int, step: int, rows: int) -> list[np.ndarray]:
+    """Standard-normal noise for each latent (model order); locals get ``rows`` rows."""
+    rng = np.random.default_rng([seed, 1, step])
+    return [rng.standard_normal(((rows,) if v.role == "local" else ()) + tuple(v.shape))
+            for v in problem.model.latents]
+
+
+def _as_schedule(learning_rate) -> schedules.Schedule:
+    """kq.fit hands a schedule; a bare number (direct callers) is a constant one."""
+    if isinstance(learning_rate, schedules.Schedule):
+        return learning_rate
+    return schedules.constant(float(learning_rate))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The batch a compiled step takes: ``capacity`` rows (the static b), each column's
+    row shape, and whether a row mask marks the real rows (streams: shorter batches are
+    padded, not recompiled)."""
+
+    capacity: int
+    columns: tuple  # ((name, row shape), ...)
+    masked: bool
+
+    @classmethod
+    def of(cls, capacity: int, columns: dict, masked: bool) -> "Layout":
+        return cls(int(capacity), tuple((k, tuple(np.shape(a)[1:])) for k, a in columns.items()),
+                   masked)
+
+
+def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout) -> tuple:
+    """Everything a compiled step depends on besides the model: two fits with equal keys
+    can share it. Weights compare by value (schedules) or identity (kq.Shared)."""
+    return (mode, layout, problem.total_size, problem.weights, problem.scale_cost_to_minibatch,
+            _as_schedule(learning_rate))
+
+
+class _TrainerCache:
+    """The last compiled trainer of each kq.Model, so fitting it again (resume, another
+    seed, new data of the same shape) does not recompile.
+
+    Weakly keyed by the model, and a trainer keeps no reference to it between fits, so
+    the cache never keeps a model alive. A trainer is taken out while a fit uses it, so
+    two fits at once never share one.
+    """
+
+    def __init__(self):
+        self._last = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def take(self, problem: Problem, learning_rate, mode: str,
+             layout: Layout) -> Optional["Trainer"]:
+        key = cache_key(problem, learning_rate, mode, layout)
+        with self._lock:
+            trainer = self._last.get(problem.model)
+            if trainer is None or trainer.key != key:
+                return None
+            del self._last[problem.model]
+        trainer.problem = problem
+        return trainer
+
+    def give_back(self, model, trainer: "Trainer") -> None:
+        trainer.problem = None
+        with self._lock:
+            self._last[model] = trainer
+
+
+TRAINERS = _TrainerCache()
+
+
+# -- the compiled step -----------------------------------------------------------------------
+
+class Trainer:
+    """The compiled step of one problem for one batch ``Layout``.
+
+    Inputs: the batch's row indices, noise and columns (gathered on the host: b rows, so
+    no mode copies the whole data set into its graph each call), and for a stream the
+    row mask.
+    """
+
+    def __init__(self, problem: Problem, learning_rate, mode: str, layout: Layout):
+        self.problem, self.mode, self.layout = problem, mode, layout
+        self.capacity = layout.capacity
+        self.key = cache_key(problem, learning_rate, mode, layout)
+        self.compile_seconds = 0.0
+        self._build(learning_rate)
+
+    # -- graph ---------------------------------------------------------------------------
+    def _shared_state(self) -> None:
+        """The shared variables the optimizer moves (values are set by load_state)."""
+        problem = self.problem
+        shared = lambda name, shape: pytensor.shared(np.zeros(shape), name, shape=shape)
+        self.dense = {k: shared(k, s) for k, s in dense_layout(problem)}
+        self.rows = {k: shared(k, s) for k, s in row_layout(problem)}
+        self.step = pytensor.shared(np.int64(0), "step")
+
+    def _inputs(self):
+        """Symbolic inputs and the Batch they make."""
+        spec, b = self.problem.model, self.capacity
+        indices = pt.tensor("indices", dtype="int64", shape=(b,))
+        noise = {v.name: pt.tensor(f"noise_{v.name}", dtype="float64",
+                                   shape=((b,) if v.role == "local" else ()) + tuple(v.shape))
+                 for v in spec.latents}
+        dtype = lambda k: "int64" if spec[k].dtype == "int" else "float64"
+        columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + row)
+                   for k, row in self.layout.columns}
+        mask = pt.tensor("row_mask", dtype="float64", shape=(b,)) if self.layout.masked else None
+        inputs = [indices, *noise.values(), *columns.values()] + ([mask] if mask is not None else [])
+        return inputs, Batch(indices, columns, b, mask), noise
+
+    def _build(self, learning_rate) -> None:
+        problem, spec, b = self.problem, self.problem.model, self.capacity
+        self._shared_state()
+        # Adam's step size at the symbolic step: a schedule never recompiles either.
+        lr = pt.cast(pt.as_tensor(_as_schedule(learning_rate)(self.step, xp=pt)), "float64")
+        inputs, batch, noise = self._inputs()
+        # The free locals' batch rows as shared stand-ins (PyMC differentiates w.r.t. shared
+        # variables); once the updates are built they become the N-row arrays' batch rows.
+        stand_ins = {k: pytensor.shared(np.zeros((b,) + full.type.shape[1:]), f"{k}_rows")
+                     for k, full in self.rows.items()}
+        point = {v.name: self.dense[f"param_{v.name}"] for v in spec.params}
+        q = QParams(self.dense.get("global_mu"), self.dense.get("global_rho"),
+                    {v.name: stand_ins[f"{v.name}_loc"] for v in spec.free_locals},
+                    {v.name: stand_ins[f"{v.name}_rho"] for v in spec.free_locals}, point)
+        self.lowered = lower(problem, batch, q, noise, self.step)
+        outputs, updates = self._outputs_and_updates(lr, batch, list(point.values()), stand_ins)
+        start = time.perf_counter()
+        self.fn = pm_compile(inputs, outputs, updates=updates, **compile_kwargs(self.mode))
+        self.fn.trust_input = True
+        self.compile_seconds = time.perf_counter() - start
+
+    def _outputs_and_updates(self, lr, batch: Batch, point: list, stand_ins: dict):
+        """PyMC's ObjectiveFunction.updates with klqp's optimizer, the step counter's
+        increment, and the history's figures; the stand-ins then become N-row rows."""
+        row_adam = RowAdam(list(self.rows.values()), self.problem.total_size, lr) \
+            if self.rows else None
+        optimizer = KlqpOptimizer(lr, row_adam, list(stand_ins.values()), batch.indices,
+                                  batch.mask)
+        updates = self.lowered.objective.updates(
+            obj_optimizer=optimizer, more_obj_params=point + list(stand_ins.values()),
+            more_updates={self.step: self.step + 1},
+            more_replacements=self.lowered.noise_replacements)
+        dense = list(self.dense.values())
+        assert len(optimizer.dense) == len(dense) and all(
+            a is b for a, b in zip(optimizer.dense, dense)), "pm.adam's order is the layout's"
+        self.state_variables = (dense + list(self.rows.values()) + optimizer.adam_state
+                                + (row_adam.state_variables() if row_adam else []))
+        records = self.lowered.records(updates.loss)
+        outputs = [records[k] for k in HISTORY_KEYS]
+        targets = list(updates)
+        rows = {stand_ins[k]: self.rows[k][batch.indices] for k in self.rows}
+        replaced = graph_replace(outputs + [updates[t] for t in targets], rows, strict=False)
+        return replaced[:len(outputs)], dict(zip(targets, replaced[len(outputs):]))
+
+    # -- state -----------------------------------------------------------------------------
+    def load_state(self, arrays: list, step: int) -> None:
+        """Set every state variable (and the step counter): nothing of a previous fit
+        that used this compiled step survives."""
+        assert len(arrays) == len(self.state_variables)
+        for var, a in zip(self.state_variables, arrays):
+            var.set_value(np.array(a, dtype=var.dtype, copy=True))
+        self.step.set_value(np.int64(step))
+
+    def state_arrays(self) -> list[np.ndarray]:
+        """Copies of the state variables, in state_layout's order (FitState.optimizer)."""
+        return [np.array(v.get_value(), copy=True) for v in self.state_variables]
+
+    # -- one step ------------------------------------------------------------------------------
+    def __call__(self, indices: np.ndarray, noise: list, columns: list, mask=None) -> list:
+        """Run one step; returns the HISTORY_KEYS figures of the step. ``columns`` in
+        ``layout.columns`` order, each with ``capacity`` rows."""
+        self.lowered.refresh_shared_weights()
+        args = [indices, *noise, *columns] + ([] if mask is None else [mask])
+        return self.fn(*args)
+
+
+# -- the fit loop ----------------------------------------------------------------------------
+
+class _Run:
+    """The state of one fit as it goes: what a result, a callback or Ctrl-C sees."""
+
+    def __init__(self, problem: Problem, config: FitConfig, mode: str):
+        self.problem, self.config, self.mode = problem, config, mode
+        self.trainer: Optional[Trainer] = None
+        self.capacity: Optional[int] = None
+        self.compiles = 0
+        self.compile_seconds = 0.0
+        self.step = 0
+        self.history = {k: [] for k in HISTORY_KEYS}
+        self.state = initial_state(problem, init_params(problem, config.seed, config.init_scale))
+        if config.resume is not None:
+            prev = config.resume
+            self.state = check_state(problem, prev.state.optimizer)
+            self.step = int(prev.state.step)
+            for k in HISTORY_KEYS:
+                self.history[k].append(np.asarray(prev.history[k], dtype=float))
+
+    def use_trainer(self, layout: Layout) -> Trainer:
+        """A trainer for this batch layout (a cached one, or compiled now), carrying the
+        current state over."""
+        state = self.current_state()
+        trainer = TRAINERS.take(self.problem, self.config.learning_rate, self.mode, layout)
+        if trainer is None:
+            trainer = Trainer(self.problem, self.config.learning_rate, self.mode, layout)
+            self.compiles += 1
+            self.compile_seconds += trainer.compile_seconds
+        trainer.load_state(state, self.step)
+        self.trainer = trainer
+        self.capacity = trainer.capacity
+        return trainer
+
+    def finish(self) -> None:
+        """Hand the trainer back to the cache (after the result has read its state)."""
+        if self.trainer is not None:
+            self.state, trainer, self.trainer = self.trainer.state_arrays(), self.trainer, None
+            TRAINERS.give_back(self.problem.model, trainer)
+
+    def current_state(self) -> list:
+        return self.trainer.state_arrays() if self.trainer is not None else self.state
+
+    def record(self, out: list) -> None:
+        for k, v in zip(HISTORY_KEYS, out):
+            self.history[k].append(np.atleast_1d(np.asarray(v, dtype=float)))
+        self.step += 1
+
+    def result(self, interrupted: bool = False) -> FitResult:
+        hist = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.history.items()}
+        state = self.current_state()
+        return FitResult(problem=self.problem, backend=_NAME,
+                         params=params_from_state(self.problem, state), history=hist,
+                         state=FitState(step=self.step, optimizer=state, backend=_NAME),
+                         interrupted=interrupted,
+                         info={"compiles": self.compiles, "mode": self.mode,
+                               "compile_seconds": round(self.compile_seconds, 3),
+                               "batch_capacity": self.capacity})
+
+    def callbacks_say_stop(self) -> bool:
+        """Run the user's callbacks; True when one raises StopIteration."""
+        if not self.config.callbacks:
+            return False
+        current = self.result()
+        for cb in self.config.callbacks:
+            try:
+                cb(self.step, current)
+            except StopIteration:
+                return True
+        return False
+
+
+class _Interrupt:
+    """Ctrl-C during a fit: the handler only raises a flag, so a step is never cut in half
+    (a step's shared-variable updates land together) and the loop stops between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals only reach the main thread; a KeyboardInterrupt still stops
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def fit(problem: Problem, config: FitConfig, mode: str) -> FitResult:
+    """The backend's ``fit``: init (or resume), train, and return a FitResult; Ctrl-C and
+    a StopIteration from a callback end it early with the state of the last whole step."""
+    run = _Run(problem, config, mode)
+    bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",
+               unit="step", dynamic_ncols=True)
+    stop = _Interrupt()
+    interrupted = False
+    try:
+        with stop.installed():
+            loop = _run_in_memory if problem.data is not None else _run_stream
+            loop(run, run.step + config.steps, bar, stop)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        run.finish()
+    return run.result(interrupted or stop.requested)
+
+
+def _after_chunk(run: _Run, bar, done: int) -> bool:
+    """Progress and callbacks between chunks; True to stop."""
+    bar.update(done)
+    if run.history["elbo"]:
+        bar.set_postfix(elbo=f"{float(run.history['elbo'][-1][-1]):.5g}")
+    return run.callbacks_say_stop()
+
+
+def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
+    problem, config = run.problem, run.config
+    n, b, m = problem.total_size, problem.batch_size, problem.num_batches
+    data = problem.data
+    if run.step < end:  # steps=0 compiles nothing
+        trainer = run.use_trainer(Layout.of(b, data, masked=False))
+    chunk = config.chunk_size or max(1, min(config.steps, 500))
+    perm_epoch, perm = None, None
+    while run.step < end:
+        chunk_end = min(run.step + chunk, end)
+        start = run.step
+        while run.step < chunk_end and not stop.requested:
+            epoch, pos = divmod(run.step, m)
+            if epoch != perm_epoch:
+                perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n)
+            indices = perm[pos * b:(pos + 1) * b]
+            columns = [np.take(data[k], indices, axis=0) for k, _ in trainer.layout.columns]
+            run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns))
+        if stop.requested or _after_chunk(run, bar, run.step - start):
+            return
+
+
+def _epochs(stream):
+    """Batches of a stream, epoch after epoch when it can be iterated again."""
+    while True:
+        it = iter(stream)
+        yield from it
+        if it is stream:  # a one-shot iterator: no second epoch
+            return
+
+
+def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
+    """``a`` padded to ``capacity`` rows by repeating its first row (a valid value, so no
+    NaN can leak through a 0 mask)."""
+    if len(a) == capacity:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], capacity - len(a), axis=0)])
+
+
+def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
+    """One step per streamed batch; progress and callbacks after each (as NumPyro's)."""
+    problem, config, model = run.problem, run.config, run.problem.model
+    for batch in _epochs(problem.stream):
+        if run.step >= end or stop.requested:
+            break
+        cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",
+                           need_rows=bool(model.free_locals), total_size=problem.total_size)
+        rows = cols.pop(ROW_INDEX, None)
+        b = next(iter(cols.values())).shape[0]
+        if b > problem.total_size:
+            raise ValueError(f"streamed batch at step {run.step} has {b} rows, more than "
+                             f"total_size={problem.total_size}")
+        if b == 0:
+            raise ValueError(f"streamed batch at step {run.step} has no rows")
+        trainer = _trainer_for(run, b, cols)
+        cap = trainer.capacity
+        indices = rows if rows is not None else np.arange(b, dtype=np.int64)
+        mask = np.zeros(cap)
+        mask[:b] = 1.0
+        columns = [np.ascontiguousarray(_pad(cols[k], cap)) for k, _ in trainer.layout.columns]
+        run.record(trainer(_pad(indices, cap), draw_noise(problem, config.seed, run.step, cap),
+                           columns, mask))
+        if _after_chunk(run, bar, 1):
+            return
+
+
+def _trainer_for(run: _Run, b: int, cols: dict) -> Trainer:
+    """The current trainer if a batch of b rows with these row shapes fits it; otherwise
+    one compiled for it (the first batch's length sets b; a shorter batch is padded)."""
+    trainer = run.trainer
+    capacity = trainer.capacity if trainer is not None else b
+    layout = Layout.of(max(b, capacity), cols, masked=True)
+    if trainer is not None and layout == trainer.layout:
+        return trainer
+    return run.use_trainer(layout)
