@@ -84,5 +84,5 @@ def test_local_latents_reach_mean_field_optimum(backend, beta_global, beta_local
                scale_cost_to_minibatch=True, learning_rate=DECAY, seed=2)
     assert abs(r.mean("theta") - mu) < 0.35 * sd
     assert r.std("theta") == pytest.approx(sd, rel=0.15)
-    assert np.max(np.abs(r.mean("z") - m)) < 0.15 * v_sd
+    assert np.max(np.abs(r.mean("z") - m)) < 0.25 * v_sd  # the worst of 200 rows
     np.testing.assert_allclose(r.std("z"), v_sd, rtol=0.15)
