@@ -108,6 +108,44 @@ def test_gradient_is_taken_with_respect_to_scale(weighted):
         assert g[name]["scale"][row] == pytest.approx(numeric, rel=1e-5, abs=1e-7)
 
 
+def test_row_adam_is_the_numpyro_rule_and_ignores_padding():
+    """klqp_pymc.optim.RowAdam against klqp_numpyro.optim (the rule both backends share):
+    only the batch's rows move, with their own step counts; padded rows (mask 0, an index
+    that repeats a real row) change nothing."""
+    numpyro_optim = pytest.importorskip("klqp_numpyro.optim")
+    import jax.numpy as jnp
+    import pytensor
+    import pytensor.tensor as pt
+    from klqp_pymc.modes import compile_kwargs
+    from klqp_pymc.optim import RowAdam
+
+    n, lr, rng = 12, 0.1, np.random.default_rng(0)
+    start = rng.normal(size=(n, 2))
+    var = pytensor.shared(start.copy(), "var", shape=(n, 2))
+    adam = RowAdam([var], n, lr)
+    idx = pt.tensor("idx", dtype="int64", shape=(5,))
+    grad = pt.tensor("grad", dtype="float64", shape=(5, 2))
+    mask = pt.tensor("mask", dtype="float64", shape=(5,))
+    step = pytensor.function([idx, grad, mask], [], updates=adam.updates([grad], idx, mask),
+                             **compile_kwargs("jax"))
+    ref_vars = {"var": jnp.asarray(start)}
+    ref_state = numpyro_optim.row_adam_init(ref_vars, n)
+    batches = [np.array([0, 3, 4, 7, 9]), np.array([3, 4, 5, 10, 11]), np.array([1, 3, 8, 8, 8])]
+    for k, rows in enumerate(batches):
+        real = 5 if k < 2 else 3  # the last batch: 3 real rows, padded with a repeat of row 8
+        g = rng.normal(size=(5, 2))
+        step(rows, g, (np.arange(5) < real).astype(float))
+        ref_vars, ref_state = numpyro_optim.row_adam_update(
+            {"var": jnp.asarray(g[:real])}, ref_state, ref_vars, jnp.asarray(rows[:real]), lr)
+    value = lambda shared: np.asarray(shared.get_value())
+    np.testing.assert_allclose(value(var), ref_vars["var"], rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(value(adam.count), ref_state.count)
+    np.testing.assert_allclose(value(adam.slots[0].mu), ref_state.mu["var"], rtol=1e-12)
+    np.testing.assert_allclose(value(adam.slots[0].nu), ref_state.nu["var"], rtol=1e-12)
+    untouched = [2, 6]
+    np.testing.assert_array_equal(value(var)[untouched], start[untouched])
+
+
 @pytest.fixture(scope="module")
 def converged():
     """A hierarchical fit whose beta_local is a Shared raised by a callback and whose

@@ -5,7 +5,8 @@ How the pieces fit, for one minibatch of b rows (b is static: PyMC's groups need
 
 * ``build_pm_model`` declares every variable with its PyMC distribution. Globals get their
   own shape; locals get the BATCH shape (b, *shape), i.e. one copy per row of this batch;
-  observations get ``observed=`` this batch's rows and ``total_size=N``, so PyMC's
+  observations get ``observed=`` this batch's rows (``Batch.columns``: function inputs)
+  and ``total_size=N``, so PyMC's
   ``MinibatchRandomVariable`` scales their log-density by N/b. Latents get a placeholder
   ``initval`` so the model's initial point never needs the batch (which is a function
   input, not a constant). Point parameters (``kq.Param``) are plain tensors in the
@@ -27,6 +28,10 @@ How the pieces fit, for one minibatch of b rows (b is static: PyMC's groups need
   terms and returns ``klqp.objective.loss`` of them, so PyMC's ``ObjectiveFunction`` (and
   its ``updates(obj_optimizer=..., more_obj_params=..., more_updates=...)``) trains klqp's
   objective, and nothing here restates the formula.
+* s is b/N when PyMC's ``approx.scale_cost_to_minibatch`` flag is set (``cost_scale``),
+  computed from the batch's real length rather than from
+  ``approx.symbolic_normalizing_constant``, which PyMC 6.4 gets wrong for observations
+  with more than one axis.
 * A streamed batch may be shorter than the compiled b (a ragged last batch): it is padded
   to b and ``Batch.mask`` marks the real rows; every per-row sum is masked and N/b uses the
   real count, so one compiled step serves every batch length up to b.

@@ -1,11 +1,11 @@
 """PyTensor compile modes the backend offers (``backend_options={"mode": ...}``).
 
-"c" is PyTensor's C virtual machine (fastest steps; the first compile of a graph costs tens
+"c" is PyTensor's C virtual machine (fast steps; the first compile of a graph costs tens
 of seconds on a fresh machine, later ones hit PyTensor's on-disk module cache), "jax" jits
-the graph with JAX (compiles in seconds, slower steps on CPU), "numba" compiles with Numba
-(slow to compile, slower steps). The defaults follow what was measured on this project's
-2-core CI machine; see the package README. $KLQP_PYMC_MODE overrides both defaults.
-"""
+the graph with JAX (compiles in seconds, steps 1-3x slower on CPU), "numba" compiles with
+Numba (often the fastest steps, but its compile grows with the number of distinct ops: up
+to minutes for neural-network graphs). The defaults follow what was measured on this
+project's 2-core CI machine; see the package README. $KLQP_PYMC_MODE overrides both."""
 
 from __future__ import annotations
 
