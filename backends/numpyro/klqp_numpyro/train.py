@@ -25,6 +25,7 @@ from klqp import objective
 from klqp.model import ROW_INDEX
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, check_batch, init_params
+from klqp.training import epochs, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import build_terms
@@ -198,15 +199,7 @@ class _Run:
 
     def callbacks_say_stop(self) -> bool:
         """Run the user's callbacks; True when one raises StopIteration."""
-        if not self.config.callbacks:
-            return False
-        current = self.result()
-        for cb in self.config.callbacks:
-            try:
-                cb(self.step, current)
-            except StopIteration:
-                return True
-        return False
+        return run_callbacks(self.config.callbacks, self.step, self.result)
 
 
 def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> FitResult:
@@ -252,20 +245,11 @@ def _run_in_memory(run: _Run, key, end: int, bar) -> None:
             break
 
 
-def _epochs(stream):
-    """Batches of a stream, epoch after epoch when it can be iterated again."""
-    while True:
-        it = iter(stream)
-        yield from it
-        if it is stream:  # a one-shot iterator: no second epoch
-            return
-
-
 def _run_stream(run: _Run, key, end: int, bar) -> None:
     problem, trainer = run.problem, run.trainer
     model = problem.model
     noise_key = jax.random.split(key)[1]
-    for batch in _epochs(problem.stream):
+    for batch in epochs(problem.stream):
         if run.step >= end:
             break
         cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from klqp import schedules
 from klqp.model import ROW_INDEX
 from klqp.problem import FitConfig, Problem, check_batch, init_params
+from klqp.training import epochs, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import Batch, QParams, inv_softplus, lower
@@ -382,15 +383,7 @@ class _Run:
 
     def callbacks_say_stop(self) -> bool:
         """Run the user's callbacks; True when one raises StopIteration."""
-        if not self.config.callbacks:
-            return False
-        current = self.result()
-        for cb in self.config.callbacks:
-            try:
-                cb(self.step, current)
-            except StopIteration:
-                return True
-        return False
+        return run_callbacks(self.config.callbacks, self.step, self.result)
 
 
 class _Interrupt:
@@ -465,15 +458,6 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
             return
 
 
-def _epochs(stream):
-    """Batches of a stream, epoch after epoch when it can be iterated again."""
-    while True:
-        it = iter(stream)
-        yield from it
-        if it is stream:  # a one-shot iterator: no second epoch
-            return
-
-
 def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
     """``a`` padded to ``capacity`` rows by repeating its first row (a valid value, so no
     NaN can leak through a 0 mask)."""
@@ -485,7 +469,7 @@ def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
 def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
     """One step per streamed batch; progress and callbacks after each (as NumPyro's)."""
     problem, config, model = run.problem, run.config, run.problem.model
-    for batch in _epochs(problem.stream):
+    for batch in epochs(problem.stream):
         if run.step >= end or stop.requested:
             break
         cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",
