@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from . import backends, schedules
 from .problem import FitConfig, make_problem
 
 __all__ = ["compile", "fit"]
-
-
-def _problem(model, data, kw):
-    return make_problem(model, data, **kw)
 
 
 def compile(model, data, *, backend: str = "numpyro", batch_size=None, total_size=None,  # noqa: A001

@@ -17,7 +17,7 @@ exp(((w * x) + 1.0))
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np

@@ -25,7 +25,7 @@ PyTensor values.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from . import schedules as _schedules

@@ -7,7 +7,7 @@ anything, and each error names the variable, the value and the fix.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np

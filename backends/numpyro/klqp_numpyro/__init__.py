@@ -17,7 +17,7 @@ from klqp import objective
 from klqp.problem import FitConfig, Problem, init_params
 
 from .lowering import build_guide, build_model, build_terms
-from .train import Trainer, _weights_at, _shared_values, fit as _fit
+from .train import _shared_values, _weights_at, fit as _fit
 
 __all__ = ["NumPyroBackend", "NumPyroObjective"]
 

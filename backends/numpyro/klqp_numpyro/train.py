@@ -12,7 +12,6 @@ unbroken one.
 from __future__ import annotations
 
 import collections
-import math
 
 import jax
 import jax.numpy as jnp
