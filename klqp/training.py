@@ -29,3 +29,29 @@ def run_callbacks(callbacks, step: int, make_result: Callable) -> bool:
         except StopIteration:
             return True
     return False
+
+
+def checked_batches(problem, first_step: int, end: int) -> Iterator[tuple]:
+    """The stream's batches for steps first_step..end-1, epoch after epoch, each checked
+    before its step uses it (none is read past ``end``):
+    yields (columns, row numbers or None, b). A model with free locals needs the rows'
+    numbers; b is this batch's own size (a ragged last batch gets its own N/b)."""
+    from .model import ROW_INDEX
+    from .problem import check_batch
+
+    model = problem.model
+    if first_step >= end:
+        return
+    for step, batch in enumerate(epochs(problem.stream), start=first_step):
+        where = f"streamed batch at step {step}"
+        cols = check_batch(model, batch, where=where, need_rows=bool(model.free_locals),
+                           total_size=problem.total_size)
+        rows = cols.pop(ROW_INDEX, None)
+        b = next(iter(cols.values())).shape[0]
+        if b == 0:
+            raise ValueError(f"{where} has no rows")
+        if b > problem.total_size:
+            raise ValueError(f"{where} has {b} rows, more than total_size={problem.total_size}")
+        yield cols, rows, b
+        if step + 1 >= end:
+            return

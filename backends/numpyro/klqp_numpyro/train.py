@@ -21,10 +21,9 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from klqp import objective
-from klqp.model import ROW_INDEX
 from klqp.objective import Shared
-from klqp.problem import FitConfig, Problem, check_batch, init_params
-from klqp.training import epochs, run_callbacks
+from klqp.problem import FitConfig, Problem, init_params
+from klqp.training import checked_batches, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import build_terms
@@ -246,18 +245,8 @@ def _run_in_memory(run: _Run, key, end: int, bar) -> None:
 
 def _run_stream(run: _Run, key, end: int, bar) -> None:
     problem, trainer = run.problem, run.trainer
-    model = problem.model
     noise_key = jax.random.split(key)[1]
-    for batch in epochs(problem.stream):
-        if run.step >= end:
-            break
-        cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",
-                           need_rows=bool(model.free_locals), total_size=problem.total_size)
-        rows = cols.pop(ROW_INDEX, None)
-        b = next(iter(cols.values())).shape[0]
-        if b > problem.total_size:
-            raise ValueError(f"streamed batch at step {run.step} has {b} rows, more than "
-                             f"total_size={problem.total_size}")
+    for cols, rows, b in checked_batches(problem, run.step, end):
         indices = jnp.asarray(rows if rows is not None else np.arange(b))
         run.variables, run.opt_state, rec = trainer._step(
             run.variables, run.opt_state, {k: jnp.asarray(v) for k, v in cols.items()}, indices,

@@ -37,9 +37,8 @@ from pytensor.graph.replace import graph_replace
 from tqdm.auto import tqdm
 
 from klqp import schedules
-from klqp.model import ROW_INDEX
-from klqp.problem import FitConfig, Problem, check_batch, init_params
-from klqp.training import epochs, run_callbacks
+from klqp.problem import FitConfig, Problem, init_params
+from klqp.training import checked_batches, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import Batch, QParams, inv_softplus, lower
@@ -468,19 +467,10 @@ def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
 
 def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
     """One step per streamed batch; progress and callbacks after each (as NumPyro's)."""
-    problem, config, model = run.problem, run.config, run.problem.model
-    for batch in epochs(problem.stream):
-        if run.step >= end or stop.requested:
+    problem, config = run.problem, run.config
+    for cols, rows, b in checked_batches(problem, run.step, end):
+        if stop.requested:
             break
-        cols = check_batch(model, batch, where=f"streamed batch at step {run.step}",
-                           need_rows=bool(model.free_locals), total_size=problem.total_size)
-        rows = cols.pop(ROW_INDEX, None)
-        b = next(iter(cols.values())).shape[0]
-        if b > problem.total_size:
-            raise ValueError(f"streamed batch at step {run.step} has {b} rows, more than "
-                             f"total_size={problem.total_size}")
-        if b == 0:
-            raise ValueError(f"streamed batch at step {run.step} has no rows")
         trainer = _trainer_for(run, b, cols)
         cap = trainer.capacity
         indices = rows if rows is not None else np.arange(b, dtype=np.int64)
