@@ -37,6 +37,13 @@ class NumPyroObjective:
         self._eval = jax.jit(self._evaluate)
         self._grad = jax.jit(jax.grad(lambda *a: self._evaluate(*a)["loss"]))
 
+    @property
+    def dtype(self) -> str:
+        """The float dtype the objective computes in: JAX's, "float64" when x64 is enabled
+        (``JAX_ENABLE_X64=1`` or ``jax.config.update("jax_enable_x64", True)``), else
+        "float32"."""
+        return jnp.result_type(float).name
+
     def guide(self, params: dict | None = None):
         """The NumPyro guide (mean-field Normal q), its params initialised from ``params``."""
         return build_guide(self.problem, params or self.init_params())

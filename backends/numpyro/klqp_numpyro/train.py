@@ -189,6 +189,7 @@ class _Run:
                          history=hist, state=FitState(step=self.step, optimizer=leaves, backend=_NAME),
                          interrupted=interrupted,
                          info={"compiles": sum(self.trainer.trace_counts.values()),
+                               "dtype": jnp.result_type(float).name,
                                "trace_counts": dict(self.trainer.trace_counts)})
 
     def record(self, rec: dict, n: int | None = None) -> None:

@@ -4,7 +4,8 @@ The model is lowered to a ``pm.Model`` and a mean-field ``Approximation`` (one
 ``MeanFieldGroup`` per block) trained by PyMC's ``ObjectiveFunction`` of a ``KL`` operator
 whose ``apply`` is ``klqp.objective.loss``; see ``klqp_pymc.lowering`` for how local latents
 are subsampled. ``backend_options={"mode": "c" | "numba" | "jax"}`` picks PyTensor's
-compiler.
+compiler. Graphs are built in PyTensor's ``floatX`` (float64 unless the user sets
+``PYTENSOR_FLAGS=floatX=float32``), read when a graph is compiled.
 
 >>> import klqp as kq
 >>> kq.backends.get("pymc").name
@@ -26,7 +27,7 @@ from klqp.problem import FitConfig, Problem, init_params
 from klqp.results import FitResult
 
 from . import modes
-from .lowering import Batch, Lowered, QParams, inv_softplus_pt, lower
+from .lowering import Batch, Lowered, QParams, as_float, float_dtype, inv_softplus_pt, lower
 from .train import fit as _fit
 
 __all__ = ["PyMCBackend", "PyMCObjective"]
@@ -41,8 +42,8 @@ class PyMCObjective:
 
     The graph is built by the same ``lowering.lower`` the training step uses, with the
     parameters, the indices, the noise and the step as function inputs. A function is
-    compiled once per batch length (``compiles`` counts them); weights are shared
-    variables and a symbolic step, so changing them never recompiles.
+    compiled once per batch length and float dtype (``compiles`` counts them); weights
+    are shared variables and a symbolic step, so changing them never recompiles.
     """
 
     def __init__(self, problem: Problem, mode: str):
@@ -50,7 +51,12 @@ class PyMCObjective:
         self.mode = mode
         self.compiles = collections.Counter()
         self.compile_seconds = 0.0
-        self._functions: dict[int, tuple] = {}
+        self._functions: dict[tuple, tuple] = {}
+
+    @property
+    def dtype(self) -> str:
+        """The float dtype the objective computes in: PyTensor's floatX."""
+        return float_dtype()
 
     def init_params(self, seed: int = 0, init_scale: float = 0.1) -> dict:
         return init_params(self.problem, seed, init_scale)
@@ -60,15 +66,16 @@ class PyMCObjective:
         return self._function(b)[1]
 
     def _function(self, b: int):
-        if b not in self._functions:
-            self._functions[b] = self._compile(b)
-        return self._functions[b]
+        key = (b, float_dtype())
+        if key not in self._functions:
+            self._functions[key] = self._compile(*key)
+        return self._functions[key]
 
-    def _compile(self, b: int):
+    def _compile(self, b: int, floatx: str):
         spec, n = self.problem.model, self.problem.total_size
         indices = pt.tensor("indices", dtype="int64", shape=(b,))
         step = pt.scalar("step", dtype="int64")
-        tensor = lambda name, shape: pt.tensor(name, dtype="float64", shape=tuple(shape))
+        tensor = lambda name, shape: pt.tensor(name, dtype=floatx, shape=tuple(shape))
         wrt, loc, scale, point, noise = {}, {}, {}, {}, {}
         for v in spec.vars.values():
             if v.role == "param":
@@ -88,7 +95,7 @@ class PyMCObjective:
                     local_loc={v.name: loc[v.name][indices] for v in spec.free_locals},
                     local_rho={v.name: rho[v.name][indices] for v in spec.free_locals},
                     point=point)
-        dtype = lambda k: "int64" if spec[k].dtype == "int" else "float64"
+        dtype = lambda k: "int64" if spec[k].dtype == "int" else floatx
         columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + a.shape[1:])
                    for k, a in self.problem.data.items()}
         batch = Batch(indices, columns, b)
@@ -110,11 +117,13 @@ class PyMCObjective:
         indices = np.asarray(indices, dtype=np.int64)
         fn, lowered, order, noise_names = self._function(len(indices))
         lowered.refresh_shared_weights()
+        column = lambda a: a if a.dtype.kind in "iu" else as_float(a)
         args = [indices, np.int64(step)]
-        args += [np.asarray(params[k][p], dtype=float) for k, p in order]
-        args += [np.asarray(noise[k], dtype=float) for k in noise_names]
-        args += [np.take(a, indices, axis=0) for a in self.problem.data.values()]  # the batch
-        return fn(*args)
+        args += [as_float(params[k][p]) for k, p in order]
+        args += [as_float(noise[k]) for k in noise_names]
+        args += [column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
+        with modes.quiet_int64_truncation():
+            return fn(*args)
 
     def terms(self, params, *, indices, noise, step: int = 0) -> dict:
         """loss, elbo, loglik, kl_global, kl_local for this minibatch and noise."""

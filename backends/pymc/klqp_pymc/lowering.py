@@ -57,10 +57,23 @@ from klqp.expr import evaluate
 from klqp.objective import Shared, Terms
 from klqp.problem import Problem
 
-__all__ = ["PytensorOps", "Batch", "QParams", "Blocks", "KlqpKL", "Lowered", "lower",
+__all__ = ["float_dtype", "as_float", "PytensorOps", "Batch", "QParams", "Blocks", "KlqpKL", "Lowered", "lower",
            "pm_distribution", "inv_softplus", "inv_softplus_pt"]
 
-_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+_LOG_SQRT_2PI = float(0.5 * np.log(2.0 * np.pi))  # a Python float: PyTensor casts it to floatX
+
+
+def float_dtype() -> str:
+    """The float dtype of every graph this backend builds: PyTensor's ``floatX``, read when
+    a graph is built. It is "float64" unless the user sets it, as for any PyMC model, with
+    ``PYTENSOR_FLAGS=floatX=float32`` or ``pytensor.config.floatX = "float32"``."""
+    return pytensor.config.floatX
+
+
+def as_float(a, dtype: Optional[str] = None) -> np.ndarray:
+    """``a`` as a NumPy array of the graphs' float dtype (compiled steps trust their
+    inputs' dtypes, so every float input goes through here)."""
+    return np.asarray(a, dtype=dtype or float_dtype())
 
 
 class PytensorOps:
@@ -91,7 +104,7 @@ class PytensorOps:
 
     @staticmethod
     def const(value):
-        return pt.as_tensor(np.asarray(value, dtype=float))
+        return pt.as_tensor(as_float(value))
 
 
 # -- distributions ---------------------------------------------------------------------------
@@ -234,7 +247,7 @@ def build_pm_model(problem: Problem, batch: Batch, point: dict) -> tuple[pm.Mode
             rows = (b,) if v.role == "local" else ()
             # A constant initval: the default initial point would read the batch inputs.
             rvs[v.name] = cls(v.name, **kwargs, shape=rows + tuple(v.shape),
-                              initval=spec.dummy_value(v, rows=b))
+                              initval=as_float(spec.dummy_value(v, rows=b)))
             env[v.name] = rvs[v.name]
     return pm_model, rvs
 
@@ -307,7 +320,10 @@ def block_terms(blocks: Blocks, approx: Approximation, rvs: dict, groups: dict,
     pm_model, n, b, mask = approx.model, blocks.total_size, batch.capacity, batch.mask
     names = blocks.globals + blocks.locals + blocks.observed
     logps = pm_model.logp(vars=[rvs[k] for k in names], jacobian=True, sum=False)
-    logps = dict(zip(names, approx.symbolic_single_sample(logps)))
+    # PyMC's log-density of an integer observation is float64 even under floatX=float32
+    # (int64 * float32 upcasts); cast back so the terms and gradients stay in floatX.
+    logps = {k: pt.cast(lp, float_dtype()) for k, lp in
+             zip(names, approx.symbolic_single_sample(logps))}
 
     # PyMC scaled each observation by N/b with b the (padded) batch length; a padded
     # batch's real length is batch.count.
@@ -343,11 +359,11 @@ def weight_tensors(problem: Problem, step) -> tuple[dict, list]:
     tensors, refresh = {}, []
     for name, w in problem.weights.items():
         if isinstance(w, Shared):
-            holder = pytensor.shared(np.float64(w.value), name=name)
+            holder = pytensor.shared(as_float(w.value), name=name)
             refresh.append((w, holder))
             tensors[name] = holder
         else:
-            tensors[name] = pt.cast(pt.as_tensor(w(step, xp=pt)), "float64")
+            tensors[name] = pt.cast(pt.as_tensor(w(step, xp=pt)), float_dtype())
     return tensors, refresh
 
 
@@ -422,7 +438,7 @@ class Lowered:
 
     def refresh_shared_weights(self) -> None:
         for weight, holder in self.shared_weights:
-            holder.set_value(np.float64(weight.value))
+            holder.set_value(as_float(weight.value, holder.dtype))
 
 
 def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step) -> Lowered:

@@ -9,12 +9,15 @@ project's 2-core CI machine; see the package README. $KLQP_PYMC_MODE overrides b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import warnings
 
 from pymc.pytensorf import resolve_backend_compile_kwargs
 
-__all__ = ["MODES", "DEFAULT_FIT_MODE", "DEFAULT_COMPILE_MODE", "compile_kwargs", "check_mode"]
+__all__ = ["MODES", "DEFAULT_FIT_MODE", "DEFAULT_COMPILE_MODE", "compile_kwargs", "check_mode",
+           "quiet_int64_truncation"]
 
 MODES = ("c", "numba", "jax")
 
@@ -48,3 +51,15 @@ def compile_kwargs(mode: str) -> dict:
     """Keyword arguments for ``pymc.pytensorf.compile`` (PyMC's own backend shortcut).
     Inputs may go unused (a model without locals never reads the row indices)."""
     return {**resolve_backend_compile_kwargs(mode, None), "on_unused_input": "ignore"}
+
+
+@contextlib.contextmanager
+def quiet_int64_truncation():
+    """Silence JAX's warning that int64 is truncated to int32 without x64 (float32 runs of
+    the "jax" mode): PyMC's graphs cast row indices and counts to int64, and int32 holds
+    them exactly below 2**31 rows. JAX warns once per trace, i.e. on a function's first
+    call; nothing else is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype int64",
+                                category=UserWarning)
+        yield

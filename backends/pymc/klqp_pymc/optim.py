@@ -59,7 +59,7 @@ class RowAdam:
         (they may repeat a real row's index, hence increments, not assignments)."""
         active = pt.ones(indices.shape, dtype="int64") if mask is None else pt.cast(mask, "int64")
         count = pt.inc_subtensor(self.count[indices], active)
-        c = pt.cast(pt.maximum(count[indices], 1), "float64")
+        c = pt.cast(pt.maximum(count[indices], 1), pytensor.config.floatX)
         updates = {self.count: count}
         for slot, g in zip(self.slots, row_grads):
             col = (slice(None),) + (None,) * (g.ndim - 1)

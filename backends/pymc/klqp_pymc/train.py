@@ -41,8 +41,8 @@ from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import checked_batches, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
-from .lowering import Batch, QParams, inv_softplus, lower
-from .modes import compile_kwargs
+from .lowering import Batch, QParams, as_float, float_dtype, inv_softplus, lower
+from .modes import compile_kwargs, quiet_int64_truncation
 from .optim import KlqpOptimizer, RowAdam
 
 _NAME = "pymc"
@@ -72,15 +72,16 @@ def row_layout(problem: Problem) -> list[tuple[str, tuple]]:
 def state_layout(problem: Problem) -> list[tuple[str, tuple, str]]:
     """(name, shape, dtype) of every state array, in FitState.optimizer's order: the dense
     variables, the row variables, pm.adam's moments (m, v per dense variable) and step
-    count, the row-wise Adam's per-row count and moments. Independent of the batch size."""
-    dense, rows = dense_layout(problem), row_layout(problem)
-    out = [(k, s, "float64") for k, s in dense + rows]
+    count, the row-wise Adam's per-row count and moments. Independent of the batch size;
+    floats are in PyTensor's floatX."""
+    dense, rows, floatx = dense_layout(problem), row_layout(problem), float_dtype()
+    out = [(k, s, floatx) for k, s in dense + rows]
     if dense:
-        out += [(f"adam_{m}_{k}", s, "float64") for k, s in dense for m in ("m", "v")]
-        out += [("adam_t", (), "float64")]
+        out += [(f"adam_{m}_{k}", s, floatx) for k, s in dense for m in ("m", "v")]
+        out += [("adam_t", (), floatx)]
     if rows:
         out += [("row_count", (problem.total_size,), "int64")]
-        out += [(f"{k}_{m}", s, "float64") for k, s in rows for m in ("m", "v")]
+        out += [(f"{k}_{m}", s, floatx) for k, s in rows for m in ("m", "v")]
     return out
 
 
@@ -105,7 +106,9 @@ def initial_state(problem: Problem, params: dict) -> list[np.ndarray]:
 def params_from_state(problem: Problem, state: list) -> dict:
     """{latent: {"loc", "scale"}} (scale = softplus(rho)) and {param: {"value"}}."""
     spec = problem.model
-    arrays = {name: a for (name, _, _), a in zip(state_layout(problem), state)}
+    # Results are float64 whatever floatX the state is in.
+    arrays = {name: np.asarray(a, dtype=float)
+              for (name, _, _), a in zip(state_layout(problem), state)}
     out, offset = {}, 0
     for v in spec.globals:
         k = _size(v.shape)
@@ -145,9 +148,10 @@ def epoch_permutation(seed: int, epoch: int, total_size: int) -> np.ndarray:
 
 
 def draw_noise(problem: Problem, seed: int, step: int, rows: int) -> list[np.ndarray]:
-    """Standard-normal noise for each latent (model order); locals get ``rows`` rows."""
+    """Standard-normal noise for each latent (model order); locals get ``rows`` rows.
+    Drawn in float64 whatever floatX is, so float32 runs see the same (rounded) draws."""
     rng = np.random.default_rng([seed, 1, step])
-    return [rng.standard_normal(((rows,) if v.role == "local" else ()) + tuple(v.shape))
+    return [as_float(rng.standard_normal(((rows,) if v.role == "local" else ()) + tuple(v.shape)))
             for v in problem.model.latents]
 
 
@@ -177,8 +181,8 @@ class Layout:
 def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout) -> tuple:
     """Everything a compiled step depends on besides the model: two fits with equal keys
     can share it. Weights compare by value (schedules) or identity (kq.Shared)."""
-    return (mode, layout, problem.total_size, problem.weights, problem.scale_cost_to_minibatch,
-            _as_schedule(learning_rate))
+    return (mode, float_dtype(), layout, problem.total_size, problem.weights,
+            problem.scale_cost_to_minibatch, _as_schedule(learning_rate))
 
 
 class _TrainerCache:
@@ -229,13 +233,14 @@ class Trainer:
         self.capacity = layout.capacity
         self.key = cache_key(problem, learning_rate, mode, layout)
         self.compile_seconds = 0.0
+        self._traced = False
         self._build(learning_rate)
 
     # -- graph ---------------------------------------------------------------------------
     def _shared_state(self) -> None:
         """The shared variables the optimizer moves (values are set by load_state)."""
         problem = self.problem
-        shared = lambda name, shape: pytensor.shared(np.zeros(shape), name, shape=shape)
+        shared = lambda name, shape: pytensor.shared(as_float(np.zeros(shape)), name, shape=shape)
         self.dense = {k: shared(k, s) for k, s in dense_layout(problem)}
         self.rows = {k: shared(k, s) for k, s in row_layout(problem)}
         self.step = pytensor.shared(np.int64(0), "step")
@@ -244,13 +249,14 @@ class Trainer:
         """Symbolic inputs and the Batch they make."""
         spec, b = self.problem.model, self.capacity
         indices = pt.tensor("indices", dtype="int64", shape=(b,))
-        noise = {v.name: pt.tensor(f"noise_{v.name}", dtype="float64",
+        floatx = float_dtype()
+        noise = {v.name: pt.tensor(f"noise_{v.name}", dtype=floatx,
                                    shape=((b,) if v.role == "local" else ()) + tuple(v.shape))
                  for v in spec.latents}
-        dtype = lambda k: "int64" if spec[k].dtype == "int" else "float64"
+        dtype = lambda k: "int64" if spec[k].dtype == "int" else floatx
         columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + row)
                    for k, row in self.layout.columns}
-        mask = pt.tensor("row_mask", dtype="float64", shape=(b,)) if self.layout.masked else None
+        mask = pt.tensor("row_mask", dtype=floatx, shape=(b,)) if self.layout.masked else None
         inputs = [indices, *noise.values(), *columns.values()] + ([mask] if mask is not None else [])
         return inputs, Batch(indices, columns, b, mask), noise
 
@@ -258,11 +264,11 @@ class Trainer:
         problem, spec, b = self.problem, self.problem.model, self.capacity
         self._shared_state()
         # Adam's step size at the symbolic step: a schedule never recompiles either.
-        lr = pt.cast(pt.as_tensor(_as_schedule(learning_rate)(self.step, xp=pt)), "float64")
+        lr = pt.cast(pt.as_tensor(_as_schedule(learning_rate)(self.step, xp=pt)), float_dtype())
         inputs, batch, noise = self._inputs()
         # The free locals' batch rows as shared stand-ins (PyMC differentiates w.r.t. shared
         # variables); once the updates are built they become the N-row arrays' batch rows.
-        stand_ins = {k: pytensor.shared(np.zeros((b,) + full.type.shape[1:]), f"{k}_rows")
+        stand_ins = {k: pytensor.shared(as_float(np.zeros((b,) + full.type.shape[1:])), f"{k}_rows")
                      for k, full in self.rows.items()}
         point = {v.name: self.dense[f"param_{v.name}"] for v in spec.params}
         q = QParams(self.dense.get("global_mu"), self.dense.get("global_rho"),
@@ -317,7 +323,12 @@ class Trainer:
         ``layout.columns`` order, each with ``capacity`` rows."""
         self.lowered.refresh_shared_weights()
         args = [indices, *noise, *columns] + ([] if mask is None else [mask])
-        return self.fn(*args)
+        if self._traced:
+            return self.fn(*args)
+        with quiet_int64_truncation():  # the first call traces a "jax" mode graph
+            out = self.fn(*args)
+        self._traced = True
+        return out
 
 
 # -- the fit loop ----------------------------------------------------------------------------
@@ -377,6 +388,7 @@ class _Run:
                          state=FitState(step=self.step, optimizer=state, backend=_NAME),
                          interrupted=interrupted,
                          info={"compiles": self.compiles, "mode": self.mode,
+                               "dtype": float_dtype(),
                                "compile_seconds": round(self.compile_seconds, 3),
                                "batch_capacity": self.capacity})
 
@@ -451,10 +463,16 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
             if epoch != perm_epoch:
                 perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n)
             indices = perm[pos * b:(pos + 1) * b]
-            columns = [np.take(data[k], indices, axis=0) for k, _ in trainer.layout.columns]
+            columns = [_column(np.take(data[k], indices, axis=0)) for k, _ in trainer.layout.columns]
             run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns))
         if stop.requested or _after_chunk(run, bar, run.step - start):
             return
+
+
+def _column(a: np.ndarray) -> np.ndarray:
+    """A batch column as the compiled step's input: integer columns as they are (int64,
+    checked by klqp.problem), float columns in floatX."""
+    return a if a.dtype.kind in "iu" else as_float(a)
 
 
 def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
@@ -474,9 +492,10 @@ def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
         trainer = _trainer_for(run, b, cols)
         cap = trainer.capacity
         indices = rows if rows is not None else np.arange(b, dtype=np.int64)
-        mask = np.zeros(cap)
+        mask = as_float(np.zeros(cap))
         mask[:b] = 1.0
-        columns = [np.ascontiguousarray(_pad(cols[k], cap)) for k, _ in trainer.layout.columns]
+        columns = [_column(np.ascontiguousarray(_pad(cols[k], cap)))
+                   for k, _ in trainer.layout.columns]
         run.record(trainer(_pad(indices, cap), draw_noise(problem, config.seed, run.step, cap),
                            columns, mask))
         if _after_chunk(run, bar, 1):
