@@ -51,11 +51,31 @@ class FitResult:
     def steps(self) -> int:
         return self.state.step
 
-    def _q(self, name: str):
-        if name not in self.params:
+    def q(self, name: str) -> dict:
+        """q of latent ``name`` in its unconstrained space: ``{"loc", "scale"}`` (locals:
+        one row per training row). An amortized local's come from its encoder on the
+        training data, so they need in-memory data."""
+        spec = self.model.vars.get(name)
+        if spec is None or spec.role not in ("global", "local"):
             raise KeyError(f"{name!r} is not a latent of model {self.model.name!r}; latents: "
-                           f"{list(self.params)}")
-        return self.model[name].support, self.params[name]["loc"], self.params[name]["scale"]
+                           f"{[v.name for v in self.model.latents]}")
+        if not spec.amortized:
+            return self.params[name]
+        if self.problem.data is None:
+            raise ValueError(f"{name!r} is amortized: its q on the training rows needs the "
+                             "training data, and this fit streamed its batches; evaluate the "
+                             "encoder on your rows with result.evaluate(...) instead")
+        from .expr import NumpyOps, evaluate
+
+        env = {**self.problem.data, **{v.name: self.params[v.name]["value"]
+                                       for v in self.model.params}}
+        loc, scale = (np.asarray(evaluate(e, env, NumpyOps), dtype=float) for e in spec.encoder)
+        shape = (self.problem.total_size,) + tuple(spec.shape)
+        return {"loc": np.broadcast_to(loc, shape), "scale": np.broadcast_to(scale, shape)}
+
+    def _q(self, name: str):
+        q = self.q(name)
+        return self.model[name].support, q["loc"], q["scale"]
 
     def mean(self, name: str) -> np.ndarray:
         """Mean of q for ``name`` in the variable's own (constrained) space."""
@@ -68,11 +88,41 @@ class FitResult:
         return transforms.moments(support, loc, scale)[1]
 
     def sample(self, name: str, num_samples: int = 1000, seed: int = 0) -> np.ndarray:
-        """Draws from q for ``name``, shape (num_samples, *shape)."""
+        """Draws from q for ``name``, shape (num_samples, *shape).
+
+        Each latent has its own stream of ``seed`` (q is mean-field: latents are
+        independent), so draws of several latents with one seed are joint draws from q."""
         support, loc, scale = self._q(name)
-        rng = np.random.default_rng(seed)
+        position = [v.name for v in self.model.latents].index(name)
+        rng = np.random.default_rng([seed, position])
         u = loc + scale * rng.standard_normal((num_samples,) + np.shape(loc))
         return transforms.forward(support, u)
+
+    def log_likelihood(self, num_samples: int = 1000, seed: int = 0) -> dict:
+        """Per-row log-likelihoods at draws from q, for LOO/WAIC: ``{observed name: array
+        (num_samples, N)}``, entry [d, i] = log p(y_i | theta_d, z_i,d, x_i) summed over
+        y_i's own axes. UNSCALED: no N/b, no likelihood weight, no cost scale (those
+        belong to the training loss). Draws are ``sample``'s with the same seed.
+        Needs the training data in memory; NumPy (and SciPy for gamma-function families).
+        """
+        from .densities import logpdf
+        from .expr import NumpyOps, evaluate
+
+        if self.problem.data is None:
+            raise ValueError("log_likelihood needs the training data in memory; this fit "
+                             "streamed its batches")
+        model, data = self.model, self.problem.data
+        draws = {v.name: self.sample(v.name, num_samples, seed) for v in model.latents}
+        base = {**data, **{v.name: self.params[v.name]["value"] for v in model.params}}
+        out = {v.name: np.empty((num_samples, self.problem.total_size)) for v in model.observed}
+        for d in range(num_samples):
+            env = {**base, **{k: a[d] for k, a in draws.items()}}
+            for v in model.observed:
+                p = {k: evaluate(e, env, NumpyOps) for k, e in v.dist.params}
+                y = data[v.name]
+                rows = np.broadcast_to(logpdf(v.dist.family, y, p), y.shape)
+                out[v.name][d] = rows.reshape(len(y), -1).sum(axis=1)
+        return out
 
     def evaluate(self, expr, data: Optional[dict] = None, num_samples: int = 0, seed: int = 0,
                  locals_at_mean: bool = True) -> np.ndarray:
@@ -115,8 +165,11 @@ class FitResult:
         return np.stack([np.asarray(evaluate(expr, env_for(i), NumpyOps))
                          for i in range(num_samples)])
 
-    def to_inference_data(self, num_samples: int = 1000, seed: int = 0):
-        """Draws from q as an ArviZ data tree (``posterior`` and ``observed_data`` groups).
+    def to_inference_data(self, num_samples: int = 1000, seed: int = 0,
+                          log_likelihood: bool = False):
+        """Draws from q as an ArviZ data tree (``posterior`` and ``observed_data`` groups;
+        with ``log_likelihood=True`` also ``log_likelihood``: ``log_likelihood()`` at the
+        same draws, one value per row, ready for ``az.loo`` / ``az.waic``).
 
         Names, dims and shapes depend only on the model, so both backends give the same
         structure: a local latent has dims ``(chain, draw, "row", ...)``; other axes are
@@ -138,8 +191,11 @@ class FitResult:
         groups = {"posterior": posterior}
         if observed:
             groups["observed_data"] = observed
+        if log_likelihood:
+            groups["log_likelihood"] = {k: a[None] for k, a in
+                                        self.log_likelihood(num_samples, seed).items()}
         return az.from_dict(groups, dims=dims,
-                            attrs={"klqp_backend": self.backend, "klqp_steps": self.steps})
+                            attrs={"/": {"klqp_backend": self.backend, "klqp_steps": self.steps}})
 
     def plot_history(self, path=None, smooth: int = 50):
         """Loss, loglik, the KL terms and the weights on a shared step axis (matplotlib).
