@@ -1,0 +1,92 @@
+"""Smoke test of the benchmark: ``bench/run.py --quick --json PATH`` runs and reports a
+positive, finite figure for every model and runner, and ratios that are the quotients of
+those figures.
+
+No timing is asserted (the project's rule: timings go in bench/, never in tests). The
+benchmark runs in a subprocess because it sets JAX_ENABLE_X64 before importing JAX, and
+with the current interpreter, so it sees the same installed backends as this test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NEEDED = ("numpyro", "pymc", "klqp_numpyro", "klqp_pymc")
+MISSING = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(MISSING), reason=f"the benchmark needs {', '.join(MISSING)}"),
+]
+
+# What --quick runs: PyMC in JAX mode only, so no C compile (tens of seconds cold).
+EXPECTED = {
+    "logistic": {"numpyro-hand-loop", "numpyro-hand-scan", "numpyro-hand-epochs",
+                 "klqp-numpyro", "pymc-hand[jax]", "klqp-pymc[jax]"},
+    "hierarchical": {"numpyro-hand-loop", "numpyro-hand-scan", "numpyro-hand-epochs",
+                     "klqp-numpyro", "klqp-pymc[jax]"},
+}
+BASELINES = {"logistic": {"numpyro-hand-loop", "numpyro-hand-scan", "numpyro-hand-epochs",
+                          "pymc-hand[jax]"},
+             "hierarchical": {"numpyro-hand-loop", "numpyro-hand-scan", "numpyro-hand-epochs"}}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick",
+                           "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"bench/run.py failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "ratio: klqp steps/s" in proc.stdout  # the printed table
+    return json.loads(path.read_text())
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_every_model_and_runner_has_figures(report):
+    assert set(report["models"]) == set(EXPECTED)
+    for model, expected in EXPECTED.items():
+        result = report["models"][model]
+        assert not result["errors"], result["errors"]
+        assert set(result["runners"]) == expected
+        for name, t in result["runners"].items():
+            assert _positive_finite(t["steps_per_s"]), (model, name, t)
+            assert _positive_finite(t["first_call_s"]), (model, name, t)
+            assert t["steps"] == report["settings"]["steps"], (model, name, t)
+            assert t["dtype"] == "float64", (model, name, t)
+
+
+def test_ratios_are_quotients_of_the_figures(report):
+    for model, result in report["models"].items():
+        runners, ratios = result["runners"], result["ratios"]
+        klqp = {k for k in runners if k.startswith("klqp-")}
+        assert set(ratios) == klqp
+        for name in klqp:
+            assert set(ratios[name]) == BASELINES[model]
+            for baseline, ratio in ratios[name].items():
+                expected = runners[name]["steps_per_s"] / runners[baseline]["steps_per_s"]
+                assert _positive_finite(ratio)
+                assert ratio == pytest.approx(expected, rel=1e-12)
+
+
+def test_pymc_baseline_reports_why_it_is_missing(report):
+    why = report["models"]["hierarchical"]["unavailable"]["pymc-hand[jax]"]
+    assert why.startswith("n/a") and "total_size" in why
+
+
+def test_machine_and_precision_are_reported(report):
+    machine = report["machine"]
+    assert machine["jax_enable_x64"] is True and machine["pytensor_floatX"] == "float64"
+    assert machine["cpu_count"] >= 1 and machine["jax_devices"]
+    assert all(machine["versions"][p] != "not installed" for p in ("pymc", "pytensor", "numpyro", "jax"))
