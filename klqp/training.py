@@ -1,10 +1,40 @@
-"""Backend-neutral pieces of a training loop: the stream's epochs and the callbacks."""
+"""Backend-neutral pieces of a training loop: which rows each step takes (in-memory
+data and streams) and the callbacks."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
-__all__ = ["epochs", "run_callbacks"]
+import numpy as np
+
+__all__ = ["epoch_order", "batch_rows", "epochs", "run_callbacks", "checked_batches"]
+
+
+def epoch_order(seed: int, epoch: int, total_size: int) -> np.ndarray:
+    """The row order of one epoch of in-memory data: a uniform permutation of the N rows
+    that depends on (seed, epoch) only. Step t takes slice t mod M of epoch t // M's order
+    (M = N // b batches per epoch; the N mod b rows left over sit out that epoch), so
+    every backend draws the same rows at every step for a seed, whatever the chunking or
+    a resume. Made on the host with NumPy: 3 ms for 100k rows, where
+    jax.random.permutation takes ~36 ms on CPU, more than the steps of an epoch.
+
+    >>> epoch_order(0, 3, 5).tolist() == epoch_order(0, 3, 5).tolist()
+    True
+    >>> sorted(epoch_order(0, 3, 5).tolist())
+    [0, 1, 2, 3, 4]
+    """
+    return np.random.default_rng([seed, 0, epoch]).permutation(total_size).astype(np.int64)
+
+
+def batch_rows(seed: int, step: int, total_size: int, batch_size: int) -> np.ndarray:
+    """The b row numbers step ``step`` takes from in-memory data (see ``epoch_order``).
+
+    >>> rows = [batch_rows(0, t, 10, 3) for t in range(3)]   # one epoch: M = 3
+    >>> len(set(np.concatenate(rows).tolist()))              # without replacement
+    9
+    """
+    epoch, pos = divmod(step, total_size // batch_size)
+    return epoch_order(seed, epoch, total_size)[pos * batch_size:(pos + 1) * batch_size]
 
 
 def epochs(stream: Iterable) -> Iterator:

@@ -1,7 +1,8 @@
 """Training on NumPyro/JAX: one jitted update, run by a fused ``lax.scan`` over chunks.
 
-In-memory data lives on the device. Each step draws its minibatch by slicing the
-current epoch's permutation (one O(N) shuffle per epoch, not per step), draws the
+In-memory data lives on the device. Each step takes its minibatch as a slice of its
+epoch's row order (``klqp.training.epoch_order``: one NumPy shuffle per epoch, made on
+the host and handed to each chunk; the PyMC backend takes the same rows), draws the
 noise from ``fold_in(key, step)``, evaluates every weight's schedule at the traced
 step, and applies Adam; a chunk of steps is one compiled call, and the progress bar,
 callbacks and Ctrl-C are handled between chunks. Because the minibatch and the noise
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from klqp import objective
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import checked_batches, run_callbacks
+from klqp.training import checked_batches, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import build_terms
@@ -66,6 +67,7 @@ class Trainer:
         self.optimizer = optax.scale_by_adam()
         self.trace_counts = collections.Counter()
         self._chunk = jax.jit(self._run_chunk, static_argnames=("length",))
+        self._orders: dict = {}  # (seed, epoch) -> row order, the few epochs in use
         self._step = jax.jit(self._stream_step)
 
     # -- the update of one step -------------------------------------------------------
@@ -106,27 +108,38 @@ class Trainer:
                 {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS})
 
     # -- in-memory data: a chunk of steps as one scan ----------------------------------
-    def _run_chunk(self, carry, data, key, step0, n_active, shared_values, *, length):
+    def chunk_orders(self, seed: int, step0: int, length: int):
+        """The row orders (``klqp.training.epoch_order``) of every epoch a chunk of
+        ``length`` steps from ``step0`` may touch: ``length // M + 2`` rows of N, a fixed
+        shape, so the chunk never recompiles. Made on the host, each epoch's once."""
+        m, n = self.problem.num_batches, self.problem.total_size
+        first = step0 // m
+        wanted = [(seed, e) for e in range(first, first + length // m + 2)]
+        self._orders = {k: self._orders.get(k) if k in self._orders
+                        else epoch_order(seed, k[1], n).astype(np.int32) for k in wanted}
+        return jnp.asarray(np.stack([self._orders[k] for k in wanted]))
+
+    def _run_chunk(self, carry, data, key, step0, n_active, shared_values, orders, *, length):
+        """``length`` steps as one lax.scan; step t takes slice t mod M of its epoch's
+        order (``orders``, from ``chunk_orders``)."""
         self.trace_counts["chunk"] += 1
         problem = self.problem
-        n, b, m = problem.total_size, problem.batch_size, problem.num_batches
-        perm_key, noise_key = jax.random.split(key)
+        b, m = problem.batch_size, problem.num_batches
+        noise_key = jax.random.split(key)[1]
+        first_epoch = step0 // m  # orders[0] is its order
 
         def body(carry, i):
-            variables, opt_state, perm = carry
+            variables, opt_state = carry
             step = step0 + i
             epoch, pos = step // m, step % m
-            perm = lax.cond(pos == 0,
-                            lambda: jax.random.permutation(jax.random.fold_in(perm_key, epoch), n).astype(perm.dtype),
-                            lambda: perm)
-            idx = lax.dynamic_slice(perm, (pos * b,), (b,))
+            idx = lax.dynamic_slice(orders, (epoch - first_epoch, pos * b), (1, b))[0]
             batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
             # Steps past the end of the run (the last chunk is padded to one length,
             # so it never recompiles) leave the state as it was.
             new_vars, new_state, record = self.update(
                 variables, opt_state, batch, idx, jax.random.fold_in(noise_key, step), step,
                 shared_values, active=i < n_active)
-            return (new_vars, new_state, perm), record
+            return (new_vars, new_state), record
 
         return lax.scan(body, carry, jnp.arange(length))
 
@@ -224,17 +237,12 @@ def _run_in_memory(run: _Run, key, end: int, bar) -> None:
     problem, config, trainer = run.problem, run.config, run.trainer
     data = {k: jnp.asarray(v) for k, v in problem.data.items()}
     chunk = config.chunk_size or max(1, min(config.steps, 500))
-    perm = jnp.zeros(problem.total_size, dtype=jnp.int32)
-    if run.step % problem.num_batches != 0:  # resumed mid-epoch: rebuild that epoch's order
-        perm_key = jax.random.split(key)[0]
-        perm = jax.random.permutation(
-            jax.random.fold_in(perm_key, run.step // problem.num_batches),
-            problem.total_size).astype(jnp.int32)
     while run.step < end:
         n_active = min(chunk, end - run.step)
-        (variables, opt_state, perm), rec = trainer._chunk(
-            (run.variables, run.opt_state, perm), data, key, jnp.asarray(run.step),
-            jnp.asarray(n_active), _shared_values(problem), length=chunk)
+        (variables, opt_state), rec = trainer._chunk(
+            (run.variables, run.opt_state), data, key, jnp.asarray(run.step),
+            jnp.asarray(n_active), _shared_values(problem),
+            trainer.chunk_orders(config.seed, run.step, chunk), length=chunk)
         run.variables, run.opt_state = variables, opt_state
         run.record(rec, n_active)
         run.step += n_active

@@ -7,9 +7,10 @@ step's row indices and noise (and, for a stream, the batch's columns and row mas
 shared state is q's parameters, the optimizer state, a step counter the schedules read and
 one scalar per ``kq.Shared`` weight. So a weight's schedule or value never recompiles.
 
-Randomness lives on the host and depends only on (seed, step), as in the NumPyro backend:
-in-memory rows come from a fresh permutation each epoch (N // b batches per epoch, uniform
-without replacement), noise from a generator seeded with (seed, step). A resumed run
+Randomness lives on the host and depends only on (seed, step): in-memory rows come from
+``klqp.training.epoch_order`` (a fresh permutation each epoch, N // b batches per epoch,
+uniform without replacement; the NumPyro backend takes the same rows), noise from a
+generator seeded with (seed, step). A resumed run
 therefore continues the random stream of an unbroken one, in every mode.
 
 Why not ``pm.Minibatch``: it draws its rows WITH replacement (an ``integers`` draw), which
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from klqp import schedules
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import checked_batches, run_callbacks
+from klqp.training import checked_batches, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import Batch, QParams, as_float, float_dtype, inv_softplus, lower
@@ -141,11 +142,6 @@ def check_state(problem: Problem, state: list) -> list[np.ndarray]:
 
 
 # -- host-side randomness: a function of (seed, step) only ----------------------------------
-
-def epoch_permutation(seed: int, epoch: int, total_size: int) -> np.ndarray:
-    """The row order of one epoch; step t takes slice t mod M of epoch t // M."""
-    return np.random.default_rng([seed, 0, epoch]).permutation(total_size).astype(np.int64)
-
 
 def draw_noise(problem: Problem, seed: int, step: int, rows: int) -> list[np.ndarray]:
     """Standard-normal noise for each latent (model order); locals get ``rows`` rows.
@@ -461,7 +457,7 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
         while run.step < chunk_end and not stop.requested:
             epoch, pos = divmod(run.step, m)
             if epoch != perm_epoch:
-                perm_epoch, perm = epoch, epoch_permutation(config.seed, epoch, n)
+                perm_epoch, perm = epoch, epoch_order(config.seed, epoch, n)
             indices = perm[pos * b:(pos + 1) * b]
             columns = [_column(np.take(data[k], indices, axis=0)) for k, _ in trainer.layout.columns]
             run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns))
