@@ -13,6 +13,9 @@ if [ "$JAX_ENABLE_X64" = "0" ]; then
     # float32: PyTensor's JAX linker sets JAX's x64 flag from floatX, so keep the two in
     # step; test_agreement.py's tolerances are float64's, test_gpu.py picks float32's.
     export PYTENSOR_FLAGS="floatX=float32${PYTENSOR_FLAGS:+,$PYTENSOR_FLAGS}"
+    # float32 matmuls on recent NVIDIA GPUs default to TF32 (~1e-3 relative); ask for
+    # full float32 so the figures measure the lowering, not the tensor cores.
+    export JAX_DEFAULT_MATMUL_PRECISION=${JAX_DEFAULT_MATMUL_PRECISION:-highest}
     tests=(tests/test_gpu.py)
 fi
 "$PY" -c "import jax; print('JAX platform:', jax.default_backend(), jax.devices())"

@@ -47,6 +47,9 @@ def test_loss_on_gpu_equals_numpy_formula(backend, name):
     ref = reference_terms(c.problem, params, idx, noise)
     rel = max(abs(got[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k in ref)
     _record(backend, name, rel)
-    tol = 1e-6 if jax.config.jax_enable_x64 else 1e-4
-    for key in ref:
-        np.testing.assert_allclose(got[key], ref[key], rtol=tol, atol=1e-9, err_msg=key)
+    if jax.config.jax_enable_x64:  # float64: the CPU contract (tests/test_agreement.py)
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-6, atol=1e-9, err_msg=key)
+    else:  # float32: relative to max(|value|, 1), as tests/test_float32.py, 10x looser
+        worst = max(abs(got[k] - ref[k]) / max(abs(ref[k]), 1.0) for k in ref)
+        assert worst < 1e-4, (name, worst)
