@@ -115,7 +115,7 @@ class Trainer:
         m, n = self.problem.num_batches, self.problem.total_size
         first = step0 // m
         wanted = [(seed, e) for e in range(first, first + length // m + 2)]
-        self._orders = {k: self._orders.get(k) if k in self._orders
+        self._orders = {k: self._orders[k] if k in self._orders
                         else epoch_order(seed, k[1], n).astype(np.int32) for k in wanted}
         return jnp.asarray(np.stack([self._orders[k] for k in wanted]))
 

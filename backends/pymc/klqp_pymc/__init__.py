@@ -27,7 +27,8 @@ from klqp.problem import FitConfig, Problem, init_params
 from klqp.results import FitResult
 
 from . import modes
-from .lowering import Batch, Lowered, QParams, as_float, float_dtype, inv_softplus_pt, lower
+from .lowering import (Batch, Lowered, QParams, as_column, as_float, float_dtype,
+                       inv_softplus_pt, lower)
 from .train import fit as _fit
 
 __all__ = ["PyMCBackend", "PyMCObjective"]
@@ -117,11 +118,10 @@ class PyMCObjective:
         indices = np.asarray(indices, dtype=np.int64)
         fn, lowered, order, noise_names = self._function(len(indices))
         lowered.refresh_shared_weights()
-        column = lambda a: a if a.dtype.kind in "iu" else as_float(a)
         args = [indices, np.int64(step)]
         args += [as_float(params[k][p]) for k, p in order]
         args += [as_float(noise[k]) for k in noise_names]
-        args += [column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
+        args += [as_column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
         with modes.quiet_int64_truncation():
             return fn(*args)
 

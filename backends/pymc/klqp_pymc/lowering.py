@@ -57,7 +57,8 @@ from klqp.expr import evaluate
 from klqp.objective import Shared, Terms
 from klqp.problem import Problem
 
-__all__ = ["float_dtype", "as_float", "PytensorOps", "Batch", "QParams", "Blocks", "KlqpKL", "Lowered", "lower",
+__all__ = ["float_dtype", "as_float", "as_column", "PytensorOps", "Batch", "QParams", "Blocks",
+           "KlqpKL", "Lowered", "lower",
            "pm_distribution", "inv_softplus", "inv_softplus_pt"]
 
 _LOG_SQRT_2PI = float(0.5 * np.log(2.0 * np.pi))  # a Python float: PyTensor casts it to floatX
@@ -74,6 +75,12 @@ def as_float(a, dtype: Optional[str] = None) -> np.ndarray:
     """``a`` as a NumPy array of the graphs' float dtype (compiled steps trust their
     inputs' dtypes, so every float input goes through here)."""
     return np.asarray(a, dtype=dtype or float_dtype())
+
+
+def as_column(a: np.ndarray) -> np.ndarray:
+    """A batch column as a compiled function's input: integer columns as they are (int64,
+    checked by klqp.problem), float columns in floatX."""
+    return a if a.dtype.kind in "iu" else as_float(a)
 
 
 class PytensorOps:

@@ -42,7 +42,7 @@ from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import checked_batches, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
-from .lowering import Batch, QParams, as_float, float_dtype, inv_softplus, lower
+from .lowering import Batch, QParams, as_column, as_float, float_dtype, inv_softplus, lower
 from .modes import compile_kwargs, quiet_int64_truncation
 from .optim import KlqpOptimizer, RowAdam
 
@@ -459,16 +459,10 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
             if epoch != perm_epoch:
                 perm_epoch, perm = epoch, epoch_order(config.seed, epoch, n)
             indices = perm[pos * b:(pos + 1) * b]
-            columns = [_column(np.take(data[k], indices, axis=0)) for k, _ in trainer.layout.columns]
+            columns = [as_column(np.take(data[k], indices, axis=0)) for k, _ in trainer.layout.columns]
             run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns))
         if stop.requested or _after_chunk(run, bar, run.step - start):
             return
-
-
-def _column(a: np.ndarray) -> np.ndarray:
-    """A batch column as the compiled step's input: integer columns as they are (int64,
-    checked by klqp.problem), float columns in floatX."""
-    return a if a.dtype.kind in "iu" else as_float(a)
 
 
 def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
@@ -490,7 +484,7 @@ def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
         indices = rows if rows is not None else np.arange(b, dtype=np.int64)
         mask = as_float(np.zeros(cap))
         mask[:b] = 1.0
-        columns = [_column(np.ascontiguousarray(_pad(cols[k], cap)))
+        columns = [as_column(np.ascontiguousarray(_pad(cols[k], cap)))
                    for k, _ in trainer.layout.columns]
         run.record(trainer(_pad(indices, cap), draw_noise(problem, config.seed, run.step, cap),
                            columns, mask))
