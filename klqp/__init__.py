@@ -8,7 +8,7 @@
 10.0
 """
 
-from . import backends, nn, schedules
+from . import backends, nn, schedules, steps
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, ContinuousBernoulli,
                             Distribution, Exponential, Gamma, HalfNormal, LogNormal, Normal,
@@ -19,6 +19,7 @@ from .model import ROW_INDEX, Data, Global, Local, Model, ModelError, Observed, 
 from .objective import Shared, Terms
 from .problem import Problem
 from .results import FitResult
+from .steps import GlobalStep, LocalStep, RowAdam
 
 __version__ = "0.1.0"
 
@@ -28,5 +29,5 @@ __all__ = [
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "Distribution",
     "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean", "concat", "nn",
     "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
-    "Problem", "FitResult",
+    "Problem", "FitResult", "LocalStep", "GlobalStep", "RowAdam",
 ]

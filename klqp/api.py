@@ -8,26 +8,32 @@ from typing import Callable, Iterable, Optional
 
 from . import backends, schedules
 from .problem import FitConfig, make_problem
+from .steps import resolve_global_step, resolve_local_step
 
 __all__ = ["compile", "fit"]
 
 
 def compile(model, data, *, backend: str = "numpyro", batch_size=None, total_size=None,  # noqa: A001
             beta=None, beta_global=None, beta_local=None, likelihood_weight=1.0,
-            scale_cost_to_minibatch: bool = False, backend_options: Optional[dict] = None):
+            scale_cost_to_minibatch: bool = False, local_step="auto",
+            backend_options: Optional[dict] = None):
     """Lower ``model`` to ``backend`` and return its objective as functions of q's params.
 
     The returned object has ``init_params(seed)``, ``loss(params, indices=, noise=)``,
     ``grad(...)`` (same structure as params) and ``terms(...)`` (loss, elbo, loglik,
     kl_global, kl_local). With fixed indices and noise the loss is deterministic, which
-    is what the cross-backend agreement tests use.
+    is what the cross-backend agreement tests use. The step rule's pieces are there too,
+    deterministic for given rows: ``local_step(params, indices=)`` (the batch rows' q
+    after one local step, ``local_step`` as in ``kq.fit``), ``local_expectations(...)``
+    (each row's E[l], E[l'], E[l''] that step uses) and ``global_curvature(...)``.
     """
     impl = backends.get(backend)
     problem = make_problem(model, data, batch_size=batch_size, total_size=total_size, beta=beta,
                            beta_global=beta_global, beta_local=beta_local,
                            likelihood_weight=likelihood_weight,
                            scale_cost_to_minibatch=scale_cost_to_minibatch)
-    return impl.compile(problem, **(backend_options or {}))
+    local = resolve_local_step(local_step, model)
+    return impl.compile(problem, local_step=local, **(backend_options or {}))
 
 
 def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=None,
@@ -35,8 +41,8 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
         scale_cost_to_minibatch: bool = False, learning_rate=1e-2, seed: int = 0,
         progress: Optional[bool] = None, callbacks: Iterable[Callable] = (),
         chunk_size: Optional[int] = None, resume=None, init_scale: float = 0.1,
-        backend_options: Optional[dict] = None):
-    """Fit q by minimizing the klqp objective (see ``kq.explain``) with Adam.
+        local_step="auto", global_step="auto", backend_options: Optional[dict] = None):
+    """Fit q by minimizing the klqp objective (see ``kq.explain``).
 
     data: a dict of arrays holding all N rows (klqp draws each minibatch on device,
     uniformly without replacement, a fresh permutation each epoch), or an iterable of
@@ -46,7 +52,19 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     beta sets both KL weights; beta_global / beta_local set one block. Each weight, and
     likelihood_weight, is a number, a ``kq.Shared`` or a ``kq.schedules`` schedule.
 
-    learning_rate: Adam's step size, a number or a schedule of the step.
+    local_step: how the free local latents' q move (``klqp.steps``). "auto" (default):
+    ``kq.LocalStep()``, a guarded Newton step on each batch's rows before the global
+    step, by quadrature, plus a final pass over all rows when the fit ends;
+    ``kq.LocalStep(iterations=, points=, max_change=, final_pass=)`` tunes it; None turns
+    it off (row-wise Adam steps of the gradient, as klqp 0.1; ``kq.RowAdam(stl=,
+    scale_by_visits=)`` for its variants).
+    global_step: how the globals' q move. "auto" (default): ``kq.GlobalStep()``, natural-
+    gradient steps with curvature-set scales for a global block of up to 64 numbers,
+    quadrature over the locals and an antithetic pair in the gradient, and the reported
+    globals averaged over the iterates; None: Adam steps on every global number.
+    learning_rate: Adam's step size, a number or a schedule of the step: for kq.Param
+    values, for global numbers without a natural-gradient step, and for locals under
+    RowAdam.
     callbacks: functions ``callback(step, result)`` run between compiled chunks of
     steps; they may change a ``kq.Shared`` or raise ``StopIteration`` to stop early.
     progress: a progress bar (default: on in a terminal, off when ``CI`` is set).
@@ -73,6 +91,8 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
                            beta_global=beta_global, beta_local=beta_local,
                            likelihood_weight=likelihood_weight,
                            scale_cost_to_minibatch=scale_cost_to_minibatch)
+    local = resolve_local_step(local_step, model)
+    glob = resolve_global_step(global_step)
     if resume is not None:
         if resume.model is not model:
             raise ValueError("resume= must be a FitResult of the same kq.Model object")
@@ -84,5 +104,9 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
         learning_rate = schedules.constant(learning_rate)
     config = FitConfig(steps=steps, learning_rate=learning_rate, seed=int(seed),
                        progress=bool(progress), callbacks=tuple(callbacks), chunk_size=chunk_size,
-                       resume=resume, init_scale=float(init_scale))
+                       resume=resume, init_scale=float(init_scale), local_step=local,
+                       global_step=glob)
+    if resume is not None and resume.state.rule != config.rule():
+        raise ValueError(f"resume= was fitted with {resume.state.rule}, this fit asks for "
+                         f"{config.rule()}; resume with the same local_step= and global_step=")
     return impl.fit(problem, config, **(backend_options or {}))

@@ -31,7 +31,7 @@ from typing import Any, Union
 from . import schedules as _schedules
 
 __all__ = ["Shared", "Weight", "Weights", "Terms", "loss", "elbo", "cost_scale",
-           "coefficients", "resolve_weights", "WEIGHT_NAMES"]
+           "coefficients", "resolve_weights", "terms_from_rows", "WEIGHT_NAMES"]
 
 WEIGHT_NAMES = ("beta_global", "beta_local", "likelihood_weight")
 
@@ -91,6 +91,32 @@ class Terms:
     loglik: Any
     kl_global: Any
     kl_local: Any
+
+
+def terms_from_rows(*, total_size, row_weights, loglik_rows, local_kl_rows, kl_global,
+                    xp: Any = None) -> Terms:
+    """The three terms from one batch's per-row values.
+
+    loglik_rows: sum over a row's observations of log p(y_i | .); local_kl_rows: sum over
+    a row's locals of log q(z_i) - log p(z_i | .); kl_global: log q(theta) - log p(theta).
+    row_weights: 1 for a row of the batch, 0 for padding, and w_p for node p of a row
+    whose locals are integrated by quadrature (a row's nodes are virtual rows whose
+    weights sum to 1). b = sum(row_weights) is the number of real rows, so N/b and s are
+    those of the batch whichever of these it is.
+
+    >>> import numpy as np
+    >>> t = terms_from_rows(total_size=10, row_weights=np.array([1.0, 1.0, 0.0]),
+    ...                     loglik_rows=np.array([-1.0, -2.0, -99.0]),
+    ...                     local_kl_rows=np.zeros(3), kl_global=0.5)
+    >>> float(t.loglik)   # (N/b) * (-1 - 2) with b = 2: the padded row counts for nothing
+    -15.0
+    """
+    import numpy as np
+    xp = xp or np
+    ratio = total_size / xp.sum(row_weights)
+    return Terms(loglik=ratio * xp.sum(row_weights * loglik_rows),
+                 kl_global=kl_global,
+                 kl_local=ratio * xp.sum(row_weights * local_kl_rows))
 
 
 def cost_scale(total_size: int, batch_size: int, scale_cost_to_minibatch: bool) -> float:

@@ -54,6 +54,12 @@ class FitConfig:
     chunk_size: Optional[int] = None
     resume: Any = None
     init_scale: float = 0.1
+    local_step: Any = None   # klqp.steps.LocalStep, RowAdam, or None (no free locals)
+    global_step: Any = None  # klqp.steps.GlobalStep, or None (plain Adam)
+
+    def rule(self) -> dict:
+        """The step rule as plain data: a resumed fit must follow the same one."""
+        return {"local_step": repr(self.local_step), "global_step": repr(self.global_step)}
 
 
 def batches_per_epoch(total_size: int, batch_size: int, streamed: bool) -> int:

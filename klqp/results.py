@@ -12,7 +12,7 @@ from .problem import Problem
 
 __all__ = ["FitResult", "FitState", "HISTORY_KEYS"]
 
-HISTORY_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local",
+HISTORY_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local", "local_gain",
                 "beta_global", "beta_local", "likelihood_weight")
 
 
@@ -23,15 +23,21 @@ class FitState:
     step: int
     optimizer: list  # the optimizer state's leaves, as NumPy arrays, in the backend's order
     backend: str
+    rule: dict = field(default_factory=dict)  # the step rule (klqp.steps) it was trained with
 
 
 @dataclass
 class FitResult:
     """q after training.
 
-    ``params``: ``{latent: {"loc", "scale"}}`` in unconstrained space (locals: N rows).
-    ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, beta_global,
-    beta_local, likelihood_weight`` (figures in full-data nats; see klqp.objective).
+    ``params``: ``{latent: {"loc", "scale"}}`` in unconstrained space (locals: N rows), as
+    the fit reports q (``klqp.steps``): with the default global step the globals are the
+    average of their iterates, and with a local step the locals come from a final pass
+    at those globals. Training continues from ``state`` (the raw iterates).
+    ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, local_gain,
+    beta_global, beta_local, likelihood_weight`` (figures in full-data nats; see
+    klqp.objective; ``local_gain``: how much the local step raised the weighted
+    objective of the batch's rows, (N/b) sum over the batch, 0 without a local step).
     ``interrupted``: True when Ctrl-C stopped the run; the state is the last completed step.
     """
 

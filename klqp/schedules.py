@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["Schedule", "constant", "linear", "linear_warmup", "sigmoid", "cyclical", "blundell",
-           "beta_norm", "beta_from_norm"]
+           "robbins_monro", "beta_norm", "beta_from_norm"]
 
 
 class Schedule:
@@ -77,6 +77,16 @@ class Cyclical(Schedule):
 
 
 @dataclass(frozen=True)
+class RobbinsMonro(Schedule):
+    start: float
+    delay: float
+    power: float = 0.5
+
+    def __call__(self, step, xp: Any = np):
+        return self.start * (1.0 + step / self.delay) ** (-self.power)
+
+
+@dataclass(frozen=True)
 class Blundell(Schedule):
     num_batches: Optional[int] = None
 
@@ -127,6 +137,21 @@ def cyclical(total_steps: int, cycles: int = 4, ratio: float = 0.5, end: float =
     if cycles < 1 or total_steps < cycles:
         raise ValueError(f"cyclical: need 1 <= cycles ({cycles}) <= total_steps ({total_steps})")
     return Cyclical(int(total_steps), int(cycles), float(ratio), float(end))
+
+
+def robbins_monro(start: float = 1.0, delay: float = 50.0, power: float = 0.5) -> Schedule:
+    """``start * (1 + step / delay) ** -power``: a Robbins-Monro step size (the sum of the
+    steps diverges, the sum of their squares converges for 0.5 < power <= 1; power 0.5
+    with iterate averaging is Polyak-Ruppert), the default of the global
+    natural-gradient step.
+
+    >>> [round(float(robbins_monro(1.0, 50)(t)), 4) for t in (0, 150)]
+    [1.0, 0.5]
+    """
+    if not (start > 0 and delay > 0 and power > 0):
+        raise ValueError(f"robbins_monro: start={start}, delay={delay} and power={power} "
+                         "must all be positive")
+    return RobbinsMonro(float(start), float(delay), float(power))
 
 
 def blundell(num_batches: Optional[int] = None) -> Schedule:

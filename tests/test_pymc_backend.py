@@ -148,10 +148,11 @@ def test_row_adam_is_the_numpyro_rule_and_ignores_padding():
 
 @pytest.fixture(scope="module")
 def converged():
-    """A hierarchical fit whose beta_local is a Shared raised by a callback and whose
-    likelihood weight warms up on a schedule."""
+    """A hierarchical fit whose beta_local is a Shared lowered by a callback and whose
+    likelihood weight warms up on a schedule. (beta_local stays >= T: with a learned noise
+    scale, beta_local < T makes this objective unbounded, q(z_i) collapsing onto y_i.)"""
     model, data = hierarchical(n=200)
-    beta = kq.Shared(0.5)
+    beta = kq.Shared(1.5)
     seen = []
 
     def raise_beta(step, result):
@@ -169,7 +170,7 @@ def test_fit_compiles_once_while_weights_move(converged):
     r, seen = converged
     assert seen == [500, 1000, 1500, 2000]
     assert r.info["compiles"] == 1
-    np.testing.assert_array_equal(r.history["beta_local"][:500], 0.5)
+    np.testing.assert_array_equal(r.history["beta_local"][:500], 1.5)
     np.testing.assert_array_equal(r.history["beta_local"][500:], 1.0)
     np.testing.assert_allclose(r.history["likelihood_weight"][:301],
                                0.5 + 0.5 * np.arange(301) / 300, rtol=1e-12)
@@ -188,7 +189,7 @@ def test_hierarchical_fit_converges(converged):
     assert np.corrcoef(r.mean("z"), z_true)[0, 1] > 0.9
     assert r.std("z").shape == (200,) and np.all(r.std("z") < 0.7)
     elbo = r.history["elbo"]
-    assert np.mean(elbo[-200:]) > np.mean(elbo[:200]) + 50
+    assert np.mean(elbo[-200:]) > np.mean(elbo[:10]) + 50  # converged within ~200 steps
     assert r.params["z"]["loc"].shape == (200,) and np.all(r.params["z"]["scale"] > 0)
 
 
@@ -235,8 +236,9 @@ def test_resume_rejects_a_state_of_another_shape():
 
 def test_stream_pads_ragged_batches_and_grows_once():
     """Batches of 20, 25, 10 rows: the 25 recompiles once (b grows), the 10 is padded.
-    With q held still, each step's terms equal the NumPy reference on that step's rows,
-    noise included (the noise is a function of (seed, step))."""
+    With q held still (the plain rule: one draw, tiny Adam steps), each step's terms equal
+    the NumPy reference on that step's rows, noise included (the noise is a function of
+    (seed, step))."""
     from klqp_pymc.train import draw_noise as backend_noise
 
     model, data = hierarchical(n=60)
@@ -246,7 +248,8 @@ def test_stream_pads_ragged_batches_and_grows_once():
     weights = dict(beta_global=0.7, beta_local=1.3, likelihood_weight=0.9,
                    scale_cost_to_minibatch=True)
     r = kq.fit(model, batches, backend="pymc", total_size=60, steps=6, learning_rate=1e-12,
-               seed=7, backend_options={"mode": "jax"}, **weights)
+               seed=7, backend_options={"mode": "jax"}, local_step=None, global_step=None,
+               **weights)
     assert r.info["compiles"] == 2 and r.info["batch_capacity"] == 25
     reference = make_problem(model, data, batch_size=20, **weights)
     init = kq.compile(model, data, backend="pymc", batch_size=20).init_params(seed=7)

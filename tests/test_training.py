@@ -22,17 +22,19 @@ def _fit(backend, steps=200, **kw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_steps_take_the_rows_of_klqp_training_batch_rows(backend):
+@pytest.mark.parametrize("rows_rule", [kq.LocalStep(final_pass=0), None], ids=["local", "adam"])
+def test_steps_take_the_rows_of_klqp_training_batch_rows(backend, rows_rule):
     """In-memory minibatches are klqp.training.batch_rows(seed, step): the same rows on
     every backend, uniform without replacement within an epoch (N = 100, b = 30: M = 3,
-    10 rows sit out each epoch). Row-wise Adam moves exactly the rows a step took."""
+    10 rows sit out each epoch). The local step (without its final pass over all rows)
+    and row-wise Adam move exactly the rows a step took."""
     from klqp.problem import init_params
     from klqp.training import batch_rows
 
     model, data = hierarchical(n=100)
     for steps, seed in ((2, 0), (4, 3)):  # the 4th step starts a new epoch
         r = kq.fit(model, data, backend=backend, steps=steps, batch_size=30, seed=seed,
-                   chunk_size=3, progress=False)
+                   chunk_size=3, progress=False, local_step=rows_rule)
         start = init_params(r.problem, seed, 0.1)
         moved = {i for v in model.free_locals
                  for i in np.flatnonzero(r.params[v.name]["loc"] != start[v.name]["loc"])}
@@ -124,8 +126,9 @@ def test_callback_can_stop_early(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stream_scales_each_batch_by_its_own_size(backend):
-    """A ragged last batch gets N/b_last. q is pinned (tiny scale, tiny learning rate) so
-    each step's loglik must equal (N/b) * sum log p(y_i | mu0) for that step's rows."""
+    """A ragged last batch gets N/b_last. q is pinned (tiny scale, tiny Adam steps: the
+    plain global rule, global_step=None) so each step's loglik must equal
+    (N/b) * sum log p(y_i | mu0) for that step's rows."""
     rng = np.random.default_rng(0)
     n = 100
     y = rng.normal(1.0, 2.0, size=n)
@@ -136,7 +139,7 @@ def test_stream_scales_each_batch_by_its_own_size(backend):
     bounds = np.cumsum([0] + sizes)
     batches = [{"y": y[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
     r = kq.fit(model, batches, backend=backend, total_size=n, steps=8, learning_rate=1e-12,
-               init_scale=1e-9, seed=0, scale_cost_to_minibatch=True)
+               init_scale=1e-9, seed=0, scale_cost_to_minibatch=True, global_step=None)
     mu0 = r.params["mu"]["loc"]
     expected = [n / len(b["y"]) * stats.norm.logpdf(b["y"], mu0, 2.0).sum() for b in batches] * 2
     np.testing.assert_allclose(r.history["loglik"], expected, rtol=1e-6)

@@ -17,6 +17,7 @@ from klqp import objective
 from klqp.problem import FitConfig, Problem, init_params
 
 from .lowering import build_guide, build_model, build_terms
+from .steps import Stepper
 from .train import _shared_values, _weights_at, fit as _fit
 
 __all__ = ["NumPyroBackend", "NumPyroObjective"]
@@ -27,7 +28,7 @@ class NumPyroObjective:
     parameters for a given minibatch (``indices``) and noise. Every call is jitted once;
     weights enter as traced arguments."""
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem, local_step=None):
         self.problem = problem
         self.terms_fn = build_terms(problem)
         self.trace_counts = collections.Counter()
@@ -36,6 +37,10 @@ class NumPyroObjective:
         self._data = {k: jnp.asarray(v) for k, v in problem.data.items()}
         self._eval = jax.jit(self._evaluate)
         self._grad = jax.jit(jax.grad(lambda *a: self._evaluate(*a)["loss"]))
+        self.stepper = Stepper(problem, local_step, None)
+        self._local = jax.jit(self._local_step)
+        self._expect = jax.jit(self._expectations)
+        self._curv = jax.jit(self._curvature)
 
     @property
     def dtype(self) -> str:
@@ -56,7 +61,7 @@ class NumPyroObjective:
         batch = {k: jnp.take(v, indices, axis=0) for k, v in self._data.items()}
         params = {k: (jax.tree.map(lambda a: a[indices], p) if k in self._locals else p)
                   for k, p in params.items()}
-        t = self.terms_fn(params, batch, indices, noise)
+        t = self.terms_fn(params, batch, noise)
         s = objective.cost_scale(self.problem.total_size, indices.shape[0],
                                  self.problem.scale_cost_to_minibatch)
         return {"loss": objective.loss(t, cost_scale=s, **weights), "elbo": objective.elbo(t),
@@ -64,7 +69,7 @@ class NumPyroObjective:
                 "kl_local": jnp.asarray(t.kl_local)}
 
     def _args(self, params, indices, noise, step):
-        latents = [v.name for v in self.problem.model.latents]
+        latents = [v.name for v in self.problem.model.latents if v.name in noise]
         tree = jax.tree.map(jnp.asarray, (params, {k: noise[k] for k in latents}))
         weights = _weights_at(self.problem, jnp.asarray(step), _shared_values(self.problem))
         return tree[0], jnp.asarray(indices), tree[1], weights
@@ -82,14 +87,76 @@ class NumPyroObjective:
         g = self._grad(*self._args(params, indices, noise, step))
         return jax.tree.map(lambda a: np.asarray(a, dtype=float), g)
 
+    # -- the step rule's pieces (klqp.steps), deterministic for given rows ---------------------
+    def _batch_and_rows(self, params, indices):
+        batch = {k: jnp.take(v, indices, axis=0) for k, v in self._data.items()}
+        rows = {k: jax.tree.map(lambda a: a[indices], params[k]) for k in self._locals}
+        return batch, rows
+
+    def _local_step(self, params, indices, weights):
+        batch, rows = self._batch_and_rows(params, indices)
+        new, gain = self.stepper.local_update(params, rows, batch, weights)
+        return new, gain
+
+    def _expectations(self, params, indices, weights):
+        st = self.stepper
+        batch, rows = self._batch_and_rows(params, indices)
+        point = {v.name: params[v.name]["value"] for v in self.problem.model.params}
+        fixed = st._fixed_values({**params, **rows}, batch)
+        loc = st.flat({n: rows[n]["loc"] for n in st.layout.names})
+        log_scale = jnp.log(st.flat({n: rows[n]["scale"] for n in st.layout.names}))
+        value, grad, hess = st.expectations(loc, log_scale, fixed, batch, point, weights)
+        return value, st.unflat(grad), st.unflat(hess)
+
+    def _curvature(self, params, indices, noise, weights):
+        batch, rows = self._batch_and_rows(params, indices)
+        if self.stepper.layout is not None:  # the step's new rows, as in training
+            rows, _ = self.stepper.local_update(params, rows, batch, weights)
+        return self.stepper.global_curvature({**params, **rows}, batch, noise, weights)
+
+    def _need_local_step(self):
+        if self.stepper.layout is None:
+            raise ValueError("this objective has no local step: the model has no free local "
+                             "latent, or kq.compile(..., local_step=None) turned it off")
+
+    def local_step(self, params, *, indices, step: int = 0) -> dict:
+        """``params`` with the rows ``indices`` of every free local moved by one local step
+        (``klqp.steps``; the globals held at their q location). No randomness."""
+        self._need_local_step()
+        p, idx, _, weights = self._args(params, indices, {}, step)
+        new, _ = self._local(p, idx, weights)
+        out = jax.tree.map(lambda a: np.array(a, dtype=float), params)
+        for k, q in new.items():
+            for name, a in q.items():
+                out[k][name][np.asarray(indices)] = np.asarray(a, dtype=float)
+        return out
+
+    def local_expectations(self, params, *, indices, step: int = 0) -> dict:
+        """What the local step reads for each row of ``indices``: ``value`` = E[l] (b,),
+        ``grad`` = E[l'] and ``hess`` = the diagonal of E[l''] ({free local: (b, *shape)}),
+        l the row's weighted log joint, E over q(z_i) by the step's quadrature."""
+        self._need_local_step()
+        p, idx, _, weights = self._args(params, indices, {}, step)
+        value, grad, hess = self._expect(p, idx, weights)
+        as_np = lambda t: jax.tree.map(lambda a: np.asarray(a, dtype=float), t)
+        return {"value": as_np(value), "grad": as_np(grad), "hess": as_np(hess)}
+
+    def global_curvature(self, params, *, indices, noise, step: int = 0) -> dict:
+        """c = -diag d^2 J / d theta^2 for each global ({name: array}), J the weighted
+        full-data log joint the global step estimates from the rows ``indices`` (after
+        the local step, when there is one), at the globals' q location."""
+        p, idx, nz, weights = self._args(params, indices, noise, step)
+        c = self._curv(p, idx, nz, weights)
+        return jax.tree.map(lambda a: np.asarray(a, dtype=float), c)
+
 
 class NumPyroBackend:
     name = "numpyro"
 
-    def compile(self, problem: Problem) -> NumPyroObjective:
+    def compile(self, problem: Problem, local_step=None) -> NumPyroObjective:
         if problem.data is None:
             raise ValueError("kq.compile needs in-memory data (a dict of arrays)")
-        return NumPyroObjective(problem)
+        return NumPyroObjective(problem, local_step)
 
     def fit(self, problem: Problem, config: FitConfig):
         return _fit(problem, config)

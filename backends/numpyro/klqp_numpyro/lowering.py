@@ -7,11 +7,12 @@ beta_local and T on their sites. The guide is mean-field Normal in each latent's
 unconstrained space; a local's loc/scale arrays have N rows and the guide reads the
 minibatch rows.
 
-The training loss does not call ``Trace_ELBO``: it substitutes the reparameterized
-values into the model, reads each site's (plate-scaled) log-density from the trace,
-groups them into klqp's three terms and hands them to ``klqp.objective.loss``. That
-keeps the terms apart for the history and makes the loss a function of the noise,
-which the cross-backend tests fix.
+The training loss does not call ``Trace_ELBO``: ``build_row_densities`` evaluates the
+spec's NumPyro distributions at given latent values, one value per row, and
+``build_terms`` groups them into klqp's three terms (``klqp.objective.terms_from_rows``)
+for ``klqp.objective.loss``. That keeps the terms apart for the history, makes the loss a
+function of the noise (which the cross-backend tests fix), and gives the local step each
+row's log joint.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from klqp.expr import evaluate
-from klqp.objective import Terms
+from klqp.objective import Terms, terms_from_rows
 from klqp.problem import Problem
 
 ROWS = "rows"  # the plate's name, also the key its subsample indices are substituted under
@@ -194,47 +195,100 @@ def build_guide(problem: Problem, init: dict):
     return numpyro_guide
 
 
-def build_terms(problem: Problem):
-    """``terms(params, batch, indices, noise) -> Terms`` (full-data nats, no weights).
+def build_row_densities(problem: Problem):
+    """``densities(u, columns, point) -> (global_logp, loglik_rows, local_logp_rows)``: the
+    spec's log-densities, unscaled, one value per row.
 
-    params: {latent: {"loc", "scale"}}, where a free local's arrays hold only this
-    batch's rows (the caller gathers them, so gradients and optimizer updates touch b
-    rows, not N), and {param: {"value"}}. An amortized local's loc and scale come from
-    its encoder on the batch. noise: standard normal draws, locals with b rows. Log-densities of latents are in unconstrained
-    space: log p(T(u)) + log|T'(u)| against log N(u; loc, scale).
+    u: each latent's UNCONSTRAINED value (globals: their own shape; locals: (R, *shape));
+    columns: R rows of every Data/Observed column; point: each kq.Param's value.
+    loglik_rows (R,): sum over a row's observations of log p(y_i | .); local_logp_rows
+    (R,): sum over a row's locals of log p(z_i | .) + log|J|; global_logp: sum over the
+    globals of log p(theta) + log|J|. R is any number of rows: a batch, or a batch whose
+    rows are repeated once per quadrature node. Every term of the objective, and the
+    local step's row log joint, is built from these.
     """
     model = problem.model
-    numpyro_model = build_model(problem)
 
-    def terms(params, batch, indices, noise) -> Terms:
-        values, unconstrained, log_q = {}, {}, {}
-        point = {v.name: params[v.name]["value"] for v in model.params}
-        encoder_env = {**batch, **point}
-        for v in model.latents:
-            if v.amortized:
-                loc, sd = (evaluate(e, encoder_env, JaxOps) for e in v.encoder)
-            else:
-                loc, sd = params[v.name]["loc"], params[v.name]["scale"]
-            u = loc + sd * noise[v.name]
-            unconstrained[v.name] = u
-            values[v.name] = transform(v.support)(u)
-            log_q[v.name] = dist.Normal(loc, sd).log_prob(u).sum()
-        trace = handlers.trace(handlers.substitute(numpyro_model,
-                                                   data={**values, **point, ROWS: indices}))
-        sites = trace.get_trace(batch)
-        loglik, kl = 0.0, {"global": 0.0, "local": 0.0}
+    def densities(u: dict, columns: dict, point: dict):
+        env = {v.name: columns[v.name] for v in model.data_vars}
+        env.update(point)
+        first = model.observed[0].name
+        rows = columns[first].shape[0]
+        global_logp = jnp.zeros(())
+        loglik_rows = jnp.zeros(rows)
+        local_logp_rows = jnp.zeros(rows)
         for v in model.vars.values():
             if v.role in ("data", "param"):
                 continue
-            site = sites[v.name]
-            scale = 1.0 if site["scale"] is None else site["scale"]  # N/b inside the plate
-            log_p = site["fn"].log_prob(site["value"]).sum()
             if v.role == "observed":
-                loglik = loglik + scale * log_p
+                obs = columns[v.name]
+                loglik_rows = loglik_rows + site_distribution(v, env, obs.shape).log_prob(obs)
+                continue
+            t = transform(v.support)
+            x = t(u[v.name])
+            local = v.role == "local"
+            d = site_distribution(v, env, ((rows,) if local else ()) + tuple(v.shape))
+            jac = t.log_abs_det_jacobian(u[v.name], x)
+            if local:
+                local_logp_rows = local_logp_rows + d.log_prob(x) + jac.reshape((rows, -1)).sum(-1)
             else:
-                u = unconstrained[v.name]
-                log_p = log_p + transform(v.support).log_abs_det_jacobian(u, values[v.name]).sum()
-                kl[v.role] = kl[v.role] + scale * (log_q[v.name] - log_p)
-        return Terms(loglik=loglik, kl_global=kl["global"], kl_local=kl["local"])
+                global_logp = global_logp + d.log_prob(x) + jac.sum()
+            env[v.name] = x
+        return global_logp, loglik_rows, local_logp_rows
+
+    return densities
+
+
+def q_location(problem: Problem, params: dict, columns: dict) -> dict:
+    """Each latent's q (loc, scale): a free latent's own parameters (locals: the rows
+    given, aligned with ``columns``), an amortized local's encoder on ``columns``."""
+    model = problem.model
+    env = {**columns, **{v.name: params[v.name]["value"] for v in model.params}}
+    out = {}
+    for v in model.latents:
+        if v.amortized:
+            out[v.name] = tuple(evaluate(e, env, JaxOps) for e in v.encoder)
+        else:
+            out[v.name] = (params[v.name]["loc"], params[v.name]["scale"])
+    return out
+
+
+def build_terms(problem: Problem):
+    """``terms(params, batch, noise, row_weights=None, stl=False) -> Terms`` (full-data
+    nats, no weights).
+
+    params: {latent: {"loc", "scale"}}, where a free local's arrays hold only the rows of
+    ``batch`` (the caller gathers them, so gradients and optimizer updates touch b rows,
+    not N), and {param: {"value"}}. An amortized local's loc and scale come from its
+    encoder on the batch. noise: standard normal draws, locals with one row per batch
+    row. Each latent's value is u = loc + scale * noise; log-densities of latents are in
+    unconstrained space: log p(T(u)) + log|T'(u)| against log N(u; loc, scale).
+    row_weights: see ``klqp.objective.terms_from_rows`` (default: 1 per row).
+    stl: "sticking the landing" for free locals: their log q is taken with loc and scale
+    held constant, so it adds no score term to the gradient (Roeder et al. 2017).
+    """
+    model = problem.model
+    densities = build_row_densities(problem)
+
+    def terms(params, batch, noise, row_weights=None, stl=False) -> Terms:
+        point = {v.name: params[v.name]["value"] for v in model.params}
+        q = q_location(problem, params, batch)
+        rows = batch[model.observed[0].name].shape[0]
+        u, log_q_global, log_q_rows = {}, jnp.zeros(()), jnp.zeros(rows)
+        for v in model.latents:
+            loc, sd = q[v.name]
+            u[v.name] = loc + sd * noise[v.name]
+            if stl and v.role == "local" and not v.amortized:
+                loc, sd = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(sd)
+            log_q = dist.Normal(loc, sd).log_prob(u[v.name])
+            if v.role == "local":
+                log_q_rows = log_q_rows + log_q.reshape((rows, -1)).sum(-1)
+            else:
+                log_q_global = log_q_global + log_q.sum()
+        global_logp, loglik_rows, local_logp_rows = densities(u, batch, point)
+        weights = jnp.ones(rows) if row_weights is None else row_weights
+        return terms_from_rows(total_size=problem.total_size, row_weights=weights,
+                               loglik_rows=loglik_rows, local_kl_rows=log_q_rows - local_logp_rows,
+                               kl_global=log_q_global - global_logp, xp=jnp)
 
     return terms

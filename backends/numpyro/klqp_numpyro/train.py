@@ -27,8 +27,10 @@ from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import checked_batches, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
-from .lowering import build_terms
+from klqp import steps as rule
+
 from .optim import row_adam_init, row_adam_update
+from .steps import Stepper, softplus_inverse
 
 _NAME = "numpyro"
 
@@ -60,52 +62,167 @@ def draw_noise(problem: Problem, key, b: int) -> dict:
 class Trainer:
     """Holds the jitted update for one problem; counts how often JAX traced it."""
 
-    def __init__(self, problem: Problem, learning_rate: float):
+    def __init__(self, problem: Problem, config: FitConfig):
         self.problem = problem
-        self.terms = build_terms(problem)
-        self.learning_rate = learning_rate  # a schedule: evaluated at the traced step
+        self.learning_rate = config.learning_rate  # a schedule: evaluated at the traced step
+        self.rows_rule = config.local_step
+        self.global_rule = config.global_step
+        self.stepper = Stepper(problem, config.local_step, config.global_step)
         self.optimizer = optax.scale_by_adam()
         self.trace_counts = collections.Counter()
         self._chunk = jax.jit(self._run_chunk, static_argnames=("length",))
         self._orders: dict = {}  # (seed, epoch) -> row order, the few epochs in use
         self._step = jax.jit(self._stream_step)
+        self._final = jax.jit(self._final_pass)
 
     # -- the update of one step -------------------------------------------------------
     def init_state(self, variables):
-        return (self.optimizer.init(variables["dense"]),
-                row_adam_init(variables["rows"], self.problem.total_size))
+        """(Adam state of the dense variables, row-wise Adam state or None, the global
+        step's state: running curvature and averages)."""
+        model, st = self.problem.model, self.stepper
+        globals_ = {v.name: variables["dense"][v.name] for v in model.globals}
+        extra = {}
+        if st.curvature:
+            extra["curvature"] = {k: jnp.zeros_like(p["loc"]) for k, p in globals_.items()}
+        if st.average:
+            extra["loc"] = {k: p["loc"] for k, p in globals_.items()}
+            extra["scale"] = {k: jax.nn.softplus(p["raw_scale"]) for k, p in globals_.items()}
+        rows = (row_adam_init(variables["rows"], self.problem.total_size)
+                if isinstance(self.rows_rule, rule.RowAdam) else None)
+        return self.optimizer.init(variables["dense"]), rows, extra
 
     def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
-        """One optimizer step on one minibatch. Locals are gathered to the batch rows
-        first, so their gradient and update cost O(b), not O(N). ``active=False`` (traced)
-        computes the step but keeps the state."""
-        problem = self.problem
+        """One step on one minibatch (``klqp.steps``): the local step on the batch's rows,
+        then the global step on the same batch. Locals are gathered to the batch rows, so
+        their work is O(b), not O(N). ``active=False`` (traced) computes the step but
+        keeps the state."""
+        problem, st = self.problem, self.stepper
+        n = problem.total_size
         w = _weights_at(problem, step, shared_values)
         b = indices.shape[0]
-        s = objective.cost_scale(problem.total_size, b, problem.scale_cost_to_minibatch)
+        s = objective.cost_scale(n, b, problem.scale_cost_to_minibatch)
         noise = draw_noise(problem, key, b)
+        dense_state, row_state, global_state = opt_state
+        dense = variables["dense"]
         rows = jax.tree.map(lambda a: a[indices], variables["rows"])
+        gain = jnp.zeros(())
+        if st.layout is not None:
+            new_rows, gain_rows = st.local_update(_as_params(dense), _as_params(rows), batch, w)
+            rows = {k: {"loc": r["loc"], "raw_scale": softplus_inverse(r["scale"])}
+                    for k, r in new_rows.items()}
+            gain = n / b * gain_rows.sum()
+        stl = isinstance(self.rows_rule, rule.RowAdam) and self.rows_rule.stl
 
         def loss_of(dense, rows):
-            params = _as_params({**dense, **rows})
-            t = self.terms(params, batch, indices, noise)
+            t = st.training_terms(_as_params({**dense, **rows}), batch, noise, stl=stl)
             return objective.loss(t, cost_scale=s, **w), (t.loglik, t.kl_global, t.kl_local)
 
-        (loss, aux), (g_dense, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
-            variables["dense"], rows)
+        argnums = (0, 1) if st.layout is None else 0
+        (loss, aux), grads = jax.value_and_grad(loss_of, argnums=argnums, has_aux=True)(dense, rows)
+        g_dense, g_rows = grads if st.layout is None else (grads, None)
         t = objective.Terms(*aux)
         lr = self.learning_rate(step, xp=jnp)
-        updates, dense_state = self.optimizer.update(g_dense, opt_state[0], variables["dense"])
-        dense = jax.tree.map(lambda p, u: p - lr * u, variables["dense"], updates)
+        updates, new_dense_state = self.optimizer.update(g_dense, dense_state, dense)
+        new_dense = jax.tree.map(lambda p, u: p - lr * u, dense, updates)
+        new_global = self._global_step(dense, new_dense, g_dense, global_state, rows, batch, noise,
+                                       w, s, step)
+        if st.curvature:
+            new_dense = {**new_dense, **new_global.pop("dense")}
         keep = lambda new, old: jnp.where(active, new, old)  # not the N-row arrays: O(size)
-        dense = jax.tree.map(keep, dense, variables["dense"])
-        dense_state = jax.tree.map(keep, dense_state, opt_state[0])
-        local, local_state = row_adam_update(g_rows, opt_state[1], variables["rows"], indices,
-                                             lr, active)
+        new_dense = jax.tree.map(keep, new_dense, dense)
+        new_dense_state = jax.tree.map(keep, new_dense_state, dense_state)
+        new_global = jax.tree.map(keep, new_global, global_state)
+        if isinstance(self.rows_rule, rule.RowAdam):
+            row_lr = lr * (np.sqrt(n / problem.batch_size) if self.rows_rule.scale_by_visits
+                           else 1.0)
+            table, row_state = row_adam_update(g_rows, row_state, variables["rows"], indices,
+                                               row_lr, active)
+        elif st.layout is None:  # no free locals
+            table = variables["rows"]
+        else:
+            table = jax.tree.map(lambda full, r: full.at[indices].set(keep(r, full[indices])),
+                                 variables["rows"], rows)
         record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
-                  "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local), **w}
-        return ({"dense": dense, "rows": local}, (dense_state, local_state),
+                  "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local),
+                  "local_gain": gain, **w}
+        return ({"dense": new_dense, "rows": table}, (new_dense_state, row_state, new_global),
                 {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS})
+
+    def _global_step(self, dense, adam_dense, g_dense, global_state, rows, batch, noise, w, s,
+                     step) -> dict:
+        """The global step's own state (and, with curvature, the globals' new q under
+        "dense"): natural-gradient locations and curvature-set scales where the running
+        curvature is positive, Adam's values elsewhere; then the running averages."""
+        st, gs = self.stepper, self.global_rule
+        model = self.problem.model
+        out = {}
+        new_globals = {v.name: adam_dense[v.name] for v in model.globals}
+        if st.curvature:
+            sample = st.global_curvature(_as_params({**dense, **rows}), batch, noise, w)
+            rho = gs.step_size(step, xp=jnp)
+            out["curvature"], out["dense"] = {}, {}
+            for v in model.globals:
+                k = v.name
+                c = rule.curvature_average(jnp, global_state["curvature"][k], sample[k],
+                                           gs.curvature_decay, step == 0)
+                loc = rule.natural_gradient_loc(jnp, dense[k]["loc"], -g_dense[k]["loc"] / s, c,
+                                                rho, adam_dense[k]["loc"])
+                scale = rule.curvature_scale(jnp, c, w["beta_global"],
+                                             jax.nn.softplus(adam_dense[k]["raw_scale"]))
+                out["curvature"][k] = c
+                out["dense"][k] = new_globals[k] = {"loc": loc, "raw_scale": softplus_inverse(scale)}
+        if st.average:
+            out["loc"] = {k: rule.running_average(jnp, global_state["loc"][k], p["loc"], step)
+                          for k, p in new_globals.items()}
+            out["scale"] = {k: rule.running_average(jnp, global_state["scale"][k],
+                                                    jax.nn.softplus(p["raw_scale"]), step)
+                            for k, p in new_globals.items()}
+        return out
+
+    def device_data(self) -> dict:
+        """The in-memory columns on the device (moved once per trainer)."""
+        if getattr(self, "_data", None) is None:
+            self._data = {k: jnp.asarray(v) for k, v in self.problem.data.items()}
+        return self._data
+
+    # -- what a fit reports ---------------------------------------------------------------
+    def reported_params(self, variables, opt_state, data, step: int, shared_values) -> dict:
+        """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
+        locals after the final pass at those globals (in-memory data only)."""
+        st = self.stepper
+        params = _to_params(variables)
+        global_state = opt_state[2]
+        if st.average:
+            for k in global_state["loc"]:
+                params[k] = {"loc": np.asarray(global_state["loc"][k], dtype=float),
+                             "scale": np.asarray(global_state["scale"][k], dtype=float)}
+        if st.layout is not None and data is not None and self.rows_rule.final_pass:
+            dense = {k: jax.tree.map(jnp.asarray, p) for k, p in params.items()
+                     if k not in st.layout.names}
+            final = self._final(dense, variables["rows"], data, jnp.asarray(max(step - 1, 0)),
+                                shared_values)
+            for k, p in final.items():
+                params[k] = {q: np.asarray(a, dtype=float) for q, a in p.items()}
+        return params
+
+    def _final_pass(self, dense_params, table, data, step, shared_values):
+        """The local step over all N rows, b at a time, at the reported globals."""
+        self.trace_counts["final_pass"] += 1
+        problem, st = self.problem, self.stepper
+        n, b = problem.total_size, problem.batch_size
+        w = _weights_at(problem, step, shared_values)
+        chunks = -(-n // b)
+        order = jnp.minimum(jnp.arange(chunks * b), n - 1).reshape(chunks, b)  # last row repeated
+        table = _as_params(table)
+
+        def chunk(idx):
+            columns = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
+            rows = jax.tree.map(lambda a: a[idx], table)
+            new, _ = st.local_update(dense_params, rows, columns, w, self.rows_rule.final_pass)
+            return new
+
+        out = lax.map(chunk, order)
+        return jax.tree.map(lambda a: a.reshape((chunks * b,) + a.shape[2:])[:n], out)
 
     # -- in-memory data: a chunk of steps as one scan ----------------------------------
     def chunk_orders(self, seed: int, step0: int, length: int):
@@ -198,12 +315,17 @@ class _Run:
         hist = {k: np.concatenate([np.atleast_1d(np.asarray(h, dtype=float)) for h in v])
                 if v else np.zeros(0) for k, v in self.history.items()}
         leaves = [np.asarray(a) for a in jax.tree.leaves((self.variables, self.opt_state))]
-        return FitResult(problem=self.problem, backend=_NAME, params=_to_params(self.variables),
-                         history=hist, state=FitState(step=self.step, optimizer=leaves, backend=_NAME),
+        data = None if self.problem.data is None else self.trainer.device_data()
+        params = self.trainer.reported_params(self.variables, self.opt_state, data, self.step,
+                                              _shared_values(self.problem))
+        counts = self.trainer.trace_counts
+        return FitResult(problem=self.problem, backend=_NAME, params=params, history=hist,
+                         state=FitState(step=self.step, optimizer=leaves, backend=_NAME,
+                                        rule=self.config.rule()),
                          interrupted=interrupted,
-                         info={"compiles": sum(self.trainer.trace_counts.values()),
+                         info={"compiles": counts["chunk"] + counts["stream_step"],
                                "dtype": jnp.result_type(float).name,
-                               "trace_counts": dict(self.trainer.trace_counts)})
+                               "trace_counts": dict(counts), **self.config.rule()})
 
     def record(self, rec: dict, n: int | None = None) -> None:
         for k in HISTORY_KEYS:
@@ -215,7 +337,7 @@ class _Run:
 
 
 def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> FitResult:
-    trainer = trainer or Trainer(problem, config.learning_rate)
+    trainer = trainer or Trainer(problem, config)
     run = _Run(problem, config, trainer)
     key = jax.random.PRNGKey(config.seed)
     bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",
@@ -235,7 +357,7 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> 
 
 def _run_in_memory(run: _Run, key, end: int, bar) -> None:
     problem, config, trainer = run.problem, run.config, run.trainer
-    data = {k: jnp.asarray(v) for k, v in problem.data.items()}
+    data = trainer.device_data()
     chunk = config.chunk_size or max(1, min(config.steps, 500))
     while run.step < end:
         n_active = min(chunk, end - run.step)

@@ -23,12 +23,16 @@ import pytensor
 import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
 
+from klqp import steps as steps_rule
+from klqp.expr import evaluate
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.results import FitResult
 
 from . import modes
-from .lowering import (Batch, Lowered, QParams, as_column, as_float, float_dtype,
-                       inv_softplus_pt, lower)
+from .lowering import (Batch, Lowered, PytensorOps, QParams, as_column, as_float, float_dtype,
+                       inv_softplus_pt, lower, weight_tensors)
+from .steps import (LocalSolver, RowModel, amortized_locations, global_curvature, split_flat,
+                    tile_rows)
 from .train import fit as _fit
 
 __all__ = ["PyMCBackend", "PyMCObjective"]
@@ -47,12 +51,15 @@ class PyMCObjective:
     are shared variables and a symbolic step, so changing them never recompiles.
     """
 
-    def __init__(self, problem: Problem, mode: str):
+    def __init__(self, problem: Problem, mode: str, local_step=None):
         self.problem = problem
         self.mode = mode
+        self.local_rule = local_step
+        self.layout = steps_rule.local_layout(problem.model, local_step)
         self.compiles = collections.Counter()
         self.compile_seconds = 0.0
         self._functions: dict[tuple, tuple] = {}
+        self._step_functions: dict[tuple, tuple] = {}
 
     @property
     def dtype(self) -> str:
@@ -72,7 +79,8 @@ class PyMCObjective:
             self._functions[key] = self._compile(*key)
         return self._functions[key]
 
-    def _compile(self, b: int, floatx: str):
+    def _inputs(self, b: int, floatx: str):
+        """Symbolic inputs: indices, step, q's parameters (N-row locals), noise, columns."""
         spec, n = self.problem.model, self.problem.total_size
         indices = pt.tensor("indices", dtype="int64", shape=(b,))
         step = pt.scalar("step", dtype="int64")
@@ -90,15 +98,20 @@ class PyMCObjective:
             if v.role in ("global", "local"):
                 rows = (b,) if v.role == "local" else ()
                 noise[v.name] = tensor(f"noise_{v.name}", rows + v.shape)
+        dtype = lambda k: "int64" if spec[k].dtype == "int" else floatx
+        columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + a.shape[1:])
+                   for k, a in self.problem.data.items()}
+        return indices, step, wrt, loc, scale, point, noise, columns
+
+    def _compile(self, b: int, floatx: str):
+        spec = self.problem.model
+        indices, step, wrt, loc, scale, point, noise, columns = self._inputs(b, floatx)
         rho = {k: inv_softplus_pt(s) for k, s in scale.items()}  # softplus(rho) = scale
         q = QParams(global_mu=_concat([loc[v.name] for v in spec.globals]),
                     global_rho=_concat([rho[v.name] for v in spec.globals]),
                     local_loc={v.name: loc[v.name][indices] for v in spec.free_locals},
                     local_rho={v.name: rho[v.name][indices] for v in spec.free_locals},
                     point=point)
-        dtype = lambda k: "int64" if spec[k].dtype == "int" else floatx
-        columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + a.shape[1:])
-                   for k, a in self.problem.data.items()}
         batch = Batch(indices, columns, b)
         lowered = lower(self.problem, batch, q, noise, step)
         loss = lowered.loss()
@@ -143,9 +156,127 @@ class PyMCObjective:
             out.setdefault(k, {})[p] = np.asarray(g, dtype=float)
         return out
 
+    # -- the step rule's pieces (klqp.steps), deterministic for given rows ---------------------
+    def _step_function(self, b: int):
+        key = (b, float_dtype())
+        if key not in self._step_functions:
+            self._step_functions[key] = self._compile_steps(*key)
+        return self._step_functions[key]
+
+    def _compile_steps(self, b: int, floatx: str):
+        """One function of the parameters, rows and noise: the local step's new rows and
+        gain, the expectations it reads, and the global curvature the global step reads."""
+        problem, spec = self.problem, self.problem.model
+        indices, step, wrt, loc, scale, point, noise, columns = self._inputs(b, floatx)
+        weights, shared = weight_tensors(problem, step)
+        global_loc = _concat([loc[v.name] for v in spec.globals])
+        amortized_loc = amortized_locations(problem, columns, point)
+        outputs, names = [], []
+        local_u, row_weights = {}, pt.ones((b,), dtype=floatx)
+        if self.layout is not None:
+            solver = LocalSolver(problem, self.layout, self.local_rule, columns, point, b)
+            fixed = solver.fixed_values(split_flat(problem, global_loc), amortized_loc)
+            loc0 = solver.flat({k: loc[k][indices] for k in self.layout.names})
+            log_scale0 = pt.log(solver.flat({k: scale[k][indices] for k in self.layout.names}))
+            value, grad, hess = solver.expectations(loc0, log_scale0, fixed, weights)
+            new_loc, new_log_scale, gain = solver.newton(loc0, log_scale0, fixed, weights)
+            parts = {"loc": solver.unflat(new_loc, b), "scale": solver.unflat(pt.exp(new_log_scale), b),
+                     "grad": solver.unflat(grad, b), "hess": solver.unflat(hess, b)}
+            for what, per in parts.items():
+                for k in self.layout.names:
+                    names.append((what, k))
+                    outputs.append(per[k])
+            names += [("value", None), ("gain", None)]
+            outputs += [value, gain]
+            p = self.layout.num_nodes
+            node_u = solver.unflat(pt.repeat(solver.nodes, b, axis=0), p * b)
+            local_u = {k: tile_rows(parts["loc"][k], p) + tile_rows(parts["scale"][k], p) * node_u[k]
+                       for k in self.layout.names}
+            row_model = solver.row_model
+            row_weights = pt.repeat(solver.node_weights, b)
+            local_u.update({k: tile_rows(a + _encoder_scale(problem, k, columns, point) * noise[k], p)
+                            for k, a in amortized_loc.items()})
+        else:
+            row_model = RowModel(problem, columns, point, b)
+            for v in spec.locals:
+                if v.amortized:
+                    local_u[v.name] = amortized_loc[v.name] + _encoder_scale(
+                        problem, v.name, columns, point) * noise[v.name]
+                else:
+                    local_u[v.name] = loc[v.name][indices] + scale[v.name][indices] * noise[v.name]
+        if spec.globals:
+            names.append(("curvature", None))
+            outputs.append(global_curvature(problem, row_model, global_loc, local_u, row_weights,
+                                            weights))
+        inputs = ([indices, step] + [wrt[k][q] for k in wrt for q in wrt[k]]
+                  + list(noise.values()) + list(columns.values()))
+        start = time.perf_counter()
+        fn = pm_compile(inputs, outputs, **modes.compile_kwargs(self.mode))
+        self.compile_seconds += time.perf_counter() - start
+        self.compiles[("steps", b)] += 1
+        order = [(k, q) for k in wrt for q in wrt[k]]
+        return fn, names, order, list(noise), shared
+
+    def _run_steps(self, params, indices, noise, step) -> dict:
+        indices = np.asarray(indices, dtype=np.int64)
+        fn, names, order, noise_names, shared = self._step_function(len(indices))
+        for weight, holder in shared:
+            holder.set_value(as_float(weight.value, holder.dtype))
+        spec = self.problem.model
+        noise = noise or {}
+        args = [indices, np.int64(step)] + [as_float(params[k][q]) for k, q in order]
+        args += [as_float(noise[k]) if k in noise else
+                 as_float(np.zeros(((len(indices),) if spec[k].role == "local" else ())
+                                   + tuple(spec[k].shape))) for k in noise_names]
+        args += [as_column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
+        with modes.quiet_int64_truncation():
+            out = fn(*args)
+        return {name: np.asarray(o, dtype=float) for name, o in zip(names, out)}
+
+    def _need_local_step(self):
+        if self.layout is None:
+            raise ValueError("this objective has no local step: the model has no free local "
+                             "latent, or kq.compile(..., local_step=None) turned it off")
+
+    def local_step(self, params, *, indices, step: int = 0) -> dict:
+        """``params`` with the rows ``indices`` of every free local moved by one local step
+        (``klqp.steps``; the globals held at their q location). No randomness."""
+        self._need_local_step()
+        out = self._run_steps(params, indices, None, step)
+        new = {k: {q: np.array(a, dtype=float) for q, a in p.items()} for k, p in params.items()}
+        for k in self.layout.names:
+            new[k]["loc"][np.asarray(indices)] = out[("loc", k)]
+            new[k]["scale"][np.asarray(indices)] = out[("scale", k)]
+        return new
+
+    def local_expectations(self, params, *, indices, step: int = 0) -> dict:
+        """What the local step reads for each row of ``indices``: ``value`` = E[l] (b,),
+        ``grad`` = E[l'] and ``hess`` = the diagonal of E[l''] ({free local: (b, *shape)}),
+        l the row's weighted log joint, E over q(z_i) by the step's quadrature."""
+        self._need_local_step()
+        out = self._run_steps(params, indices, None, step)
+        return {"value": out[("value", None)],
+                "grad": {k: out[("grad", k)] for k in self.layout.names},
+                "hess": {k: out[("hess", k)] for k in self.layout.names}}
+
+    def global_curvature(self, params, *, indices, noise, step: int = 0) -> dict:
+        """c = -diag d^2 J / d theta^2 for each global ({name: array}), J the weighted
+        full-data log joint the global step estimates from the rows ``indices`` (after
+        the local step, when there is one), at the globals' q location."""
+        out = self._run_steps(params, indices, noise, step)
+        flat = out[("curvature", None)]
+        return {k: np.asarray(a, dtype=float) for k, a in
+                split_flat(self.problem, flat).items()}
+
 
 def _concat(parts: list):
     return pt.concatenate([p.reshape((-1,)) for p in parts]) if parts else None
+
+
+def _encoder_scale(problem: Problem, name: str, columns: dict, point: dict):
+    """An amortized local's encoder scale on ``columns``."""
+    env = {**columns, **point}
+    return evaluate(problem.model[name].encoder[1], env, PytensorOps)
 
 
 class PyMCBackend:
@@ -153,10 +284,12 @@ class PyMCBackend:
 
     name = "pymc"
 
-    def compile(self, problem: Problem, mode: Optional[str] = None) -> PyMCObjective:
+    def compile(self, problem: Problem, mode: Optional[str] = None,
+                local_step=None) -> PyMCObjective:
         if problem.data is None:
             raise ValueError("kq.compile needs in-memory data (a dict of arrays)")
-        return PyMCObjective(problem, modes.check_mode(mode, modes.DEFAULT_COMPILE_MODE))
+        return PyMCObjective(problem, modes.check_mode(mode, modes.DEFAULT_COMPILE_MODE),
+                             local_step)
 
     def fit(self, problem: Problem, config: FitConfig, mode: Optional[str] = None) -> FitResult:
         return _fit(problem, config, modes.check_mode(mode, modes.DEFAULT_FIT_MODE))

@@ -46,6 +46,8 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+from pytensor.gradient import disconnected_grad
+from pytensor.graph.replace import graph_replace
 from pymc.distributions.transforms import logodds
 from pymc.variational.approximations import MeanFieldGroup
 from pymc.variational.inference import Inference
@@ -237,9 +239,12 @@ def _flat(parts: list):
 
 # -- the PyMC model and its approximation ----------------------------------------------------
 
-def build_pm_model(problem: Problem, batch: Batch, point: dict) -> tuple[pm.Model, dict]:
-    """The PyMC model of the spec for one batch; returns (model, {name: random variable})."""
-    spec, n, b = problem.model, problem.total_size, batch.capacity
+def build_pm_model(problem: Problem, batch: Batch, point: dict,
+                   scaled: bool = True) -> tuple[pm.Model, dict]:
+    """The PyMC model of the spec for one batch; returns (model, {name: random variable}).
+    ``scaled=False`` leaves out the observations' ``total_size`` (unscaled row densities)."""
+    spec, b = problem.model, batch.capacity
+    n = problem.total_size if scaled else None
     rvs: dict = {}
     with pm.Model(name="") as pm_model:
         env = {**{v.name: batch.columns[v.name] for v in spec.data_vars}, **point}
@@ -301,14 +306,21 @@ def _masked_sum(rows, mask):
     return rows.sum() if mask is None else (rows * mask).sum()
 
 
-def _local_logq_rows(group: MeanFieldGroup, value_names: list, b: int):
+def _local_logq_rows(group: MeanFieldGroup, value_names: list, b: int, stl: bool = False):
     """log q of each batch row of the local block, shape (b,).
 
     The same Gaussian density MeanFieldGroup.symbolic_logq_not_scaled sums over the whole
     group, kept per element so rows can be masked and the local KL carries its own N/b.
+    stl: "sticking the landing" (Roeder et al. 2017): log q(u) with q's mean and scale
+    held constant, so only the path through the draw u = mean + std * z0 has a gradient.
     """
     z0 = group.symbolic_initial[0]
-    elementwise = -0.5 * z0**2 - _LOG_SQRT_2PI - pt.log(group.std)
+    if stl:
+        mean, std = disconnected_grad(group.mean), disconnected_grad(group.std)
+        u = group.mean + group.std * z0
+        elementwise = -0.5 * ((u - mean) / std) ** 2 - _LOG_SQRT_2PI - pt.log(std)
+    else:
+        elementwise = -0.5 * z0**2 - _LOG_SQRT_2PI - pt.log(group.std)
     rows = 0.0
     for name in value_names:
         slc = group.ordering[name][1]
@@ -316,21 +328,38 @@ def _local_logq_rows(group: MeanFieldGroup, value_names: list, b: int):
     return rows
 
 
+def _sample(approx: Approximation, nodes: list, k: int) -> list:
+    """``nodes`` at sample ``k`` of the approximation's noise (``symbolic_single_sample``
+    is sample 0); the antithetic pair is samples 0 and 1."""
+    nodes = approx.to_flat_input(nodes)
+    return graph_replace(nodes, {i: r[k] for i, r in zip(approx.inputs, approx.symbolic_randoms)},
+                         strict=False)
+
+
 def block_terms(blocks: Blocks, approx: Approximation, rvs: dict, groups: dict,
-                batch: Batch) -> Terms:
-    """klqp's three terms in full-data nats, as graphs of the groups' symbolic noise.
+                batch: Batch, samples: int = 1, stl: bool = False) -> Terms:
+    """klqp's three terms in full-data nats, as graphs of the groups' symbolic noise,
+    averaged over ``samples`` noise samples (2: the antithetic pair of global draws).
 
     log p comes from ``pm.Model.logp(jacobian=True, sum=False)`` (observations already
-    carry PyMC's N/b from total_size), evaluated at q's draw by
-    ``approx.symbolic_single_sample``.
+    carry PyMC's N/b from total_size), evaluated at q's draw of each sample.
     """
-    pm_model, n, b, mask = approx.model, blocks.total_size, batch.capacity, batch.mask
     names = blocks.globals + blocks.locals + blocks.observed
-    logps = pm_model.logp(vars=[rvs[k] for k in names], jacobian=True, sum=False)
+    logps = approx.model.logp(vars=[rvs[k] for k in names], jacobian=True, sum=False)
+    each = [_sample_terms(blocks, approx, groups, batch, dict(zip(names, _sample(approx, logps, k))),
+                          stl) for k in range(samples)]
+    if samples == 1:
+        return each[0]
+    return Terms(*(sum(getattr(t, f) for t in each) / samples
+                   for f in ("loglik", "kl_global", "kl_local")))
+
+
+def _sample_terms(blocks: Blocks, approx: Approximation, groups: dict, batch: Batch,
+                  logps: dict, stl: bool) -> Terms:
+    pm_model, n, b, mask = approx.model, blocks.total_size, batch.capacity, batch.mask
     # PyMC's log-density of an integer observation is float64 even under floatX=float32
     # (int64 * float32 upcasts); cast back so the terms and gradients stay in floatX.
-    logps = {k: pt.cast(lp, float_dtype()) for k, lp in
-             zip(names, approx.symbolic_single_sample(logps))}
+    logps = {k: pt.cast(lp, float_dtype()) for k, lp in logps.items()}
 
     # PyMC scaled each observation by N/b with b the (padded) batch length; a padded
     # batch's real length is batch.count.
@@ -343,8 +372,8 @@ def block_terms(blocks: Blocks, approx: Approximation, rvs: dict, groups: dict,
 
     kl_local = pt.as_tensor(0.0)
     if blocks.locals:
-        value_names = [pm_model.rvs_to_values[rvs[k]].name for k in blocks.locals]
-        logq_rows = _local_logq_rows(groups["local"], value_names, b)
+        value_names = [pm_model.rvs_to_values[pm_model[k]].name for k in blocks.locals]
+        logq_rows = _local_logq_rows(groups["local"], value_names, b, stl)
         logp_rows = sum(_row_sums(logps[k], b) for k in blocks.locals)
         kl_local = (n / batch.count) * _masked_sum(logq_rows - logp_rows, mask)
     return Terms(loglik=loglik, kl_global=kl_global, kl_local=kl_local)
@@ -381,16 +410,18 @@ class KlqpKL(KL):
     optimizer's updates as for any KL operator."""
 
     def __init__(self, approx, blocks: Blocks, rvs: dict, groups: dict, batch: Batch,
-                 weights: dict):
+                 weights: dict, samples: int = 1, stl: bool = False):
         super().__init__(approx)
         self.blocks, self.rvs, self.groups, self.batch = blocks, rvs, groups, batch
         self.weights = weights
+        self.samples, self.stl = samples, stl
         self._terms: Optional[Terms] = None
 
     def terms(self) -> Terms:
         """The three terms, unsampled (built once; the loss and the history share them)."""
         if self._terms is None:
-            self._terms = block_terms(self.blocks, self.approx, self.rvs, self.groups, self.batch)
+            self._terms = block_terms(self.blocks, self.approx, self.rvs, self.groups, self.batch,
+                                      self.samples, self.stl)
         return self._terms
 
     def apply(self, f):
@@ -417,6 +448,7 @@ class Lowered:
     weights: dict
     shared_weights: list
     noise_replacements: dict
+    cost_scale: Any = None  # s, a PyTensor scalar
 
     @property
     def objective(self):
@@ -448,11 +480,15 @@ class Lowered:
             holder.set_value(as_float(weight.value, holder.dtype))
 
 
-def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step) -> Lowered:
+def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step,
+          weights: Optional[tuple] = None, antithetic: bool = False, stl: bool = False) -> Lowered:
     """Build the PyMC model, its approximation and the klqp operator for ``batch``.
 
     noise: per latent, standard-normal PyTensor variables of q's shape (locals: (b, *shape)).
-    step: the symbolic step the schedules are evaluated at.
+    step: the symbolic step the schedules are evaluated at. weights: ``weight_tensors``'
+    result when the caller already made them (the local step reads them too).
+    antithetic: the loss averages the global draws +eps and -eps (two noise samples,
+    the locals' the same in both). stl: sticking the landing for the local block.
     """
     blocks = Blocks.of(problem)
     pm_model, rvs = build_pm_model(problem, batch, q.point)
@@ -462,10 +498,14 @@ def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step) -> Lowe
     replacements = {}
     for role, names in (("global", blocks.globals), ("local", blocks.locals)):
         if role in groups:
-            replacements[groups[role].symbolic_initial] = _flat([noise[k] for k in names])[None, :]
-    weights, shared_weights = weight_tensors(problem, step)
+            flat = _flat([noise[k] for k in names])
+            pair = [flat, -flat] if role == "global" else [flat, flat]
+            replacements[groups[role].symbolic_initial] = (pt.stack(pair) if antithetic
+                                                           else flat[None, :])
+    weights, shared_weights = weights or weight_tensors(problem, step)
     inference = KlqpInference(approx, blocks=blocks, rvs=rvs, groups=groups, batch=batch,
-                              weights=weights)
+                              weights=weights, samples=2 if antithetic else 1, stl=stl)
     return Lowered(pm_model=pm_model, rvs=rvs, groups=groups, approx=approx, inference=inference,
                    weights=weights, shared_weights=shared_weights,
-                   noise_replacements=replacements)
+                   noise_replacements=replacements,
+                   cost_scale=cost_scale(approx, batch, problem.total_size))

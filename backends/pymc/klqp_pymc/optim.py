@@ -95,9 +95,10 @@ class KlqpOptimizer:
         self.indices, self.mask = indices, mask
         self.dense: list = []        # what pm.adam moves, in its order
         self.adam_state: list = []   # pm.adam's state: (m, v) per dense variable, then t
+        self.grads: dict = {}        # each parameter's gradient, for the global step
 
     def __call__(self, grads, params) -> dict:
-        by_param = dict(zip(params, grads))
+        by_param = self.grads = dict(zip(params, grads))
         self.dense = [p for p in params if p not in self.row_params]
         updates = {}
         if self.dense:

@@ -34,17 +34,21 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
+from pytensor.gradient import disconnected_grad
 from pytensor.graph.replace import graph_replace
 from tqdm.auto import tqdm
 
 from klqp import schedules
+from klqp import steps as steps_rule
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import checked_batches, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
-from .lowering import Batch, QParams, as_column, as_float, float_dtype, inv_softplus, lower
+from .lowering import (Batch, QParams, as_column, as_float, float_dtype, inv_softplus,
+                       inv_softplus_pt, lower, weight_tensors)
 from .modes import compile_kwargs, quiet_int64_truncation
 from .optim import KlqpOptimizer, RowAdam
+from .steps import LocalSolver, RowModel, amortized_locations, global_curvature, split_flat, tile_rows
 
 _NAME = "pymc"
 
@@ -70,23 +74,55 @@ def row_layout(problem: Problem) -> list[tuple[str, tuple]]:
             for v in problem.model.free_locals for p in ("loc", "rho")]
 
 
-def state_layout(problem: Problem) -> list[tuple[str, tuple, str]]:
+@dataclass(frozen=True)
+class Rule:
+    """Which parts of ``klqp.steps`` a fit runs, as this backend's state needs to know."""
+
+    rows: object            # klqp.steps.LocalStep, RowAdam, or None (no free locals)
+    globals: object         # klqp.steps.GlobalStep or None
+    curvature: bool
+    average: bool
+
+    @classmethod
+    def of(cls, problem: Problem, local_step, global_step) -> "Rule":
+        spec = problem.model
+        size = sum(_size(v.shape) for v in spec.globals)
+        curvature = global_step is not None and global_step.uses_curvature(size)
+        average = global_step is not None and global_step.average and bool(spec.globals)
+        return cls(local_step, global_step, curvature, average)
+
+    @property
+    def row_adam(self) -> bool:
+        return isinstance(self.rows, steps_rule.RowAdam)
+
+    @property
+    def local_step(self) -> bool:
+        return isinstance(self.rows, steps_rule.LocalStep)
+
+
+def state_layout(problem: Problem, rule: "Rule") -> list[tuple[str, tuple, str]]:
     """(name, shape, dtype) of every state array, in FitState.optimizer's order: the dense
     variables, the row variables, pm.adam's moments (m, v per dense variable) and step
-    count, the row-wise Adam's per-row count and moments. Independent of the batch size;
+    count, the row-wise Adam's per-row count and moments (RowAdam only), the global
+    step's running curvature and averages (when on). Independent of the batch size;
     floats are in PyTensor's floatX."""
     dense, rows, floatx = dense_layout(problem), row_layout(problem), float_dtype()
     out = [(k, s, floatx) for k, s in dense + rows]
     if dense:
         out += [(f"adam_{m}_{k}", s, floatx) for k, s in dense for m in ("m", "v")]
         out += [("adam_t", (), floatx)]
-    if rows:
+    if rows and rule.row_adam:
         out += [("row_count", (problem.total_size,), "int64")]
         out += [(f"{k}_{m}", s, floatx) for k, s in rows for m in ("m", "v")]
+    d = sum(_size(v.shape) for v in problem.model.globals)
+    if rule.curvature:
+        out += [("global_curvature", (d,), floatx)]
+    if rule.average:
+        out += [("average_mu", (d,), floatx), ("average_scale", (d,), floatx)]
     return out
 
 
-def initial_state(problem: Problem, params: dict) -> list[np.ndarray]:
+def initial_state(problem: Problem, params: dict, rule: "Rule") -> list[np.ndarray]:
     """State arrays for ``params`` (klqp.problem.init_params' structure) and a fresh
     optimizer."""
     spec = problem.model
@@ -95,27 +131,35 @@ def initial_state(problem: Problem, params: dict) -> list[np.ndarray]:
         given["global_mu"] = np.concatenate([np.ravel(params[v.name]["loc"]) for v in spec.globals])
         given["global_rho"] = np.concatenate([np.ravel(inv_softplus(params[v.name]["scale"]))
                                               for v in spec.globals])
+        given["average_mu"] = given["global_mu"]
+        given["average_scale"] = np.concatenate([np.ravel(params[v.name]["scale"])
+                                                 for v in spec.globals])
     for v in spec.params:
         given[f"param_{v.name}"] = params[v.name]["value"]
     for v in spec.free_locals:
         given[f"{v.name}_loc"] = params[v.name]["loc"]
         given[f"{v.name}_rho"] = inv_softplus(params[v.name]["scale"])
     return [np.asarray(given[name], dtype=dt).reshape(shape) if name in given
-            else np.zeros(shape, dtype=dt) for name, shape, dt in state_layout(problem)]
+            else np.zeros(shape, dtype=dt) for name, shape, dt in state_layout(problem, rule)]
 
 
-def params_from_state(problem: Problem, state: list) -> dict:
-    """{latent: {"loc", "scale"}} (scale = softplus(rho)) and {param: {"value"}}."""
+def params_from_state(problem: Problem, state: list, rule: "Rule") -> dict:
+    """{latent: {"loc", "scale"}} (scale = softplus(rho)) and {param: {"value"}}: the raw
+    iterates, except that the globals are their running average when the rule averages."""
     spec = problem.model
     # Results are float64 whatever floatX the state is in.
     arrays = {name: np.asarray(a, dtype=float)
-              for (name, _, _), a in zip(state_layout(problem), state)}
+              for (name, _, _), a in zip(state_layout(problem, rule), state)}
     out, offset = {}, 0
     for v in spec.globals:
         k = _size(v.shape)
-        loc = arrays["global_mu"][offset:offset + k].reshape(v.shape)
-        rho = arrays["global_rho"][offset:offset + k].reshape(v.shape)
-        out[v.name] = {"loc": np.array(loc, dtype=float), "scale": np.logaddexp(0.0, rho)}
+        if rule.average:
+            loc = arrays["average_mu"][offset:offset + k].reshape(v.shape)
+            scale = arrays["average_scale"][offset:offset + k].reshape(v.shape)
+        else:
+            loc = arrays["global_mu"][offset:offset + k].reshape(v.shape)
+            scale = np.logaddexp(0.0, arrays["global_rho"][offset:offset + k].reshape(v.shape))
+        out[v.name] = {"loc": np.array(loc, dtype=float), "scale": np.array(scale, dtype=float)}
         offset += k
     for v in spec.params:
         out[v.name] = {"value": np.array(arrays[f"param_{v.name}"], dtype=float)}
@@ -125,9 +169,9 @@ def params_from_state(problem: Problem, state: list) -> dict:
     return {v.name: out[v.name] for v in spec.vars.values() if v.name in out}
 
 
-def check_state(problem: Problem, state: list) -> list[np.ndarray]:
+def check_state(problem: Problem, state: list, rule: "Rule") -> list[np.ndarray]:
     """State arrays from a FitResult, checked against this problem's layout."""
-    layout = state_layout(problem)
+    layout = state_layout(problem, rule)
     if len(state) != len(layout):
         raise ValueError(f"resume= holds {len(state)} optimizer arrays, but this model's PyMC "
                          f"state has {len(layout)}; resume a FitResult of the same model")
@@ -174,11 +218,11 @@ class Layout:
                    masked)
 
 
-def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout) -> tuple:
+def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout, rule: Rule) -> tuple:
     """Everything a compiled step depends on besides the model: two fits with equal keys
     can share it. Weights compare by value (schedules) or identity (kq.Shared)."""
-    return (mode, float_dtype(), layout, problem.total_size, problem.weights,
-            problem.scale_cost_to_minibatch, _as_schedule(learning_rate))
+    return (mode, float_dtype(), layout, problem.total_size, problem.batch_size, problem.weights,
+            problem.scale_cost_to_minibatch, _as_schedule(learning_rate), rule)
 
 
 class _TrainerCache:
@@ -194,9 +238,9 @@ class _TrainerCache:
         self._last = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def take(self, problem: Problem, learning_rate, mode: str,
-             layout: Layout) -> Optional["Trainer"]:
-        key = cache_key(problem, learning_rate, mode, layout)
+    def take(self, problem: Problem, learning_rate, mode: str, layout: Layout,
+             rule: Rule) -> Optional["Trainer"]:
+        key = cache_key(problem, learning_rate, mode, layout, rule)
         with self._lock:
             trainer = self._last.get(problem.model)
             if trainer is None or trainer.key != key:
@@ -217,19 +261,20 @@ TRAINERS = _TrainerCache()
 # -- the compiled step -----------------------------------------------------------------------
 
 class Trainer:
-    """The compiled step of one problem for one batch ``Layout``.
+    """The compiled step of one problem for one batch ``Layout`` and step ``Rule``.
 
     Inputs: the batch's row indices, noise and columns (gathered on the host: b rows, so
     no mode copies the whole data set into its graph each call), and for a stream the
     row mask.
     """
 
-    def __init__(self, problem: Problem, learning_rate, mode: str, layout: Layout):
-        self.problem, self.mode, self.layout = problem, mode, layout
+    def __init__(self, problem: Problem, learning_rate, mode: str, layout: Layout, rule: Rule):
+        self.problem, self.mode, self.layout, self.rule = problem, mode, layout, rule
         self.capacity = layout.capacity
-        self.key = cache_key(problem, learning_rate, mode, layout)
+        self.key = cache_key(problem, learning_rate, mode, layout, rule)
         self.compile_seconds = 0.0
         self._traced = False
+        self._final = None
         self._build(learning_rate)
 
     # -- graph ---------------------------------------------------------------------------
@@ -240,6 +285,10 @@ class Trainer:
         self.dense = {k: shared(k, s) for k, s in dense_layout(problem)}
         self.rows = {k: shared(k, s) for k, s in row_layout(problem)}
         self.step = pytensor.shared(np.int64(0), "step")
+        d = sum(_size(v.shape) for v in problem.model.globals)
+        self.curvature = shared("global_curvature", (d,)) if self.rule.curvature else None
+        self.average = ({"mu": shared("average_mu", (d,)), "scale": shared("average_scale", (d,))}
+                        if self.rule.average else None)
 
     def _inputs(self):
         """Symbolic inputs and the Batch they make."""
@@ -257,48 +306,179 @@ class Trainer:
         return inputs, Batch(indices, columns, b, mask), noise
 
     def _build(self, learning_rate) -> None:
-        problem, spec, b = self.problem, self.problem.model, self.capacity
+        problem, spec, b, rule = self.problem, self.problem.model, self.capacity, self.rule
         self._shared_state()
         # Adam's step size at the symbolic step: a schedule never recompiles either.
         lr = pt.cast(pt.as_tensor(_as_schedule(learning_rate)(self.step, xp=pt)), float_dtype())
         inputs, batch, noise = self._inputs()
-        # The free locals' batch rows as shared stand-ins (PyMC differentiates w.r.t. shared
-        # variables); once the updates are built they become the N-row arrays' batch rows.
-        stand_ins = {k: pytensor.shared(as_float(np.zeros((b,) + full.type.shape[1:])), f"{k}_rows")
-                     for k, full in self.rows.items()}
         point = {v.name: self.dense[f"param_{v.name}"] for v in spec.params}
-        q = QParams(self.dense.get("global_mu"), self.dense.get("global_rho"),
-                    {v.name: stand_ins[f"{v.name}_loc"] for v in spec.free_locals},
-                    {v.name: stand_ins[f"{v.name}_rho"] for v in spec.free_locals}, point)
-        self.lowered = lower(problem, batch, q, noise, self.step)
-        outputs, updates = self._outputs_and_updates(lr, batch, list(point.values()), stand_ins)
+        weights = weight_tensors(problem, self.step)
+        more_updates = {self.step: self.step + 1}
+        gain = pt.as_tensor(as_float(0.0))
+        stand_ins = {}
+        if rule.local_step:
+            lowered_batch, q, noise, more_updates, gain = self._local_step(batch, noise, point,
+                                                                          weights[0], more_updates)
+        else:
+            # The free locals' batch rows as shared stand-ins (PyMC differentiates w.r.t.
+            # shared variables); once the updates are built they become the N-row arrays'
+            # batch rows.
+            stand_ins = {k: pytensor.shared(as_float(np.zeros((b,) + full.type.shape[1:])),
+                                            f"{k}_rows") for k, full in self.rows.items()}
+            q = QParams(self.dense.get("global_mu"), self.dense.get("global_rho"),
+                        {v.name: stand_ins[f"{v.name}_loc"] for v in spec.free_locals},
+                        {v.name: stand_ins[f"{v.name}_rho"] for v in spec.free_locals}, point)
+            lowered_batch = batch
+        stl = rule.row_adam and rule.rows.stl
+        self.lowered = lower(problem, lowered_batch, q, noise, self.step, weights=weights,
+                             antithetic=rule.globals is not None and rule.globals.antithetic,
+                             stl=stl)
+        outputs, updates = self._outputs_and_updates(lr, batch, list(point.values()), stand_ins,
+                                                     more_updates, gain)
         start = time.perf_counter()
         self.fn = pm_compile(inputs, outputs, updates=updates, **compile_kwargs(self.mode))
         self.fn.trust_input = True
         self.compile_seconds = time.perf_counter() - start
 
-    def _outputs_and_updates(self, lr, batch: Batch, point: list, stand_ins: dict):
+    def _local_step(self, batch: Batch, noise: dict, point: dict, weights: dict, more_updates):
+        """The local step on the batch's rows (``klqp.steps``), and what the global step's
+        estimator reads: the batch with each row's quadrature nodes as weighted virtual
+        rows, q's parameters there, the noise (the nodes, for free locals)."""
+        problem, spec, b = self.problem, self.problem.model, self.capacity
+        solver = self.solver(batch.columns, point, b)
+        layout = solver.layout
+        p = layout.num_nodes
+        loc_rows = {v.name: self.rows[f"{v.name}_loc"][batch.indices] for v in spec.free_locals}
+        scale_rows = {v.name: pt.softplus(self.rows[f"{v.name}_rho"][batch.indices])
+                      for v in spec.free_locals}
+        fixed = solver.fixed_values(split_flat(problem, self.dense["global_mu"]),
+                                    amortized_locations(problem, batch.columns, point))
+        loc, log_scale, gain_rows = solver.newton(solver.flat(loc_rows),
+                                                  pt.log(solver.flat(scale_rows)), fixed, weights)
+        # The global step takes the locals' new q as given: no gradient through the step.
+        loc, log_scale = disconnected_grad(loc), disconnected_grad(log_scale)
+        new_loc, new_scale = solver.unflat(loc, b), solver.unflat(pt.exp(log_scale), b)
+        more_updates = dict(more_updates)
+        for v in spec.free_locals:
+            rows_loc, rows_rho = self.rows[f"{v.name}_loc"], self.rows[f"{v.name}_rho"]
+            # A padded stream batch repeats its first row, whose new value it computes
+            # again: assigning it twice writes the same number.
+            floatx = float_dtype()
+            more_updates[rows_loc] = pt.set_subtensor(rows_loc[batch.indices],
+                                                      pt.cast(new_loc[v.name], floatx))
+            more_updates[rows_rho] = pt.set_subtensor(rows_rho[batch.indices],
+                                                      pt.cast(inv_softplus_pt(new_scale[v.name]),
+                                                              floatx))
+        real = pt.ones((b,), dtype=float_dtype()) if batch.mask is None else batch.mask
+        gain = (problem.total_size / real.sum()) * (real * gain_rows).sum()
+        row_weights = pt.repeat(solver.node_weights, b) * tile_rows(real, p)
+        virtual = Batch(tile_rows(batch.indices, p), solver.columns_tiled, p * b, row_weights)
+        q = QParams(self.dense.get("global_mu"), self.dense.get("global_rho"),
+                    {k: tile_rows(a, p) for k, a in new_loc.items()},
+                    {k: tile_rows(inv_softplus_pt(a), p) for k, a in new_scale.items()}, point)
+        node_noise = solver.unflat(pt.repeat(solver.nodes, b, axis=0), p * b)
+        noise = {k: (node_noise[k] if k in node_noise else
+                     tile_rows(a, p) if spec[k].role == "local" else a) for k, a in noise.items()}
+        self._virtual = (solver, virtual, q, noise)
+        return virtual, q, noise, more_updates, gain
+
+    def solver(self, columns: dict, point: dict, rows: int) -> LocalSolver:
+        layout = steps_rule.local_layout(self.problem.model, self.rule.rows)
+        return LocalSolver(self.problem, layout, self.rule.rows, columns, point, rows)
+
+    def _outputs_and_updates(self, lr, batch: Batch, point: list, stand_ins: dict,
+                             more_updates: dict, gain):
         """PyMC's ObjectiveFunction.updates with klqp's optimizer, the step counter's
-        increment, and the history's figures; the stand-ins then become N-row rows."""
-        row_adam = RowAdam(list(self.rows.values()), self.problem.total_size, lr) \
-            if self.rows else None
+        increment, the local step's row updates and the history's figures; then the
+        global step's curvature steps and averages; the stand-ins then become N-row rows."""
+        rule = self.rule
+        row_lr = lr
+        if rule.row_adam and rule.rows.scale_by_visits:
+            row_lr = lr * np.sqrt(self.problem.total_size / self.problem.batch_size)
+        row_adam = RowAdam(list(self.rows.values()), self.problem.total_size, row_lr) \
+            if self.rows and rule.row_adam else None
         optimizer = KlqpOptimizer(lr, row_adam, list(stand_ins.values()), batch.indices,
                                   batch.mask)
         updates = self.lowered.objective.updates(
             obj_optimizer=optimizer, more_obj_params=point + list(stand_ins.values()),
-            more_updates={self.step: self.step + 1},
-            more_replacements=self.lowered.noise_replacements)
+            more_updates=more_updates, more_replacements=self.lowered.noise_replacements)
+        loss = updates.loss
         dense = list(self.dense.values())
         assert len(optimizer.dense) == len(dense) and all(
             a is b for a, b in zip(optimizer.dense, dense)), "pm.adam's order is the layout's"
         self.state_variables = (dense + list(self.rows.values()) + optimizer.adam_state
                                 + (row_adam.state_variables() if row_adam else []))
-        records = self.lowered.records(updates.loss)
-        outputs = [records[k] for k in HISTORY_KEYS]
+        updates = dict(updates)
+        if rule.curvature:
+            self._curvature_step(updates, optimizer.grads[self.dense["global_mu"]])
+            self.state_variables.append(self.curvature)
+        if rule.average:
+            mu, scale = updates[self.dense["global_mu"]], pt.softplus(updates[self.dense["global_rho"]])
+            for name, value in (("mu", mu), ("scale", scale)):
+                updates[self.average[name]] = pt.cast(steps_rule.running_average(
+                    pt, self.average[name], value, self.step), float_dtype())
+                self.state_variables.append(self.average[name])
+        records = self.lowered.records(loss)
+        records["local_gain"] = gain
+        outputs = [pt.cast(records[k], float_dtype()) for k in HISTORY_KEYS]
         targets = list(updates)
-        rows = {stand_ins[k]: self.rows[k][batch.indices] for k in self.rows}
+        rows = {stand_ins[k]: self.rows[k][batch.indices] for k in stand_ins}
         replaced = graph_replace(outputs + [updates[t] for t in targets], rows, strict=False)
         return replaced[:len(outputs)], dict(zip(targets, replaced[len(outputs):]))
+
+    def _curvature_step(self, updates: dict, grad_mu) -> None:
+        """Natural-gradient locations and curvature-set scales (``klqp.steps``) for the
+        global numbers whose running curvature is positive; Adam's elsewhere."""
+        problem, gs = self.problem, self.rule.globals
+        mu, rho = self.dense["global_mu"], self.dense["global_rho"]
+        weights = self.lowered.weights
+        if self.rule.local_step:
+            solver, virtual, q, noise = self._virtual
+            row_model, row_weights = solver.row_model, virtual.mask
+            local = {k: q.local_loc[k] + pt.softplus(q.local_rho[k]) * noise[k]
+                     for k in q.local_loc}
+        else:
+            batch = self.lowered.operator.batch
+            row_model = RowModel(problem, batch.columns, {k: v for k, v in
+                                                           self.lowered_point().items()},
+                                 batch.capacity)
+            row_weights = (pt.ones((batch.capacity,), dtype=float_dtype()) if batch.mask is None
+                           else batch.mask)
+            local = self._local_draws()
+        local.update({k: a for k, a in self._amortized_draws().items()})
+        sample = global_curvature(problem, row_model, mu, local, row_weights, weights)
+        c = steps_rule.curvature_average(pt, self.curvature, sample, gs.curvature_decay,
+                                         pt.eq(self.step, 0))
+        rho_t = pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), float_dtype())
+        ascent = -grad_mu / self.lowered.cost_scale
+        floatx = float_dtype()
+        updates[mu] = pt.cast(steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu]),
+                              floatx)
+        scale = steps_rule.curvature_scale(pt, c, weights["beta_global"], pt.softplus(updates[rho]))
+        updates[rho] = pt.cast(inv_softplus_pt(scale), floatx)
+        updates[self.curvature] = pt.cast(c, floatx)
+
+    def lowered_point(self) -> dict:
+        return {v.name: self.dense[f"param_{v.name}"] for v in self.problem.model.params}
+
+    def _draws(self, amortized: bool) -> dict:
+        """The training loss's draw of each free (or amortized) local, per batch row."""
+        lowered = self.lowered
+        out = {}
+        for v in self.problem.model.locals:
+            if v.amortized != amortized:
+                continue
+            rv = lowered.rvs[v.name]
+            value = lowered.pm_model.rvs_to_values[rv]
+            draw = lowered.approx.symbolic_single_sample(value)
+            out[v.name] = lowered.sampled([draw])[0]
+        return out
+
+    def _local_draws(self) -> dict:
+        return self._draws(amortized=False)
+
+    def _amortized_draws(self) -> dict:
+        return self._draws(amortized=True)
 
     # -- state -----------------------------------------------------------------------------
     def load_state(self, arrays: list, step: int) -> None:
@@ -327,6 +507,69 @@ class Trainer:
         return out
 
 
+class FinalPass:
+    """The local step over all N rows at the reported globals (``klqp.steps``): one
+    compiled function of a batch's rows, the globals' location, the point values and the
+    step, with no shared state, called b rows at a time."""
+
+    def __init__(self, problem: Problem, rule: Rule, mode: str):
+        spec, b, floatx = problem.model, problem.batch_size, float_dtype()
+        self.problem, self.rule, self.capacity = problem, rule, b
+        dtype = lambda k: "int64" if spec[k].dtype == "int" else floatx
+        self.column_names = list(problem.data)
+        columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + problem.data[k].shape[1:])
+                   for k in self.column_names}
+        point = {v.name: pt.tensor(f"point_{v.name}", dtype=floatx, shape=tuple(v.shape))
+                 for v in spec.params}
+        d = sum(_size(v.shape) for v in spec.globals)
+        mu = pt.tensor("global_mu", dtype=floatx, shape=(d,)) if spec.globals else None
+        step = pt.scalar("step", dtype="int64")
+        loc = {v.name: pt.tensor(f"{v.name}_loc", dtype=floatx, shape=(b,) + tuple(v.shape))
+               for v in spec.free_locals}
+        scale = {v.name: pt.tensor(f"{v.name}_scale", dtype=floatx, shape=(b,) + tuple(v.shape))
+                 for v in spec.free_locals}
+        weights, self.shared = weight_tensors(problem, step)
+        layout = steps_rule.local_layout(spec, rule.rows)
+        solver = LocalSolver(problem, layout, rule.rows, columns, point, b)
+        fixed = solver.fixed_values(split_flat(problem, mu),
+                                    amortized_locations(problem, columns, point))
+        new_loc, new_log_scale, _ = solver.newton(solver.flat(loc), pt.log(solver.flat(scale)),
+                                                  fixed, weights, rule.rows.final_pass)
+        locs, scales = solver.unflat(new_loc, b), solver.unflat(pt.exp(new_log_scale), b)
+        self.names = [v.name for v in spec.free_locals]
+        inputs = ([*loc.values(), *scale.values()] + [columns[k] for k in self.column_names]
+                  + list(point.values()) + ([mu] if mu is not None else []) + [step])
+        self.fn = pm_compile(inputs, [locs[k] for k in self.names] + [scales[k] for k in self.names],
+                             **compile_kwargs(mode))
+
+    def __call__(self, params: dict, step: int) -> dict:
+        """{free local: {"loc", "scale"}} for all N rows, from ``params`` (the reported
+        globals and point values, the locals' training iterates)."""
+        problem, b = self.problem, self.capacity
+        n, spec = problem.total_size, problem.model
+        for weight, holder in self.shared:
+            holder.set_value(as_float(weight.value, holder.dtype))
+        point = [as_float(params[v.name]["value"]) for v in spec.params]
+        mu = ([as_float(np.concatenate([np.ravel(params[v.name]["loc"]) for v in spec.globals]))]
+              if spec.globals else [])
+        out = {k: {"loc": np.empty_like(params[k]["loc"]), "scale": np.empty_like(params[k]["scale"])}
+               for k in self.names}
+        for start in range(0, n, b):
+            rows = np.minimum(np.arange(start, start + b), n - 1)  # the last row repeated
+            args = ([as_float(params[k]["loc"][rows]) for k in self.names]
+                    + [as_float(params[k]["scale"][rows]) for k in self.names]
+                    + [as_column(np.take(problem.data[k], rows, axis=0)) for k in self.column_names]
+                    + point + mu + [np.int64(step)])
+            with quiet_int64_truncation():
+                res = self.fn(*args)
+            keep = slice(0, min(b, n - start))
+            for i, k in enumerate(self.names):
+                out[k]["loc"][start:start + b] = np.asarray(res[i], dtype=float)[keep]
+                out[k]["scale"][start:start + b] = np.asarray(res[len(self.names) + i],
+                                                               dtype=float)[keep]
+        return out
+
+
 # -- the fit loop ----------------------------------------------------------------------------
 
 class _Run:
@@ -340,10 +583,13 @@ class _Run:
         self.compile_seconds = 0.0
         self.step = 0
         self.history = {k: [] for k in HISTORY_KEYS}
-        self.state = initial_state(problem, init_params(problem, config.seed, config.init_scale))
+        self.rule = Rule.of(problem, config.local_step, config.global_step)
+        self.final_pass: Optional[FinalPass] = None
+        self.state = initial_state(problem, init_params(problem, config.seed, config.init_scale),
+                                   self.rule)
         if config.resume is not None:
             prev = config.resume
-            self.state = check_state(problem, prev.state.optimizer)
+            self.state = check_state(problem, prev.state.optimizer, self.rule)
             self.step = int(prev.state.step)
             for k in HISTORY_KEYS:
                 self.history[k].append(np.asarray(prev.history[k], dtype=float))
@@ -352,9 +598,11 @@ class _Run:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
         current state over."""
         state = self.current_state()
-        trainer = TRAINERS.take(self.problem, self.config.learning_rate, self.mode, layout)
+        trainer = TRAINERS.take(self.problem, self.config.learning_rate, self.mode, layout,
+                                self.rule)
         if trainer is None:
-            trainer = Trainer(self.problem, self.config.learning_rate, self.mode, layout)
+            trainer = Trainer(self.problem, self.config.learning_rate, self.mode, layout,
+                              self.rule)
             self.compiles += 1
             self.compile_seconds += trainer.compile_seconds
         trainer.load_state(state, self.step)
@@ -376,17 +624,31 @@ class _Run:
             self.history[k].append(np.atleast_1d(np.asarray(v, dtype=float)))
         self.step += 1
 
+    def reported_params(self, state: list) -> dict:
+        """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
+        locals after the final pass at those globals (in-memory data only)."""
+        params = params_from_state(self.problem, state, self.rule)
+        rows = self.rule.rows
+        if self.rule.local_step and rows.final_pass and self.problem.data is not None:
+            if self.final_pass is None:
+                start = time.perf_counter()
+                self.final_pass = FinalPass(self.problem, self.rule, self.mode)
+                self.compile_seconds += time.perf_counter() - start
+            params.update(self.final_pass(params, max(self.step - 1, 0)))
+        return params
+
     def result(self, interrupted: bool = False) -> FitResult:
         hist = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.history.items()}
         state = self.current_state()
         return FitResult(problem=self.problem, backend=_NAME,
-                         params=params_from_state(self.problem, state), history=hist,
-                         state=FitState(step=self.step, optimizer=state, backend=_NAME),
+                         params=self.reported_params(state), history=hist,
+                         state=FitState(step=self.step, optimizer=state, backend=_NAME,
+                                        rule=self.config.rule()),
                          interrupted=interrupted,
                          info={"compiles": self.compiles, "mode": self.mode,
                                "dtype": float_dtype(),
                                "compile_seconds": round(self.compile_seconds, 3),
-                               "batch_capacity": self.capacity})
+                               "batch_capacity": self.capacity, **self.config.rule()})
 
     def callbacks_say_stop(self) -> bool:
         """Run the user's callbacks; True when one raises StopIteration."""

@@ -1,0 +1,189 @@
+"""``klqp.steps`` in PyTensor: what the shared step rule needs from this backend.
+
+The rule (the local step's Newton candidates and guard, the global step's curvature
+average, natural-gradient step and scale, the averaging) is ``klqp.steps``'; this module
+supplies each row's log joint at the quadrature nodes, its gradient and diagonal
+curvature (``pytensor.grad``: rows are independent given the globals, so the gradient of
+a column sum of the gradient is every row's diagonal), and the diagonal of the global
+block's Hessian (``pytensor.gradient.jacobian(..., vectorize=True)``).
+
+The row log-densities are the PyMC model's own: the spec is built as a ``pm.Model``
+without ``total_size`` for R rows and ``pm_model.logp(jacobian=True, sum=False)`` is taken
+with the latents' value variables replaced by given unconstrained values.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.gradient import disconnected_grad, jacobian
+from pytensor.graph.replace import graph_replace
+
+from klqp import steps as rule
+from klqp.expr import evaluate
+from klqp.problem import Problem
+
+from .lowering import Batch, PytensorOps, as_float, build_pm_model, float_dtype
+
+__all__ = ["RowModel", "LocalSolver", "tile_rows", "global_curvature", "split_flat"]
+
+
+def tile_rows(x, copies: int):
+    """``x``'s rows repeated ``copies`` times, node-major: row i of copy p at p * R + i."""
+    return pt.tile(x, (copies,) + (1,) * (x.ndim - 1))
+
+
+def split_flat(problem: Problem, flat) -> dict:
+    """A flat vector over the globals (model order, as the global group's mu) per global
+    (None, for a model without globals: {})."""
+    out, offset = {}, 0
+    if flat is None:
+        return out
+    for v in problem.model.globals:
+        k = int(np.prod(v.shape, dtype=int))
+        out[v.name] = flat[offset:offset + k].reshape(tuple(v.shape))
+        offset += k
+    return out
+
+
+class RowModel:
+    """The spec's unscaled log-densities for ``rows`` rows of ``columns``, as PyTensor
+    graphs of the latents' unconstrained values (see ``densities``)."""
+
+    def __init__(self, problem: Problem, columns: dict, point: dict, rows: int):
+        spec = problem.model
+        self.rows = rows
+        self.pm_model, self.rvs = build_pm_model(problem, Batch(None, columns, rows), point,
+                                                 scaled=False)
+        names = [v.name for v in spec.vars.values() if v.role in ("global", "local", "observed")]
+        logps = self.pm_model.logp(vars=[self.rvs[k] for k in names], jacobian=True, sum=False)
+        self.logp = {k: pt.cast(lp, float_dtype()) for k, lp in zip(names, logps)}
+        self.values = {v.name: self.pm_model.rvs_to_values[self.rvs[v.name]] for v in spec.latents}
+        self.spec = spec
+
+    def densities(self, u: dict):
+        """(global_logp, loglik_rows (R,), local_logp_rows (R,)) at the unconstrained values
+        ``u`` (globals: their own shape; locals: (R, *shape)); log p of a latent includes
+        log|J| (PyMC's value-variable log-density)."""
+        # the value variables' static shapes: their symbolic shape would keep them in the graph
+        replace = {self.values[k]: pt.cast(a, self.values[k].dtype).reshape(self.values[k].type.shape)
+                   for k, a in u.items()}
+        r, spec = self.rows, self.spec
+        row_sums = lambda x: x if x.ndim == 1 else x.reshape((r, -1)).sum(axis=1)
+        global_logp = pt.as_tensor(as_float(0.0))
+        loglik_rows = pt.zeros((r,), dtype=float_dtype())
+        local_logp_rows = pt.zeros((r,), dtype=float_dtype())
+        for v in spec.vars.values():
+            if v.role in ("data", "param"):
+                continue
+            lp = graph_replace(self.logp[v.name], replace, strict=False)
+            if v.role == "observed":
+                loglik_rows = loglik_rows + row_sums(lp)
+            elif v.role == "local":
+                local_logp_rows = local_logp_rows + row_sums(lp)
+            else:
+                global_logp = global_logp + lp.sum()
+        return global_logp, loglik_rows, local_logp_rows
+
+
+class LocalSolver:
+    """The local step (``klqp.steps``) on the R rows of a batch: PyTensor graphs of the
+    rows' new (loc, log_scale) and their gain, built from a RowModel over the batch's
+    quadrature nodes (P * R virtual rows)."""
+
+    def __init__(self, problem: Problem, layout: rule.LocalLayout, local_step: rule.LocalStep,
+                 columns: dict, point: dict, rows: int):
+        self.problem, self.layout, self.local_step = problem, layout, local_step
+        self.rows = rows
+        p = layout.num_nodes
+        self.columns_tiled = {k: tile_rows(a, p) for k, a in columns.items()}
+        self.row_model = RowModel(problem, self.columns_tiled, point, p * rows)
+        self.nodes = pt.as_tensor(as_float(layout.nodes))
+        self.node_weights = pt.as_tensor(as_float(layout.weights))
+        self.point = point
+
+    # -- a row's coordinates, flat ------------------------------------------------------------
+    def flat(self, parts: dict):
+        r = self.rows
+        return pt.concatenate([parts[n].reshape((r, -1)) for n in self.layout.names], axis=1)
+
+    def unflat(self, flat, rows: int) -> dict:
+        return {n: flat[:, self.layout.block(n)].reshape((rows,) + s)
+                for n, s in zip(self.layout.names, self.layout.shapes)}
+
+    def node_values(self, loc, log_scale):
+        """u at every node of every row: (P * R, K), node-major."""
+        u = loc[None] + pt.exp(log_scale)[None] * self.nodes[:, None, :]
+        return u.reshape((self.layout.num_nodes * self.rows, self.layout.size))
+
+    def fixed_values(self, global_loc: dict, amortized_loc: dict) -> dict:
+        """Latents the step holds fixed: globals at their q location (own shape),
+        amortized locals at their encoder's mean (R rows, tiled to the nodes)."""
+        p = self.layout.num_nodes
+        return {**global_loc, **{k: tile_rows(a, p) for k, a in amortized_loc.items()}}
+
+    def log_joint(self, flat_u, fixed: dict, weights: dict):
+        """l(u) = T log p(y | .) + beta_local (log p(z | .) + log|J|) per virtual row."""
+        n_virtual = self.layout.num_nodes * self.rows
+        u = {**fixed, **self.unflat(flat_u, n_virtual)}
+        _, loglik_rows, local_logp_rows = self.row_model.densities(u)
+        return weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
+
+    def expectations(self, loc, log_scale, fixed: dict, weights: dict):
+        """(E[l] (R,), E[l'] (R, K), diagonal of E[l''] (R, K)) by the layout's quadrature."""
+        p, r, k = self.layout.num_nodes, self.rows, self.layout.size
+        u = pt.tensor("u_nodes", dtype=float_dtype(), shape=(p * r, k))
+        values = self.log_joint(u, fixed, weights)
+        grad = pytensor.grad(values.sum(), u)
+        hess = pt.stack([pytensor.grad(grad[:, j].sum(), u)[:, j] for j in range(k)], axis=-1)
+        at = {u: self.node_values(loc, log_scale)}
+        values, grad, hess = graph_replace([values, grad, hess], at, strict=False)
+        w = self.node_weights
+        return ((values.reshape((p, r)) * w[:, None]).sum(axis=0),
+                (grad.reshape((p, r, k)) * w[:, None, None]).sum(axis=0),
+                (hess.reshape((p, r, k)) * w[:, None, None]).sum(axis=0))
+
+    def row_objective(self, loc, log_scale, fixed: dict, weights: dict):
+        values = self.log_joint(self.node_values(loc, log_scale), fixed, weights)
+        return rule.row_objective(pt, values.reshape((self.layout.num_nodes, self.rows)),
+                                  self.node_weights, log_scale, weights["beta_local"])
+
+    def newton(self, loc, log_scale, fixed: dict, weights: dict, iterations: Optional[int] = None):
+        """``iterations`` guarded Newton iterations: (loc, log_scale, gain per row)."""
+        beta = weights["beta_local"]
+        f0 = self.row_objective(loc, log_scale, fixed, weights)
+        best = (loc, log_scale, f0)
+        for _ in range(iterations or self.local_step.iterations):
+            _, grad, hess = self.expectations(best[0], best[1], fixed, weights)
+            current = best
+            for cand in rule.newton_candidates(pt, current[0], current[1], grad, hess, beta,
+                                               self.local_step.max_change):
+                best = rule.keep_better(pt, best, (*cand, self.row_objective(*cand, fixed, weights)))
+        return best[0], best[1], best[2] - f0
+
+
+def amortized_locations(problem: Problem, columns: dict, point: dict) -> dict:
+    """Each amortized local's encoder mean (unconstrained) on ``columns``."""
+    env = {**columns, **point}
+    return {v.name: evaluate(v.encoder[0], env, PytensorOps)
+            for v in problem.model.locals if v.amortized}
+
+
+def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, local_u: dict,
+                     row_weights, weights: dict):
+    """c = -diag d^2 J / d theta^2 at the globals' q location (the flat vector
+    ``global_loc_flat``), J = (N/b) sum_rows w_r (T log p(y|.) + beta_local log p(z|.))
+    + beta_global log p(theta), the locals held at ``local_u`` (per virtual row)."""
+    d = int(global_loc_flat.type.shape[0])
+    theta = pt.tensor("theta_flat", dtype=float_dtype(), shape=(d,))
+    local_u = {k: disconnected_grad(a) for k, a in local_u.items()}
+    global_logp, loglik_rows, local_logp_rows = row_model.densities(
+        {**split_flat(problem, theta), **local_u})
+    rows = weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
+    joint = (problem.total_size / row_weights.sum()) * (row_weights * rows).sum() + \
+        weights["beta_global"] * global_logp
+    hessian = jacobian(pytensor.grad(joint, theta), theta, vectorize=True)
+    return graph_replace(-pt.diagonal(hessian), {theta: global_loc_flat}, strict=False)

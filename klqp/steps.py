@@ -1,0 +1,392 @@
+"""How a fit moves q: the local step and the global step, one rule for every backend.
+
+``klqp.objective`` fixes WHAT a fit minimizes; this module fixes HOW q gets there. Its
+functions are arithmetic on arrays of any namespace ``xp`` (NumPy, ``jax.numpy``,
+``pytensor.tensor``), so both backends take exactly the same steps; a backend only
+supplies the row log-densities and their derivatives, with its own autodiff.
+
+One step on a minibatch B of b rows:
+
+1. **Local step** (free local latents). Rows are independent given the globals, so each
+   batch row's q(z_i) = N(m_i, s_i^2) (unconstrained space) is improved on its own,
+   with the globals held at their q location and the point parameters at their values.
+   Let l_i(u) = T log p(y_i | ., u) + beta_local (log p(u | .) + log|J|) be the row's
+   weighted log joint and E the expectation over q(z_i), taken by deterministic
+   quadrature (Gauss-Hermite nodes for one scalar local per row, a 2K-point cubature
+   rule for K local numbers per row), so the step has no Monte-Carlo noise floor. With
+   g = E[l'(u)] and h = -E[l''(u)] (diagonal), one Newton iteration in q's natural
+   parameters is::
+
+       s_i^2 <- beta_local / h,    m_i <- m_i + g / h
+
+   the optimum of the row's part of the objective when l_i is quadratic (a Normal local
+   with Normal children: the closed form in one iteration). Where h <= 0 the row takes
+   the natural-gradient step at its current precision (h := beta_local / s_i^2) and
+   keeps its scale. The guard: each row tries the full step, then the step clipped to
+   ``max_change`` (in m and in log s) at 1, 1/2 and 1/4 of its length, and keeps the
+   candidate that raises its objective ``f_i = E[l_i] + beta_local * sum log s_i`` most,
+   or stays where it is: no row's objective ever falls. The rows' new q are stored and
+   warm-start the next visit; the cost is O(b) per step.
+
+2. **Global step**, on the same batch with the locals' new q. The gradient integrates
+   each row's locals with the same quadrature nodes (each node a virtual row weighted by
+   its quadrature weight, so N/b and s stay those of the b real rows) and averages an
+   antithetic pair of global draws theta = m +- s * eps. Where the global block is small
+   enough (``max_dim``), the diagonal curvature c = -diag d^2 J / d theta^2 of the
+   weighted full-data log joint J (estimated from the batch, x N/b) is averaged over
+   steps (``curvature_decay``); each global number with c > 0 then takes a
+   natural-gradient step m <- m + rho_t * dJ/dm / c and gets the scale the objective's
+   optimum has at that curvature, s = sqrt(beta_global / c). Other numbers, and every
+   kq.Param, take Adam steps of ``learning_rate``.
+
+3. **What a fit reports**: the global q averaged over the iterates with weights that
+   favour recent steps (polynomial-decay averaging, Shamir & Zhang 2013, eta = 3), and
+   the local q after a final pass of the local step over all N rows at those globals.
+   Training itself continues from the raw iterates (``FitResult.state``), so a resumed
+   fit equals an unbroken one.
+
+None of this changes the objective: at a fixed point of the local step every row's q is
+the optimum of its part of the loss given the globals, and the global step is a
+stochastic gradient method on the same loss.
+
+>>> import numpy as np
+>>> nodes, weights = quadrature(1, 8)
+>>> round(float(weights @ nodes[:, 0] ** 2), 12), round(float(weights @ nodes[:, 0] ** 4), 12)
+(1.0, 3.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from . import schedules as _schedules
+
+__all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_global_step", "quadrature",
+           "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
+           "curvature_average", "natural_gradient_loc", "curvature_scale", "running_average",
+           "AVERAGE_POWER", "MIN_CURVATURE"]
+
+AVERAGE_POWER = 3.0   # eta of polynomial-decay averaging: the weight of step t is ~ t^eta
+MIN_CURVATURE = 1e-30  # divides by curvature never see 0 (representable in float32 too)
+
+
+def _int_in(owner: str, name: str, value, low: int, high: Optional[int], fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+            high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{owner}: {name}={value!r} must be an integer {bound}; {fix}")
+    return int(value)
+
+
+def _positive(owner: str, name: str, value, fix: str, high: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
+            not math.isfinite(value) or value <= 0 or (high is not None and value > high)):
+        bound = "a positive number" if high is None else f"a number in (0, {high:g}]"
+        raise ValueError(f"{owner}: {name}={value!r} must be {bound}; {fix}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class LocalStep:
+    """Settings of the local step (see the module docstring). ``kq.fit(local_step=...)``
+    takes one of these, ``"auto"`` (the defaults below when the model has free locals)
+    or ``None`` (no local step: locals take row-wise Adam steps of the gradient).
+
+    iterations: Newton iterations on a batch's rows per training step.
+    points: Gauss-Hermite nodes for a row with one scalar local (2..64); rows with K > 1
+        local numbers use the 2K-point cubature rule, exact for polynomials of degree 3.
+    max_change: the trust region of the clipped candidates, in unconstrained units, for
+        m and for log s alike.
+    final_pass: Newton iterations over ALL rows at the reported globals when a fit ends
+        (0: none; then the locals are the training iterates).
+
+    >>> LocalStep(iterations=2)
+    LocalStep(iterations=2, points=8, max_change=1.0, final_pass=3)
+    """
+
+    iterations: int = 1
+    points: int = 8
+    max_change: float = 1.0
+    final_pass: int = 3
+
+    def __post_init__(self):
+        owner = "kq.LocalStep"
+        object.__setattr__(self, "iterations", _int_in(
+            owner, "iterations", self.iterations, 1, 100, "one Newton iteration per visit is "
+            "usually enough (rows are revisited every epoch); e.g. iterations=1"))
+        object.__setattr__(self, "points", _int_in(
+            owner, "points", self.points, 2, 64, "Gauss-Hermite nodes per scalar local; 2 is "
+            "exact for cubic log-densities, 8 (the default) for degree 15"))
+        object.__setattr__(self, "max_change", _positive(
+            owner, "max_change", self.max_change, "it bounds a clipped step in unconstrained "
+            "units, e.g. max_change=1.0"))
+        object.__setattr__(self, "final_pass", _int_in(
+            owner, "final_pass", self.final_pass, 0, 100, "Newton iterations over all rows at "
+            "the end of a fit; 0 turns the pass off"))
+
+    def describe(self) -> str:
+        return (f"{self.iterations} guarded Newton iteration(s) per step on the batch's rows "
+                f"(|clipped change| <= {self.max_change:g}), a final pass of {self.final_pass} "
+                "over all rows" if self.final_pass else
+                f"{self.iterations} guarded Newton iteration(s) per step on the batch's rows, "
+                "no final pass")
+
+
+@dataclass(frozen=True)
+class RowAdam:
+    """No local step: each batch row's q(z_i) takes a row-wise (lazy) Adam step of the
+    loss's reparameterization gradient, of ``learning_rate``; a row's moments and step
+    count change only when the batch holds it. ``kq.fit(local_step=None)`` is
+    ``RowAdam(stl=False, scale_by_visits=False)``, the rule of klqp 0.1.
+
+    stl: "sticking the landing" (Roeder et al. 2017): the rows' log q is taken with q's
+        parameters held constant, so the gradient has no score term, whose noise does
+        not vanish at the optimum.
+    scale_by_visits: multiply the rows' step size by sqrt(N/b). A row is visited once per
+        epoch, so lazy Adam moves it ~lr per epoch where dense Adam's momentum moves it
+        ~lr * sqrt(N/b).
+
+    >>> RowAdam()
+    RowAdam(stl=True, scale_by_visits=True)
+    """
+
+    stl: bool = True
+    scale_by_visits: bool = True
+
+    def __post_init__(self):
+        for name in ("stl", "scale_by_visits"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"kq.RowAdam: {name}={getattr(self, name)!r} must be True or False")
+
+    def describe(self) -> str:
+        extra = [x for x, on in (("sticking-the-landing gradient", self.stl),
+                                 ("step size x sqrt(N/b)", self.scale_by_visits)) if on]
+        return "row-wise Adam steps of the gradient" + (f" ({', '.join(extra)})" if extra else "")
+
+
+@dataclass(frozen=True)
+class GlobalStep:
+    """Settings of the global step (see the module docstring). ``kq.fit(global_step=...)``
+    takes one of these, ``"auto"`` (these defaults) or ``None`` (every global number
+    takes Adam steps of ``learning_rate``, one draw, no averaging: klqp before 0.2).
+
+    curvature: natural-gradient steps and curvature-set scales for global numbers whose
+        averaged curvature is positive, when the global block has at most ``max_dim``
+        numbers (the diagonal costs max_dim Hessian-vector products a step).
+    step_size: rho_t of the natural-gradient step, a number or a schedule of the step
+        (default ``kq.schedules.robbins_monro(1.0, 50)``: 1 / sqrt(1 + t / 50)).
+    curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1).
+    antithetic: average the global gradient over the pair theta = m +- s * eps.
+    average: report the polynomial-decay average of the global iterates.
+
+    >>> GlobalStep(curvature=False).curvature
+    False
+    """
+
+    curvature: bool = True
+    max_dim: int = 64
+    step_size: Any = field(default_factory=lambda: _schedules.robbins_monro(1.0, 50))
+    curvature_decay: float = 0.1
+    antithetic: bool = True
+    average: bool = True
+
+    def __post_init__(self):
+        owner = "kq.GlobalStep"
+        for name in ("curvature", "antithetic", "average"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{owner}: {name}={getattr(self, name)!r} must be True or False")
+        object.__setattr__(self, "max_dim", _int_in(
+            owner, "max_dim", self.max_dim, 0, 4096, "global blocks with more numbers than this "
+            "use Adam; e.g. max_dim=64"))
+        object.__setattr__(self, "curvature_decay", _positive(
+            owner, "curvature_decay", self.curvature_decay, "the newest batch's weight in the "
+            "running curvature, e.g. 0.1", high=1.0))
+        step = self.step_size
+        if isinstance(step, _schedules.Schedule):
+            if not float(step(0)) > 0:
+                raise ValueError(f"{owner}: step_size={step!r} must be positive at step 0")
+        else:
+            step = _schedules.constant(_positive(owner, "step_size", step, "rho_t of the "
+                                                 "natural-gradient step, e.g. 0.5 or "
+                                                 "kq.schedules.robbins_monro(1.0, 50)", 2.0))
+        object.__setattr__(self, "step_size", step)
+
+    def uses_curvature(self, global_size: int) -> bool:
+        """Whether a global block of ``global_size`` numbers gets curvature steps."""
+        return bool(self.curvature) and 0 < global_size <= self.max_dim
+
+
+def resolve_local_step(value, model):
+    """``kq.fit``'s ``local_step=`` as the rule the free locals follow: a LocalStep, a
+    RowAdam, or None when the model has no free local latent (nothing to step).
+    "auto" (or True) is ``LocalStep()``; None (or False) is
+    ``RowAdam(stl=False, scale_by_visits=False)``."""
+    if value is None or value is False:
+        value = RowAdam(stl=False, scale_by_visits=False)
+    elif isinstance(value, str) and value == "auto" or value is True:
+        value = LocalStep()
+    if not isinstance(value, (LocalStep, RowAdam)):
+        raise TypeError(f"local_step={value!r}: give 'auto' (the default), None (row-wise Adam "
+                        "steps, no local step), kq.LocalStep(iterations=..., points=..., "
+                        "max_change=..., final_pass=...) or kq.RowAdam(stl=..., "
+                        "scale_by_visits=...)")
+    return value if model.free_locals else None
+
+
+def resolve_global_step(value) -> Optional[GlobalStep]:
+    """``kq.fit``'s ``global_step=`` as a GlobalStep, or None (plain Adam)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value == "auto" or value is True:
+        return GlobalStep()
+    if not isinstance(value, GlobalStep):
+        raise TypeError(f"global_step={value!r}: give 'auto' (the default), None (plain Adam) "
+                        "or kq.GlobalStep(curvature=..., step_size=..., average=...)")
+    return value
+
+
+# -- quadrature over a row's locals ----------------------------------------------------------
+
+def quadrature(dim: int, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (P, dim) and weights (P,) with sum_p w_p f(xi_p) ~ E f(xi), xi ~ N(0, I_dim).
+
+    dim = 1: Gauss-Hermite with ``points`` nodes (exact for polynomials of degree
+    2 * points - 1). dim > 1: the third-degree spherical-radial cubature rule
+    (Arasaratnam & Haykin 2009), nodes +-sqrt(dim) e_k with equal weights.
+
+    >>> nodes, weights = quadrature(3, 8)
+    >>> nodes.shape, round(float(weights.sum()), 12)
+    ((6, 3), 1.0)
+    """
+    if dim == 1:
+        x, w = np.polynomial.hermite_e.hermegauss(points)
+        return x[:, None], w / w.sum()
+    eye = np.sqrt(dim) * np.eye(dim)
+    return np.concatenate([eye, -eye]), np.full(2 * dim, 1.0 / (2 * dim))
+
+
+@dataclass(frozen=True)
+class LocalLayout:
+    """Where each free local's numbers sit in a row's flat coordinate vector (K numbers),
+    and the quadrature over them."""
+
+    names: tuple       # free locals, model order
+    shapes: tuple      # each one's per-row shape
+    offsets: tuple     # start of each in the flat vector
+    size: int          # K
+    nodes: np.ndarray  # (P, K) standard-normal nodes
+    weights: np.ndarray  # (P,)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.weights.shape[0])
+
+    def block(self, name: str) -> slice:
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i] + int(np.prod(self.shapes[i], dtype=int)))
+
+
+def local_layout(model, local_step) -> Optional[LocalLayout]:
+    """The layout of ``model``'s free locals for ``local_step`` (None: no local step)."""
+    if not isinstance(local_step, LocalStep) or not model.free_locals:
+        return None
+    names, shapes, offsets, k = [], [], [], 0
+    for v in model.free_locals:
+        names.append(v.name)
+        shapes.append(tuple(v.shape))
+        offsets.append(k)
+        k += int(np.prod(v.shape, dtype=int))
+    nodes, weights = quadrature(k, local_step.points)
+    return LocalLayout(tuple(names), tuple(shapes), tuple(offsets), k, nodes, weights)
+
+
+# -- the local step's arithmetic ---------------------------------------------------------------
+
+def row_objective(xp, values, weights, log_scale, beta_local):
+    """f_i = sum_p w_p l_i(u_ip) + beta_local * sum_k log s_ik: each row's part of the
+    (weighted, negated) loss up to a constant. values (P, R); weights (P,); log_scale
+    (R, K). A NaN (an overflowing candidate) counts as -inf, so it is never kept."""
+    f = xp.sum(values * weights[:, None], axis=0) + beta_local * xp.sum(log_scale, axis=-1)
+    return xp.where(xp.isnan(f), -np.inf, f)
+
+
+def newton_candidates(xp, loc, log_scale, grad, hess, beta_local, max_change) -> list:
+    """The guarded step's candidates for each row: [(loc, log_scale), ...], the full
+    natural-parameter Newton step first, then the clipped step at 1, 1/2 and 1/4.
+
+    loc, log_scale: (R, K), q's current location and log scale; grad = E[l'], hess =
+    E[l''] (the diagonal), (R, K); beta_local: the local KL weight at this step.
+
+    >>> import numpy as np
+    >>> # l(u) = -(u - 2)^2 / 2 (a unit Normal likelihood): E[l'] = 2 - m, E[l''] = -1
+    >>> full = newton_candidates(np, np.zeros((1, 1)), np.zeros((1, 1)), np.full((1, 1), 2.0),
+    ...                          np.full((1, 1), -1.0), 1.0, 1.0)[0]
+    >>> float(full[0][0, 0]), float(full[1][0, 0])   # the optimum: m = 2, log s = 0
+    (2.0, 0.0)
+    """
+    curvature = -hess
+    usable = curvature > 0
+    precision_now = beta_local * xp.exp(-2.0 * log_scale)
+    h = xp.maximum(xp.where(usable, curvature, precision_now), MIN_CURVATURE)
+    d_loc = grad / h
+    d_log_scale = xp.where(usable, 0.5 * (xp.log(beta_local) - xp.log(h)) - log_scale, 0.0)
+    clipped_loc = xp.clip(d_loc, -max_change, max_change)
+    clipped_log_scale = xp.clip(d_log_scale, -max_change, max_change)
+    out = [(loc + d_loc, log_scale + d_log_scale)]
+    for t in (1.0, 0.5, 0.25):
+        out.append((loc + t * clipped_loc, log_scale + t * clipped_log_scale))
+    return out
+
+
+def keep_better(xp, best: tuple, candidate: tuple) -> tuple:
+    """Row by row, the candidate (loc, log_scale, f) where its f is strictly larger."""
+    better = candidate[2] > best[2]
+    pick = lambda new, old: xp.where(better[:, None], new, old)
+    return pick(candidate[0], best[0]), pick(candidate[1], best[1]), xp.where(
+        better, candidate[2], best[2])
+
+
+# -- the global step's arithmetic --------------------------------------------------------------
+
+def curvature_average(xp, previous, sample, decay, first):
+    """The running curvature: the first batch's value, then an exponential average with
+    weight ``decay`` on the newest batch. A non-finite sample leaves it unchanged."""
+    sample = xp.where(xp.isfinite(sample), sample, previous)
+    return xp.where(first, sample, (1.0 - decay) * previous + decay * sample)
+
+
+def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback):
+    """loc + step_size * ascent / curvature where the curvature is positive, else
+    ``fallback`` (Adam's step). ``ascent`` = dJ/dloc, J the weighted log joint (minus
+    the loss's gradient over the cost scale)."""
+    usable = curvature > 0
+    step = step_size * ascent / xp.maximum(curvature, MIN_CURVATURE)
+    return xp.where(usable, loc + step, fallback)
+
+
+def curvature_scale(xp, curvature, beta_global, fallback):
+    """q's scale at the optimum for this curvature, sqrt(beta_global / c), where c > 0,
+    else ``fallback``. beta_global = 0 (no global KL: a point estimate) gives a scale
+    of ~1e-6 / sqrt(c) rather than 0, so log q stays finite."""
+    usable = curvature > 0
+    scale = xp.sqrt(xp.maximum(beta_global, 1e-12) / xp.maximum(curvature, MIN_CURVATURE))
+    return xp.where(usable, scale, fallback)
+
+
+def running_average(xp, average, value, step):
+    """Polynomial-decay averaging: avg <- avg + (eta + 1) / (t + 1 + eta) * (value - avg)
+    at step t (counted from 0, so step 0 sets the average to the value).
+
+    >>> import numpy as np
+    >>> avg = 0.0
+    >>> for t, x in enumerate([4.0, 0.0, 0.0, 0.0]):
+    ...     avg = running_average(np, avg, x, t)
+    >>> round(float(avg), 6)   # recent steps weigh more: 4 * (1 - 4/5)(1 - 4/6)(1 - 4/7)
+    0.114286
+    """
+    weight = (AVERAGE_POWER + 1.0) / (step + 1.0 + AVERAGE_POWER)
+    return average + weight * (value - average)

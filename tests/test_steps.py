@@ -1,0 +1,136 @@
+"""The step rule (klqp.steps) on its own, in NumPy: the arithmetic both backends run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import klqp as kq
+from klqp import schedules, steps
+from models import hierarchical, logistic, vae
+
+
+@pytest.mark.parametrize("points", [2, 4, 8, 16])
+def test_gauss_hermite_is_exact_to_its_degree(points):
+    nodes, weights = steps.quadrature(1, points)
+    x = nodes[:, 0]
+    for k in range(2 * points):  # exact for polynomials of degree 2 * points - 1
+        exact = 0.0 if k % 2 else float(math.prod(range(1, k, 2)))  # E xi^k = (k-1)!!
+        assert weights @ x**k == pytest.approx(exact, abs=1e-9 * max(1.0, exact))
+
+
+def test_cubature_rule_is_exact_to_degree_three():
+    nodes, weights = steps.quadrature(3, 8)
+    assert nodes.shape == (6, 3)
+    np.testing.assert_allclose(weights @ nodes, 0.0, atol=1e-15)
+    np.testing.assert_allclose((weights[:, None, None] * nodes[:, :, None] * nodes[:, None, :]).sum(0),
+                               np.eye(3), atol=1e-15)
+    assert np.allclose(weights @ nodes**3, 0.0)
+
+
+def _gaussian_row(y, prior_mean, noise_sd, prior_sd, T, beta):
+    """l(u) = T log N(y | u, noise_sd) + beta log N(u | prior_mean, prior_sd), and the
+    optimum of E_q l + beta log s over q = N(m, s^2), in closed form."""
+    precision = T / noise_sd**2 + beta / prior_sd**2
+    mean = (T * y / noise_sd**2 + beta * prior_mean / prior_sd**2) / precision
+    return mean, np.sqrt(beta / precision), precision
+
+
+@pytest.mark.parametrize("T, beta", [(1.0, 1.0), (0.5, 2.0), (3.0, 0.25)])
+def test_one_newton_iteration_is_the_closed_form_for_a_gaussian_conditional(T, beta):
+    rng = np.random.default_rng(0)
+    y, prior_mean = rng.normal(size=(5, 1)) * 3, rng.normal(size=(5, 1))
+    mean, sd, precision = _gaussian_row(y, prior_mean, 0.5, 0.8, T, beta)
+    loc, log_scale = rng.normal(size=(5, 1)), np.log(rng.uniform(0.05, 2.0, size=(5, 1)))
+    # E[l'] at q for this quadratic l, and E[l''] (constant)
+    grad = precision * (mean - loc)
+    hess = np.full_like(loc, -precision)
+    full = steps.newton_candidates(np, loc, log_scale, grad, hess, beta, max_change=1.0)[0]
+    np.testing.assert_allclose(full[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(full[1]), sd, rtol=1e-12)
+
+
+def test_the_guard_keeps_a_row_where_every_candidate_is_worse():
+    """A row at its optimum (or where every candidate overflows to NaN) stays put."""
+    loc, log_scale = np.array([[1.0], [2.0]]), np.array([[0.0], [-1.0]])
+    f_now = np.array([0.0, 0.0])
+    best = (loc, log_scale, f_now)
+    for cand in steps.newton_candidates(np, loc, log_scale, np.ones((2, 1)), -np.ones((2, 1)),
+                                        1.0, 1.0):
+        worse = steps.row_objective(np, np.array([[np.nan, -1.0]]), np.ones(1), cand[1], 0.0)
+        best = steps.keep_better(np, best, (*cand, worse))
+    np.testing.assert_array_equal(best[0], loc)
+    np.testing.assert_array_equal(best[1], log_scale)
+
+
+def test_non_concave_rows_take_a_natural_gradient_step_and_keep_their_scale():
+    loc, log_scale = np.zeros((1, 1)), np.log(np.full((1, 1), 0.5))
+    full = steps.newton_candidates(np, loc, log_scale, np.full((1, 1), 2.0), np.full((1, 1), 3.0),
+                                   1.0, 10.0)[0]
+    assert full[0].item() == pytest.approx(0.5**2 * 2.0)  # s^2 * E[l'] / beta
+    assert full[1].item() == log_scale.item()
+
+
+def test_zero_local_kl_weight_shrinks_the_scale_without_nan():
+    """beta_local = 0 (a warm-up's start): the optimal scale is 0; the full candidate is
+    NaN-free after the guard's -inf, the clipped ones shrink the scale by max_change."""
+    loc, log_scale = np.zeros((1, 1)), np.zeros((1, 1))
+    with np.errstate(divide="ignore"):
+        cands = steps.newton_candidates(np, loc, log_scale, np.ones((1, 1)), -np.ones((1, 1)),
+                                        0.0, 1.0)
+    assert cands[1][1].item() == -1.0 and np.all(np.isfinite(cands[1][0]))
+
+
+def test_global_rule_pieces():
+    c = steps.curvature_average(np, np.array([4.0, 1.0]), np.array([np.inf, 3.0]), 0.5, False)
+    np.testing.assert_allclose(c, [4.0, 2.0])  # a non-finite batch leaves it unchanged
+    loc = steps.natural_gradient_loc(np, np.array([0.0, 0.0]), np.array([2.0, 2.0]),
+                                     np.array([4.0, -1.0]), 0.5, np.array([9.0, 9.0]))
+    np.testing.assert_allclose(loc, [0.25, 9.0])  # curvature <= 0: Adam's value
+    scale = steps.curvature_scale(np, np.array([4.0, 0.0]), 1.0, np.array([7.0, 7.0]))
+    np.testing.assert_allclose(scale, [0.5, 7.0])
+
+
+def test_local_and_global_step_settings_are_checked_before_compiling():
+    model, data = hierarchical(n=50)
+    bad = [
+        (dict(local_step=kq.LocalStep), TypeError, "local_step="),
+        (dict(local_step="newton"), TypeError, "local_step="),
+        (dict(global_step="natural"), TypeError, "global_step="),
+    ]
+    for kwargs, error, words in bad:
+        for backend in kq.backends.available():  # refused before the backend compiles
+            with pytest.raises(error, match=words):
+                kq.fit(model, data, backend=backend, steps=1, progress=False, **kwargs)
+    for make, words in [(lambda: kq.LocalStep(points=1), "points=1"),
+                        (lambda: kq.LocalStep(points=100), "points=100"),
+                        (lambda: kq.LocalStep(iterations=0), "iterations=0"),
+                        (lambda: kq.LocalStep(iterations=1.5), "iterations=1.5"),
+                        (lambda: kq.LocalStep(max_change=-1.0), "max_change=-1.0"),
+                        (lambda: kq.LocalStep(max_change=float("nan")), "max_change=nan"),
+                        (lambda: kq.LocalStep(final_pass=-1), "final_pass=-1"),
+                        (lambda: kq.GlobalStep(curvature_decay=0.0), "curvature_decay=0.0"),
+                        (lambda: kq.GlobalStep(curvature_decay=1.5), "curvature_decay=1.5"),
+                        (lambda: kq.GlobalStep(max_dim=-3), "max_dim=-3"),
+                        (lambda: kq.GlobalStep(step_size=0.0), "step_size=0.0"),
+                        (lambda: kq.GlobalStep(step_size=schedules.linear(0.0, 1.0, 10)),
+                         "step_size"),
+                        (lambda: kq.GlobalStep(average="yes"), "average='yes'"),
+                        (lambda: kq.RowAdam(stl=1), "stl=1")]:
+        with pytest.raises((ValueError, TypeError), match=words.replace("(", r"\(")):
+            make()
+
+
+def test_what_runs_for_each_model():
+    """The local step runs only for free locals; a model without any gets none."""
+    for build, expect in ((hierarchical, steps.LocalStep), (logistic, type(None)),
+                          (vae, type(None))):
+        model, _ = build()
+        assert isinstance(steps.resolve_local_step("auto", model), expect)
+    model, _ = hierarchical()
+    assert steps.resolve_local_step(None, model) == kq.RowAdam(stl=False, scale_by_visits=False)
+    layout = steps.local_layout(model, kq.LocalStep(points=6))
+    assert layout.size == 1 and layout.num_nodes == 6
+    assert steps.GlobalStep().uses_curvature(64) and not steps.GlobalStep().uses_curvature(65)
