@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import klqp as kq
-from klqp.cli import example_parser
+from klqp.cli import example_parser, step_rule
 from klqp import schedules
 
 HIDDEN = 32
@@ -82,7 +82,8 @@ def main(argv=None):
     for way, weights in ways.items():
         r = kq.fit(model, {"x": x_train, "label": y_train}, backend=args.backend,
                    steps=args.steps, batch_size=b, seed=args.seed, init_scale=0.05,
-                   learning_rate=schedules.linear(0.01, 1e-3, args.steps), **weights)
+                   learning_rate=schedules.linear(0.01, 1e-3, args.steps), **weights,
+                   **step_rule(args))
         results[way] = r
         probs = softmax(r.evaluate(logits, {"x": x_test}, num_samples=50, seed=1)).mean(0)
         nll = -np.mean(np.log(probs[np.arange(len(y_test)), y_test] + 1e-12))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 import klqp as kq
-from klqp.cli import example_parser
+from klqp.cli import example_parser, step_rule
 from klqp import schedules
 
 
@@ -75,7 +75,7 @@ def main(argv=None):
     y = 2.0 + rng.normal(size=n) + 0.5 * rng.normal(size=n)
     model = build_model()
     common = dict(backend=args.backend, steps=args.steps, seed=args.seed,
-                  learning_rate=schedules.linear(0.05, 1e-3, args.steps))
+                  learning_rate=schedules.linear(0.05, 1e-3, args.steps), **step_rule(args))
     results = {
         "in-graph": kq.fit(model, {"y": y}, batch_size=b, **common),
         "streamed": kq.fit(model, shuffled_batches(y, b, args.seed), total_size=n, batch_size=b,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 import klqp as kq
-from klqp.cli import example_parser
+from klqp.cli import example_parser, step_rule
 from klqp import schedules
 
 W_TRUE = np.array([1.0, -2.0, 0.5, 0.0])
@@ -56,7 +56,8 @@ def main(argv=None):
         grad_norms[scaled] = np.sqrt(sum(np.sum(g**2) for q in grad.values() for g in q.values()))
         results[scaled] = kq.fit(model, data, backend=args.backend, steps=args.steps,
                                  batch_size=b, scale_cost_to_minibatch=scaled, seed=args.seed,
-                                 learning_rate=schedules.linear(0.02, 5e-4, args.steps))
+                                 learning_rate=schedules.linear(0.02, 5e-4, args.steps),
+                                 **step_rule(args))
 
     print(f"gradient norm at the same point, same minibatch and noise: "
           f"on {grad_norms[True]:.4g}, off {grad_norms[False]:.4g}, "

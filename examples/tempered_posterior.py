@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 import klqp as kq
-from klqp.cli import example_parser
+from klqp.cli import example_parser, step_rule
 from klqp import schedules
 
 PRIOR_SD, NOISE_SD = 2.0, 1.5
@@ -48,7 +48,7 @@ def main(argv=None):
     for beta, T in SETTINGS:
         r = kq.fit(model, {"y": y}, backend=args.backend, steps=args.steps, batch_size=100,
                    beta=beta, likelihood_weight=T, scale_cost_to_minibatch=True, seed=args.seed,
-                   learning_rate=schedules.linear(0.02, 1e-4, args.steps))
+                   learning_rate=schedules.linear(0.02, 1e-4, args.steps), **step_rule(args))
         mean, sd = exact(y, T / beta)
         rows.append((beta, T, float(r.mean("mu")), mean, float(r.std("mu")), sd))
         print(f"{beta:6.2f} {T:6.2f} {T / beta:7.3f} | {rows[-1][2]:8.4f} {mean:8.4f} | "

@@ -25,7 +25,7 @@ from scipy.special import expit
 from sklearn.datasets import load_digits
 
 import klqp as kq
-from klqp.cli import example_parser
+from klqp.cli import example_parser, step_rule
 from klqp import schedules
 
 LATENT, HIDDEN, PIXELS = 4, 64, 64
@@ -90,7 +90,8 @@ def main(argv=None):
         data = {"image": binary if likelihood == "bernoulli" else pixels}
         r = kq.fit(build_model(likelihood), data, backend=args.backend, steps=steps,
                    batch_size=args.batch_size, scale_cost_to_minibatch=True, seed=args.seed,
-                   learning_rate=schedules.linear(3e-3, 3e-4, steps), **weights)
+                   learning_rate=schedules.linear(3e-3, 3e-4, steps), **weights,
+                   **step_rule(args))
         results[label] = r
         last = slice(-max(1, steps // 20), None)
         recon = -r.history["loglik"][last].mean() / n

@@ -26,6 +26,8 @@ def compile(model, data, *, backend: str = "numpyro", batch_size=None, total_siz
     deterministic for given rows: ``local_step(params, indices=)`` (the batch rows' q
     after one local step, ``local_step`` as in ``kq.fit``), ``local_expectations(...)``
     (each row's E[l], E[l'], E[l''] that step uses) and ``global_curvature(...)``.
+    With ``local_step=kq.RowAdam(stl=True)``, ``grad`` is the sticking-the-landing
+    gradient that rule trains the free locals with (the loss is the same).
     """
     impl = backends.get(backend)
     problem = make_problem(model, data, batch_size=batch_size, total_size=total_size, beta=beta,

@@ -22,9 +22,10 @@ from .explain import explain
 
 
 def example_parser(doc: str, *, steps: int, batch_size: Optional[int] = None,
-                   rows: Optional[int] = None) -> argparse.ArgumentParser:
-    """The flags every example takes: --backend, --steps, --seed, and --batch-size /
-    --rows where the example has them."""
+                   rows: Optional[int] = None, noise: Optional[float] = None
+                   ) -> argparse.ArgumentParser:
+    """The flags every example takes: --backend, --steps, --seed, --local-step,
+    --global-step, and --batch-size / --rows / --noise where the example has them."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--backend", default="numpyro", choices=backends.available())
     parser.add_argument("--steps", type=int, default=steps)
@@ -33,7 +34,22 @@ def example_parser(doc: str, *, steps: int, batch_size: Optional[int] = None,
         parser.add_argument("--batch-size", type=int, default=batch_size)
     if rows is not None:
         parser.add_argument("--rows", type=int, default=rows, help="data rows to make (N)")
+    if noise is not None:
+        parser.add_argument("--noise", type=float, default=noise,
+                            help="sd of the observation noise the data are made with")
+    parser.add_argument("--local-step", choices=("auto", "none"), default="auto",
+                        help="kq.fit's local_step: 'auto' (the local step) or 'none' (row-wise "
+                             "Adam steps, klqp 0.1's rule)")
+    parser.add_argument("--global-step", choices=("auto", "none"), default="auto",
+                        help="kq.fit's global_step: 'auto' (natural-gradient steps, averaging) or "
+                             "'none' (Adam on every global)")
     return parser
+
+
+def step_rule(args) -> dict:
+    """``local_step=`` and ``global_step=`` for kq.fit from an example's flags."""
+    return {"local_step": None if args.local_step == "none" else "auto",
+            "global_step": None if args.global_step == "none" else "auto"}
 
 
 def _load(path: str):

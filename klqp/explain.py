@@ -8,6 +8,7 @@ from .model import Model
 from .objective import Shared, coefficients, cost_scale
 from .problem import batches_per_epoch
 from .objective import resolve_weights
+from .steps import describe, resolve_global_step, resolve_local_step
 
 __all__ = ["explain", "Explanation"]
 
@@ -40,8 +41,9 @@ def _describe(w) -> str:
 
 def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_global=None,
             beta_local=None, likelihood_weight=1.0, scale_cost_to_minibatch: bool = False,
-            step: int = 0) -> Explanation:
-    """State the loss klqp minimizes for ``model``, with numbers.
+            step: int = 0, local_step="auto", global_step="auto") -> Explanation:
+    """State the loss klqp minimizes for ``model``, with numbers, and how kq.fit moves q
+    toward its optimum with these ``local_step`` / ``global_step`` settings (kq.fit's).
 
     Weights given as schedules are shown at ``step``.
 
@@ -98,5 +100,7 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
     ]
     if values["beta_global"] != values["beta_local"] and model.globals and model.locals:
         lines.append("  beta_global != beta_local: the global and the local KL are weighted apart.")
+    lines.append("")
+    lines += describe(model, resolve_local_step(local_step, model), resolve_global_step(global_step))
     return Explanation(coefficients=coef, weights=values, total_size=n, batch_size=b,
                        cost_scale=s, text="\n".join(lines))

@@ -65,7 +65,8 @@ import numpy as np
 
 from . import schedules as _schedules
 
-__all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_global_step", "quadrature",
+__all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_global_step",
+           "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
            "curvature_average", "natural_gradient_loc", "curvature_scale", "running_average",
            "AVERAGE_POWER", "MIN_CURVATURE"]
@@ -247,6 +248,64 @@ def resolve_global_step(value) -> Optional[GlobalStep]:
         raise TypeError(f"global_step={value!r}: give 'auto' (the default), None (plain Adam) "
                         "or kq.GlobalStep(curvature=..., step_size=..., average=...)")
     return value
+
+
+def describe(model, local_step, global_step) -> list[str]:
+    """How a fit moves q for ``model`` under these (resolved) settings, for kq.explain."""
+    lines = ["  How q is fitted (kq.fit's local_step= and global_step=):"]
+    free = [v.name for v in model.free_locals]
+    amortized = [v.name for v in model.locals if v.amortized]
+    if isinstance(local_step, LocalStep):
+        k = sum(int(np.prod(v.shape, dtype=int)) for v in model.free_locals)
+        rule = (f"{local_step.points}-point Gauss-Hermite quadrature" if k == 1 else
+                f"the {2 * k}-point cubature rule (degree 3)")
+        lines += [f"    local {', '.join(free)}: a local step before each global step: "
+                  f"{local_step.iterations} guarded Newton iteration(s) on the batch's rows,",
+                  f"      E over each row's q ({k} number(s)) by {rule}; "
+                  + (f"a final pass of {local_step.final_pass} over all rows at the reported "
+                     "globals" if local_step.final_pass else "no final pass")]
+    elif isinstance(local_step, RowAdam):
+        lines.append(f"    local {', '.join(free)}: {local_step.describe()} (no local step)")
+    else:
+        lines.append("    no free local latent: no local step")
+    if amortized:
+        lines.append(f"    amortized {', '.join(amortized)}: q from the encoder, whose weights "
+                     "take Adam steps")
+    globals_ = [v.name for v in model.globals]
+    size = sum(int(np.prod(v.shape, dtype=int)) for v in model.globals)
+    if not globals_:
+        lines.append("    no global latent")
+    elif global_step is None:
+        lines.append(f"    global {', '.join(globals_)}: Adam steps of learning_rate, one draw")
+    else:
+        if global_step.uses_curvature(size):
+            lines.append(f"    global {', '.join(globals_)} ({size} numbers): natural-gradient "
+                         f"steps (step size {_schedule_text(global_step.step_size)}), q's scales "
+                         "from the running curvature")
+        else:
+            why = "curvature=False" if not global_step.curvature else \
+                f"{size} numbers > max_dim={global_step.max_dim}"
+            lines.append(f"    global {', '.join(globals_)} ({size} numbers): Adam steps of "
+                         f"learning_rate ({why})")
+        extra = [x for x, on in (("an antithetic pair of global draws", global_step.antithetic),
+                                 ("the locals by the local step's quadrature",
+                                  isinstance(local_step, LocalStep))) if on]
+        if extra:
+            lines.append(f"      gradient: {' and '.join(extra)}")
+        if global_step.average:
+            lines.append("      reported q: the average of the iterates, recent steps weighted "
+                         "most (polynomial decay, eta = 3)")
+    if model.params:
+        lines.append(f"    point parameters ({len(model.params)}): Adam steps of learning_rate")
+    return lines
+
+
+def _schedule_text(schedule) -> str:
+    if isinstance(schedule, _schedules.RobbinsMonro):
+        return (f"{schedule.start:g} / (1 + t/{schedule.delay:g})^{schedule.power:g}")
+    if isinstance(schedule, _schedules.Constant):
+        return f"{schedule.value:g}"
+    return repr(schedule)
 
 
 # -- quadrature over a row's locals ----------------------------------------------------------

@@ -7,7 +7,22 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["epoch_order", "batch_rows", "epochs", "run_callbacks", "checked_batches"]
+__all__ = ["epoch_order", "batch_rows", "epochs", "run_callbacks", "checked_batches",
+           "chunk_length"]
+
+
+def chunk_length(steps: int, chunk_size=None, longest: int = 500) -> int:
+    """Steps per chunk (callbacks, progress and Ctrl-C come between chunks; NumPyro
+    compiles one chunk as one program): ``chunk_size``, or the run cut into equal chunks
+    of at most ``longest`` steps, so the last chunk wastes no padded steps.
+
+    >>> chunk_length(750), chunk_length(1200), chunk_length(100), chunk_length(750, 50)
+    (375, 400, 100, 50)
+    """
+    if chunk_size:
+        return int(chunk_size)
+    parts = max(1, -(-steps // longest))
+    return max(1, -(-steps // parts))
 
 
 def epoch_order(seed: int, epoch: int, total_size: int) -> np.ndarray:

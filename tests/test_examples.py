@@ -22,16 +22,22 @@ def load(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hierarchical_example_reaches_the_mean_field_optimum(backend, capsys):
+    """What the README's flagship prints: q within one optimum sd of the exact mean-field
+    optimum, with q sds that match (here 4,000 rows, 10 epochs)."""
     ex = load("hierarchical")
-    args = ["--backend", backend, "--rows", "4000", "--steps", "3000", "--batch-size", "400"]
+    args = ["--backend", backend, "--rows", "4000", "--steps", "100", "--batch-size", "400"]
     result = ex.main(args)
     out = capsys.readouterr().out
-    assert "klqp objective for model 'hierarchical'" in out and "mean-field optimum" in out
+    assert "klqp objective for model 'hierarchical'" in out and "exact mean-field optimum" in out
+    assert "a local step before each global step" in out
     data, _ = ex.make_data(4000, 0)
-    theta, sigma, z_mean, z_sd = ex.mean_field_optimum(data)
-    assert abs(result.mean("theta") - theta) < 0.05
-    assert abs(result.mean("sigma") - sigma) < 0.08
-    assert np.sqrt(np.mean((result.mean("z") - z_mean) ** 2)) < 0.25 * z_sd
+    opt = ex.mean_field_optimum(data)
+    for name, key in (("theta", "theta"), ("sigma", "log_sigma")):
+        mean, sd = opt[key]
+        assert abs(float(result.params[name]["loc"]) - mean) <= sd, name
+        assert 0.8 <= float(result.params[name]["scale"]) / sd <= 1.25, name
+    z_mean, z_sd = opt["z"]
+    assert np.sqrt(np.mean((result.mean("z") - z_mean) ** 2)) < 0.03 * z_sd
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from klqp import objective
+from klqp.steps import RowAdam
 from klqp.problem import FitConfig, Problem, init_params
 
 from .lowering import build_guide, build_model, build_terms
@@ -38,6 +39,8 @@ class NumPyroObjective:
         self._eval = jax.jit(self._evaluate)
         self._grad = jax.jit(jax.grad(lambda *a: self._evaluate(*a)["loss"]))
         self.stepper = Stepper(problem, local_step, None)
+        # kq.RowAdam(stl=True): the gradient that rule trains free locals with
+        self.stl = isinstance(local_step, RowAdam) and local_step.stl
         self._local = jax.jit(self._local_step)
         self._expect = jax.jit(self._expectations)
         self._curv = jax.jit(self._curvature)
@@ -61,7 +64,7 @@ class NumPyroObjective:
         batch = {k: jnp.take(v, indices, axis=0) for k, v in self._data.items()}
         params = {k: (jax.tree.map(lambda a: a[indices], p) if k in self._locals else p)
                   for k, p in params.items()}
-        t = self.terms_fn(params, batch, noise)
+        t = self.terms_fn(params, batch, noise, stl=self.stl)
         s = objective.cost_scale(self.problem.total_size, indices.shape[0],
                                  self.problem.scale_cost_to_minibatch)
         return {"loss": objective.loss(t, cost_scale=s, **weights), "elbo": objective.elbo(t),

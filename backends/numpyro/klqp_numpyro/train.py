@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from klqp import objective
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import checked_batches, epoch_order, run_callbacks
+from klqp.training import checked_batches, chunk_length, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from klqp import steps as rule
@@ -358,7 +358,7 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> 
 def _run_in_memory(run: _Run, key, end: int, bar) -> None:
     problem, config, trainer = run.problem, run.config, run.trainer
     data = trainer.device_data()
-    chunk = config.chunk_size or max(1, min(config.steps, 500))
+    chunk = chunk_length(config.steps, config.chunk_size)
     while run.step < end:
         n_active = min(chunk, end - run.step)
         (variables, opt_state), rec = trainer._chunk(

@@ -113,7 +113,8 @@ class PyMCObjective:
                     local_rho={v.name: rho[v.name][indices] for v in spec.free_locals},
                     point=point)
         batch = Batch(indices, columns, b)
-        lowered = lower(self.problem, batch, q, noise, step)
+        stl = isinstance(self.local_rule, steps_rule.RowAdam) and self.local_rule.stl
+        lowered = lower(self.problem, batch, q, noise, step, stl=stl)
         loss = lowered.loss()
         records = lowered.records(loss)
         order = [(k, p) for k, ps in wrt.items() for p in ps]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from klqp import schedules
 from klqp import steps as steps_rule
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import checked_batches, epoch_order, run_callbacks
+from klqp.training import checked_batches, chunk_length, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import (Batch, QParams, as_column, as_float, float_dtype, inv_softplus,
@@ -711,7 +711,7 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
     data = problem.data
     if run.step < end:  # steps=0 compiles nothing
         trainer = run.use_trainer(Layout.of(b, data, masked=False))
-    chunk = config.chunk_size or max(1, min(config.steps, 500))
+    chunk = chunk_length(config.steps, config.chunk_size)
     perm_epoch, perm = None, None
     while run.step < end:
         chunk_end = min(run.step + chunk, end)
