@@ -199,3 +199,64 @@ def hierarchical_case(rows: int, batch: int) -> Case:
         numpyro_program=lambda: hierarchical_numpyro(data, batch),
         pymc_unavailable=PYMC_NO_LOCALS,
         sizes={"rows": rows, "batch": batch})
+
+
+# -- (c) Poisson counts with a log-normal per-row effect: a non-conjugate local ------------
+
+def poisson_data(rows: int, seed: int = 0) -> dict:
+    """x_i = (1, N(0, 1), N(0, 1)): an intercept column and two inputs; u_i ~ N(0, 0.6);
+    k_i ~ Poisson(exp(x_i . (0.5, 0.3, -0.4) + u_i))."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([np.ones(rows), rng.normal(size=(rows, 2))])
+    u = 0.6 * rng.normal(size=rows)
+    return {"x": x, "k": rng.poisson(np.exp(x @ np.array([0.5, 0.3, -0.4]) + u))}
+
+
+def poisson_klqp() -> kq.Model:
+    """w ~ N(0, 1)^3 (intercept included), tau ~ HalfNormal(1), u_i ~ N(0, tau),
+    k_i ~ Poisson(exp(x_i . w + u_i))."""
+    with kq.Model("poisson_lognormal") as model:
+        x = kq.Data("x", shape=(3,))
+        w = kq.Global("w", kq.Normal(0.0, 1.0), shape=(3,))
+        tau = kq.Global("tau", kq.HalfNormal(1.0))
+        u = kq.Local("u", kq.Normal(0.0, tau))
+        kq.Observed("k", kq.Poisson(kq.exp(x @ w + u)))
+    return model
+
+
+def poisson_numpyro(data: dict, batch: int, seed: int = 0) -> tuple:
+    """The Poisson model by hand: w, tau global; u_i local with N-row q params."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+    from numpyro.distributions.transforms import ExpTransform
+
+    x, k = jnp.asarray(data["x"]), jnp.asarray(data["k"])
+    rows = x.shape[0]
+    init = _initial_locs(seed, {"w": (3,), "tau": (), "u": (rows,)})
+
+    def model(x, k, idx=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        tau = numpyro.sample("tau", dist.HalfNormal(1.0))
+        with numpyro.plate("rows", rows, subsample_size=batch) as drawn:
+            idx = drawn if idx is None else idx
+            u = numpyro.sample("u", dist.Normal(0.0, tau))
+            numpyro.sample("k", dist.Poisson(jnp.exp(x[idx] @ w + u)), obs=k[idx])
+
+    def guide(x, k, idx=None):
+        positive = constraints.softplus_positive
+        w_loc = numpyro.param("w_loc", jnp.asarray(init["w"]))
+        w_scale = numpyro.param("w_scale", jnp.full(3, INIT_SCALE), constraint=positive)
+        numpyro.sample("w", dist.Normal(w_loc, w_scale).to_event(1))
+        t_loc = numpyro.param("tau_loc", jnp.asarray(init["tau"]))
+        t_scale = numpyro.param("tau_scale", jnp.asarray(INIT_SCALE), constraint=positive)
+        numpyro.sample("tau", dist.TransformedDistribution(dist.Normal(t_loc, t_scale),
+                                                           ExpTransform()))
+        u_loc = numpyro.param("u_loc", jnp.asarray(init["u"]))
+        u_scale = numpyro.param("u_scale", jnp.full(rows, INIT_SCALE), constraint=positive)
+        with numpyro.plate("rows", rows, subsample_size=batch) as drawn:
+            idx = drawn if idx is None else idx
+            numpyro.sample("u", dist.Normal(u_loc[idx], u_scale[idx]))
+
+    return model, guide, (x, k)

@@ -35,9 +35,10 @@ One step on a minibatch B of b rows:
    enough (``max_dim``), the diagonal curvature c = -diag d^2 J / d theta^2 of the
    weighted full-data log joint J (estimated from the batch, x N/b) is averaged over
    steps (``curvature_decay``); each global number with c > 0 then takes a
-   natural-gradient step m <- m + rho_t * dJ/dm / c and gets the scale the objective's
-   optimum has at that curvature, s = sqrt(beta_global / c). Other numbers, and every
-   kq.Param, take Adam steps of ``learning_rate``.
+   natural-gradient step m <- m + rho_t * dJ/dm / c and moves its scale toward the one
+   the objective's optimum has at that curvature, s = sqrt(beta_global / c) (both
+   changes clipped to ``max_change``). Other numbers, and every kq.Param, take Adam
+   steps of ``learning_rate``.
 
 3. **What a fit reports**: the global q averaged over the iterates with weights that
    favour recent steps (polynomial-decay averaging, Shamir & Zhang 2013, eta = 3), and
@@ -183,6 +184,8 @@ class GlobalStep:
     curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1).
     antithetic: average the global gradient over the pair theta = m +- s * eps.
     average: report the polynomial-decay average of the global iterates.
+    max_change: a natural-gradient step moves a location, and the log of a scale, by at
+        most this much (unconstrained units).
 
     >>> GlobalStep(curvature=False).curvature
     False
@@ -194,9 +197,13 @@ class GlobalStep:
     curvature_decay: float = 0.1
     antithetic: bool = True
     average: bool = True
+    max_change: float = 1.0
 
     def __post_init__(self):
         owner = "kq.GlobalStep"
+        object.__setattr__(self, "max_change", _positive(
+            owner, "max_change", self.max_change, "it bounds a natural-gradient step in "
+            "unconstrained units, e.g. max_change=1.0"))
         for name in ("curvature", "antithetic", "average"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{owner}: {name}={getattr(self, name)!r} must be True or False")
@@ -418,22 +425,26 @@ def curvature_average(xp, previous, sample, decay, first):
     return xp.where(first, sample, (1.0 - decay) * previous + decay * sample)
 
 
-def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback):
+def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback, max_change):
     """loc + step_size * ascent / curvature where the curvature is positive, else
     ``fallback`` (Adam's step). ``ascent`` = dJ/dloc, J the weighted log joint (minus
-    the loss's gradient over the cost scale)."""
+    the loss's gradient over the cost scale). The change is clipped to ``max_change``:
+    far from the optimum a curvature can be tiny (a Poisson rate underestimated by the
+    current q) and its Newton step would overshoot."""
     usable = curvature > 0
     step = step_size * ascent / xp.maximum(curvature, MIN_CURVATURE)
-    return xp.where(usable, loc + step, fallback)
+    return xp.where(usable, loc + xp.clip(step, -max_change, max_change), fallback)
 
 
-def curvature_scale(xp, curvature, beta_global, fallback):
+def curvature_scale(xp, curvature, beta_global, scale, fallback, max_change):
     """q's scale at the optimum for this curvature, sqrt(beta_global / c), where c > 0,
-    else ``fallback``. beta_global = 0 (no global KL: a point estimate) gives a scale
-    of ~1e-6 / sqrt(c) rather than 0, so log q stays finite."""
+    else ``fallback``; the log of the current ``scale`` moves by at most ``max_change``.
+    beta_global = 0 (no global KL: a point estimate) gives a scale of ~1e-6 / sqrt(c)
+    rather than 0, so log q stays finite."""
     usable = curvature > 0
-    scale = xp.sqrt(xp.maximum(beta_global, 1e-12) / xp.maximum(curvature, MIN_CURVATURE))
-    return xp.where(usable, scale, fallback)
+    target = xp.sqrt(xp.maximum(beta_global, 1e-12) / xp.maximum(curvature, MIN_CURVATURE))
+    change = xp.clip(xp.log(target) - xp.log(scale), -max_change, max_change)
+    return xp.where(usable, scale * xp.exp(change), fallback)
 
 
 def running_average(xp, average, value, step):

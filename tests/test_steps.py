@@ -86,11 +86,13 @@ def test_zero_local_kl_weight_shrinks_the_scale_without_nan():
 def test_global_rule_pieces():
     c = steps.curvature_average(np, np.array([4.0, 1.0]), np.array([np.inf, 3.0]), 0.5, False)
     np.testing.assert_allclose(c, [4.0, 2.0])  # a non-finite batch leaves it unchanged
-    loc = steps.natural_gradient_loc(np, np.array([0.0, 0.0]), np.array([2.0, 2.0]),
-                                     np.array([4.0, -1.0]), 0.5, np.array([9.0, 9.0]))
-    np.testing.assert_allclose(loc, [0.25, 9.0])  # curvature <= 0: Adam's value
-    scale = steps.curvature_scale(np, np.array([4.0, 0.0]), 1.0, np.array([7.0, 7.0]))
-    np.testing.assert_allclose(scale, [0.5, 7.0])
+    loc = steps.natural_gradient_loc(np, np.array([0.0, 0.0, 0.0]), np.array([2.0, 2.0, 1e6]),
+                                     np.array([4.0, -1.0, 1.0]), 0.5, np.array([9.0, 9.0, 9.0]),
+                                     1.0)
+    np.testing.assert_allclose(loc, [0.25, 9.0, 1.0])  # curvature <= 0: Adam's; clipped
+    scale = steps.curvature_scale(np, np.array([4.0, 0.0, 1e-8]), 1.0, np.array([0.4, 0.4, 0.4]),
+                                  np.array([7.0, 7.0, 7.0]), 1.0)
+    np.testing.assert_allclose(scale, [0.5, 7.0, 0.4 * np.e])  # log scale moves <= 1
 
 
 def test_local_and_global_step_settings_are_checked_before_compiling():

@@ -166,9 +166,11 @@ class Trainer:
                 c = rule.curvature_average(jnp, global_state["curvature"][k], sample[k],
                                            gs.curvature_decay, step == 0)
                 loc = rule.natural_gradient_loc(jnp, dense[k]["loc"], -g_dense[k]["loc"] / s, c,
-                                                rho, adam_dense[k]["loc"])
+                                                rho, adam_dense[k]["loc"], gs.max_change)
                 scale = rule.curvature_scale(jnp, c, w["beta_global"],
-                                             jax.nn.softplus(adam_dense[k]["raw_scale"]))
+                                             jax.nn.softplus(dense[k]["raw_scale"]),
+                                             jax.nn.softplus(adam_dense[k]["raw_scale"]),
+                                             gs.max_change)
                 out["curvature"][k] = c
                 out["dense"][k] = new_globals[k] = {"loc": loc, "raw_scale": softplus_inverse(scale)}
         if st.average:

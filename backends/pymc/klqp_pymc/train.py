@@ -452,9 +452,10 @@ class Trainer:
         rho_t = pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), float_dtype())
         ascent = -grad_mu / self.lowered.cost_scale
         floatx = float_dtype()
-        updates[mu] = pt.cast(steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu]),
-                              floatx)
-        scale = steps_rule.curvature_scale(pt, c, weights["beta_global"], pt.softplus(updates[rho]))
+        updates[mu] = pt.cast(steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu],
+                                                             gs.max_change), floatx)
+        scale = steps_rule.curvature_scale(pt, c, weights["beta_global"], pt.softplus(rho),
+                                           pt.softplus(updates[rho]), gs.max_change)
         updates[rho] = pt.cast(inv_softplus_pt(scale), floatx)
         updates[self.curvature] = pt.cast(c, floatx)
 
