@@ -90,3 +90,30 @@ def test_machine_and_precision_are_reported(report):
     assert machine["jax_enable_x64"] is True and machine["pytensor_floatX"] == "float64"
     assert machine["cpu_count"] >= 1 and machine["jax_devices"]
     assert all(machine["versions"][p] != "not installed" for p in ("pymc", "pytensor", "numpyro", "jax"))
+
+
+def test_convergence_benchmark_reports_every_method(tmp_path):
+    """``bench/convergence.py --quick``: a trace of finite errors for every method of the
+    flagship, and the normal-mean table for both backends and both rules."""
+    path = tmp_path / "convergence.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "convergence.py"), "--quick",
+                           "--cases", "flagship_1,normal_mean", "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "Summary: epochs and seconds until the target holds" in proc.stdout
+    report = json.loads(path.read_text())
+    traces = report["cases"]["flagship_1"]["traces"]
+    assert {"klqp-numpyro", "klqp-pymc", "numpyro-hand (dense Adam 1e-2)"} <= set(traces)
+    for label, runs in traces.items():
+        for run in runs:
+            assert run and all(math.isfinite(err["score"]) for _, _, err in run), label
+    rows = report["normal_mean"]["rows"]
+    assert {(r["backend"], r["rule"]) for r in rows} == {
+        (b, rule) for b in ("numpyro", "pymc") for rule in ("defaults", "klqp 0.1 rule")}
+
+
+def test_semi_amortized_benchmark_runs():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "semi_amortized.py"), "--quick"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "amortized (kq.fit's)" in proc.stdout and "semi-amortized" in proc.stdout
