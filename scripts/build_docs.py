@@ -21,7 +21,7 @@ OUT = ROOT / "docs" / "generated"
 
 # example -> (full-run flags, quick-run flags); {out} is the generated folder
 EXAMPLES = {
-    "hierarchical": ([], ["--rows", "20000", "--steps", "4000"]),
+    "hierarchical": ([], ["--rows", "20000", "--steps", "150"]),  # 15 epochs either way
     "minibatch_logistic": ([], ["--rows", "4000", "--steps", "1500"]),
     "global_vs_local": ([], ["--rows", "1000", "--steps", "3000"]),
     "bayes_by_backprop": (["--plot", "{out}/bayes_by_backprop.png"],
