@@ -122,8 +122,10 @@ def poisson_case(rows: int, batch: int, seed: int = 0) -> Case:
 
 # -- the methods -------------------------------------------------------------------------------
 
-def run_klqp(case: Case, backend: str, epochs: int, seed: int, **fit_kwargs) -> list:
-    """kq.fit with a callback after every epoch: (epoch, seconds, error)."""
+def run_klqp(case: Case, backend: str, epochs: int, seed: int, budget: float = float("inf"),
+             **fit_kwargs) -> list:
+    """kq.fit with a callback after every epoch: (epoch, seconds, error). The fit stops
+    after ``epochs`` epochs, or at the first epoch past ``budget`` seconds."""
     per_epoch = case.rows // case.batch
     trace, evaluating = [], [0.0]
     start = time.perf_counter()
@@ -132,6 +134,8 @@ def run_klqp(case: Case, backend: str, epochs: int, seed: int, **fit_kwargs) -> 
         t0 = time.perf_counter()
         trace.append((step / per_epoch, t0 - start - evaluating[0], case.error(result.params)))
         evaluating[0] += time.perf_counter() - t0
+        if trace[-1][1] > budget:
+            raise StopIteration
 
     kq.fit(case.model(), case.data, backend=backend, steps=epochs * per_epoch,
            batch_size=case.batch, seed=seed, chunk_size=per_epoch, progress=False,
@@ -214,13 +218,13 @@ def run_case(case: Case, args) -> dict:
             if kind == "hand":
                 trace = run_numpyro_hand(case, args.max_epochs, args.budget, seed)
             else:
-                epochs = args.epochs if kind == "klqp" else args.max_epochs
                 opts = dict(options)
                 backend = opts.pop("backend")
-                if kind == "klqp-long":
-                    # as long as the hand-written program: until the budget, in one fit
-                    epochs = _epochs_within(case, backend, opts, args.budget, args.max_epochs)
-                trace = run_klqp(case, backend, epochs, seed, **opts)
+                if kind == "klqp":
+                    trace = run_klqp(case, backend, args.epochs, seed, **opts)
+                else:  # as long as the hand-written program: until the budget, in one fit
+                    trace = run_klqp(case, backend, args.max_epochs, seed, budget=args.budget,
+                                     **opts)
             runs.append(trace)
             hit = reached(trace)
             last = trace[-1]
@@ -232,17 +236,6 @@ def run_case(case: Case, args) -> dict:
                   + ")", flush=True)
         rows[label] = [[(float(e), float(s), err) for e, s, err in t] for t in runs]
     return {"title": case.title, "target": case.target, "info": case.info, "traces": rows}
-
-
-def _epochs_within(case: Case, backend: str, opts: dict, budget: float, max_epochs: int) -> int:
-    """How many epochs a klqp run of this rule takes in ``budget`` seconds, from a short
-    timed fit (so the long runs fit in one kq.fit call)."""
-    per_epoch = case.rows // case.batch
-    start = time.perf_counter()
-    kq.fit(case.model(), case.data, backend=backend, steps=2 * per_epoch, batch_size=case.batch,
-           seed=0, chunk_size=per_epoch, progress=False, **opts)
-    per = (time.perf_counter() - start) / 2  # compile included: an under-estimate of epochs
-    return int(max(2, min(max_epochs, budget / per)))
 
 
 def normal_mean_table(args) -> dict:
