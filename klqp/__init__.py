@@ -8,12 +8,14 @@
 10.0
 """
 
-from . import backends, nn, schedules, steps
+from . import backends, checkpoint, guard, nn, schedules, steps
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, ContinuousBernoulli,
                             Distribution, Exponential, Gamma, HalfNormal, LogNormal, Normal,
                             Poisson, StudentT)
 from .explain import Explanation, explain
+from .checkpoint import CheckpointError, load_result
+from .guard import NonFiniteError
 from .expr import concat, exp, log, mean, relu, sigmoid, softplus, sum, tanh
 from .model import ROW_INDEX, Data, Global, Local, Model, ModelError, Observed, Param, column
 from .objective import Shared, Terms
@@ -29,5 +31,6 @@ __all__ = [
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "Distribution",
     "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean", "concat", "nn",
     "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
-    "Problem", "FitResult", "LocalStep", "GlobalStep", "RowAdam",
+    "Problem", "FitResult", "LocalStep", "GlobalStep", "RowAdam", "NonFiniteError",
+    "CheckpointError", "load_result",
 ]

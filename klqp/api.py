@@ -6,9 +6,10 @@ import math
 import os
 from typing import Callable, Iterable, Optional
 
-from . import backends, schedules
+from . import backends, checkpoint as _checkpoint, guard, schedules
 from .problem import FitConfig, make_problem
 from .steps import resolve_global_step, resolve_local_step
+from .training import chunk_length
 
 __all__ = ["compile", "fit"]
 
@@ -43,7 +44,9 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
         scale_cost_to_minibatch: bool = False, learning_rate=1e-2, seed: int = 0,
         progress: Optional[bool] = None, callbacks: Iterable[Callable] = (),
         chunk_size: Optional[int] = None, resume=None, init_scale: float = 0.1,
-        local_step="auto", global_step="auto", backend_options: Optional[dict] = None):
+        local_step="auto", global_step="auto", max_nonfinite: int = guard.DEFAULT_MAX_NONFINITE,
+        checkpoint=None, checkpoint_every: Optional[int] = None,
+        backend_options: Optional[dict] = None):
     """Fit q by minimizing the klqp objective (see ``kq.explain``).
 
     data: a dict of arrays holding all N rows (klqp draws each minibatch on device,
@@ -70,10 +73,21 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     callbacks: functions ``callback(step, result)`` run between compiled chunks of
     steps; they may change a ``kq.Shared`` or raise ``StopIteration`` to stop early.
     progress: a progress bar (default: on in a terminal, off when ``CI`` is set).
-    resume: a previous FitResult of the same model; training continues from its step,
-    parameters and optimizer state, with the same random stream as an unbroken run.
+    resume: a previous FitResult of the same model: ``steps`` MORE steps from its step,
+    parameters and optimizer state, with the same random stream as an unbroken run. Or
+    the path of a checkpoint file (see ``checkpoint``): the run continues to ``steps``
+    steps IN ALL, so rerunning the command that was killed finishes its job, bit for bit
+    as an unbroken run on the same backend and machine; the file must come from this
+    model, data, backend, seed and step rule (``klqp.checkpoint``).
+    checkpoint, checkpoint_every: write the fit's state to the file ``checkpoint`` (plain
+    npz + JSON, atomically) every ``checkpoint_every`` steps (default: every 1000), at
+    the end, on Ctrl-C and on a NonFiniteError; ``kq.load_result(path)`` reads it back.
     Ctrl-C stops after the current chunk and returns the state so far
     (``result.interrupted``).
+    max_nonfinite: a step whose loss, a term, a gradient or a new value is NaN or inf is
+    not applied (``history["skipped"]``, ``info["skipped_steps"]``, one warning at the
+    end); after this many such steps in a row the fit raises ``kq.NonFiniteError``,
+    whose ``.result`` is the last good state (``klqp.guard``).
     """
     impl = backends.get(backend)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -89,12 +103,35 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     if not (isinstance(init_scale, (int, float)) and init_scale > 0):
         raise ValueError(f"init_scale={init_scale!r} must be a positive number")
+    max_nonfinite = guard.check_max_nonfinite(max_nonfinite)
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(
+            checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} must be a positive integer "
+                         "(steps between checkpoints)")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every= needs checkpoint='path/to/run.klqp' (where to write)")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint={checkpoint!r} must be a file path (str or os.PathLike)")
+    if checkpoint is not None and not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint))):
+        raise ValueError(f"checkpoint={os.fspath(checkpoint)!r}: its folder does not exist")
     problem = make_problem(model, data, batch_size=batch_size, total_size=total_size, beta=beta,
                            beta_global=beta_global, beta_local=beta_local,
                            likelihood_weight=likelihood_weight,
                            scale_cost_to_minibatch=scale_cost_to_minibatch)
     local = resolve_local_step(local_step, model)
     glob = resolve_global_step(global_step)
+    total_steps = steps  # the run's planned end, counted from step 0 of a checkpointed run
+    rule = FitConfig(local_step=local, global_step=glob).rule()
+    if isinstance(resume, (str, os.PathLike)):
+        saved = _checkpoint.read(resume)
+        if steps < saved.step:
+            raise ValueError(f"resume={os.fspath(resume)!r} is at step {saved.step}, past "
+                             f"steps={steps}: with a checkpoint file, steps is the run's total")
+        resume = _checkpoint.resumed_result(saved, problem, backend=backend, seed=int(seed),
+                                            rule=rule)
+        steps -= saved.step
+    elif resume is not None:
+        total_steps = resume.steps + steps
     if resume is not None:
         if resume.model is not model:
             raise ValueError("resume= must be a FitResult of the same kq.Model object")
@@ -104,11 +141,28 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
         progress = not os.environ.get("CI") and os.isatty(2)
     if not isinstance(learning_rate, schedules.Schedule):
         learning_rate = schedules.constant(learning_rate)
+    writer = None
+    if checkpoint is not None:
+        every = checkpoint_every or 1000
+        # Chunks follow the run's planned length, so a resumed run cuts the same chunks.
+        chunk_size = chunk_size or min(chunk_length(total_steps), every)
+        writer = _checkpoint.Writer(checkpoint, every, first_step=resume.steps if resume else 0,
+                                    seed=int(seed), steps_planned=total_steps,
+                                    learning_rate=learning_rate)
+        callbacks = (*callbacks, writer)
     config = FitConfig(steps=steps, learning_rate=learning_rate, seed=int(seed),
                        progress=bool(progress), callbacks=tuple(callbacks), chunk_size=chunk_size,
                        resume=resume, init_scale=float(init_scale), local_step=local,
-                       global_step=glob)
+                       global_step=glob, max_nonfinite=max_nonfinite)
     if resume is not None and resume.state.rule != config.rule():
         raise ValueError(f"resume= was fitted with {resume.state.rule}, this fit asks for "
                          f"{config.rule()}; resume with the same local_step= and global_step=")
-    return impl.fit(problem, config, **(backend_options or {}))
+    if writer is None:
+        return impl.fit(problem, config, **(backend_options or {}))
+    try:
+        result = impl.fit(problem, config, **(backend_options or {}))
+    except guard.NonFiniteError as err:
+        writer.write(err.result)
+        raise
+    writer.write(result)
+    return result

@@ -56,6 +56,7 @@ class FitConfig:
     init_scale: float = 0.1
     local_step: Any = None   # klqp.steps.LocalStep, RowAdam, or None (no free locals)
     global_step: Any = None  # klqp.steps.GlobalStep, or None (plain Adam)
+    max_nonfinite: int = 20  # non-finite steps in a row before a fit stops (klqp.guard)
 
     def rule(self) -> dict:
         """The step rule as plain data: a resumed fit must follow the same one."""

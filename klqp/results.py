@@ -13,7 +13,7 @@ from .problem import Problem
 __all__ = ["FitResult", "FitState", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local", "local_gain",
-                "beta_global", "beta_local", "likelihood_weight")
+                "beta_global", "beta_local", "likelihood_weight", "skipped")
 
 
 @dataclass
@@ -35,9 +35,11 @@ class FitResult:
     average of their iterates, and with a local step the locals come from a final pass
     at those globals. Training continues from ``state`` (the raw iterates).
     ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, local_gain,
-    beta_global, beta_local, likelihood_weight`` (figures in full-data nats; see
+    beta_global, beta_local, likelihood_weight, skipped`` (figures in full-data nats; see
     klqp.objective; ``local_gain``: how much the local step raised the weighted
-    objective of the batch's rows, (N/b) sum over the batch, 0 without a local step).
+    objective of the batch's rows, (N/b) sum over the batch, 0 without a local step;
+    ``skipped``: 1 where the step was not applied because something in it was NaN or
+    inf, see klqp.guard; ``info["skipped_steps"]`` counts them).
     ``interrupted``: True when Ctrl-C stopped the run; the state is the last completed step.
     """
 
@@ -247,9 +249,10 @@ class FitResult:
             m, s = self.mean(v.name), self.std(v.name)
             fmt = lambda a: np.array2string(np.ravel(a)[:max_rows], precision=3, separator=", ")
             lines.append(f"{v.name:<12} {v.role:<7} {fmt(m):>28} {fmt(s):>28}")
-        last = {k: float(np.mean(self.history[k][-100:])) for k in ("elbo", "loglik",
-                                                                     "kl_global", "kl_local")}
-        lines.append(f"last 100 steps, mean: elbo {last['elbo']:.2f}, loglik {last['loglik']:.2f}, "
+        good = np.asarray(self.history["skipped"]) == 0  # skipped steps' figures are NaN or inf
+        last = {k: float(np.mean(np.asarray(self.history[k])[good][-100:]))
+                for k in ("elbo", "loglik", "kl_global", "kl_local")}
+        lines.append(f"last 100 applied steps, mean: elbo {last['elbo']:.2f}, loglik {last['loglik']:.2f}, "
                      f"kl_global {last['kl_global']:.2f}, kl_local {last['kl_local']:.2f} (nats)")
         return "\n".join(lines)
 

@@ -64,7 +64,9 @@ def epochs(stream: Iterable) -> Iterator:
 
 def run_callbacks(callbacks, step: int, make_result: Callable) -> bool:
     """Run ``callback(step, result)`` for each callback; True when one raises StopIteration.
-    The result is built once, only when there are callbacks."""
+    A callback with a ``due(step)`` method runs only when it returns True (a checkpoint
+    writer). The result is built once, only when some callback runs."""
+    callbacks = [cb for cb in callbacks if not hasattr(cb, "due") or cb.due(step)]
     if not callbacks:
         return False
     current = make_result()

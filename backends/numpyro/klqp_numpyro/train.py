@@ -21,7 +21,7 @@ import optax
 from jax import lax
 from tqdm.auto import tqdm
 
-from klqp import objective
+from klqp import guard, objective
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import checked_batches, chunk_length, epoch_order, run_callbacks
@@ -68,6 +68,8 @@ class Trainer:
         self.rows_rule = config.local_step
         self.global_rule = config.global_step
         self.stepper = Stepper(problem, config.local_step, config.global_step)
+        self.checked_names = guard.checked_variables(problem.model)
+        self.max_nonfinite = config.max_nonfinite
         self.optimizer = optax.scale_by_adam()
         self.trace_counts = collections.Counter()
         self._chunk = jax.jit(self._run_chunk, static_argnames=("length",))
@@ -128,7 +130,16 @@ class Trainer:
                                        w, s, step)
         if st.curvature:
             new_dense = {**new_dense, **new_global.pop("dense")}
-        keep = lambda new, old: jnp.where(active, new, old)  # not the N-row arrays: O(size)
+        # A step with a non-finite loss, term, gradient or new value is not applied
+        # (klqp.guard): ``apply`` selects old or new values, all inside the compiled step.
+        figures = {"loss": loss, "loglik": t.loglik, "kl_global": t.kl_global,
+                   "kl_local": t.kl_local}
+        checked = [jax.tree.leaves((g_dense[k], new_dense[k])) if k in g_dense else
+                   jax.tree.leaves(rows[k]) + ([] if g_rows is None else jax.tree.leaves(g_rows[k]))
+                   for k in self.checked_names]
+        ok, bad_term, bad_variable = guard.diagnosis(jnp, figures, checked)
+        apply = jnp.logical_and(active, ok)
+        keep = lambda new, old: jnp.where(apply, new, old)  # not the N-row arrays: O(size)
         new_dense = jax.tree.map(keep, new_dense, dense)
         new_dense_state = jax.tree.map(keep, new_dense_state, dense_state)
         new_global = jax.tree.map(keep, new_global, global_state)
@@ -136,7 +147,7 @@ class Trainer:
             row_lr = lr * (np.sqrt(n / problem.batch_size) if self.rows_rule.scale_by_visits
                            else 1.0)
             table, row_state = row_adam_update(g_rows, row_state, variables["rows"], indices,
-                                               row_lr, active)
+                                               row_lr, apply)
         elif st.layout is None:  # no free locals
             table = variables["rows"]
         else:
@@ -144,9 +155,11 @@ class Trainer:
                                  variables["rows"], rows)
         record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
                   "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local),
-                  "local_gain": gain, **w}
+                  "local_gain": gain, "skipped": jnp.logical_and(active, ~ok), **w}
+        record = {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS}
+        record.update(nonfinite_term=bad_term, nonfinite_variable=bad_variable)
         return ({"dense": new_dense, "rows": table}, (new_dense_state, row_state, new_global),
-                {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS})
+                record)
 
     def _global_step(self, dense, adam_dense, g_dense, global_state, rows, batch, noise, w, s,
                      step) -> dict:
@@ -240,7 +253,8 @@ class Trainer:
 
     def _run_chunk(self, carry, data, key, step0, n_active, shared_values, orders, *, length):
         """``length`` steps as one lax.scan; step t takes slice t mod M of its epoch's
-        order (``orders``, from ``chunk_orders``)."""
+        order (``orders``, from ``chunk_orders``). ``carry`` also counts the non-finite
+        steps in a row; at ``max_nonfinite`` the rest of the chunk applies nothing."""
         self.trace_counts["chunk"] += 1
         problem = self.problem
         b, m = problem.batch_size, problem.num_batches
@@ -248,17 +262,19 @@ class Trainer:
         first_epoch = step0 // m  # orders[0] is its order
 
         def body(carry, i):
-            variables, opt_state = carry
+            variables, opt_state, in_row = carry
             step = step0 + i
             epoch, pos = step // m, step % m
             idx = lax.dynamic_slice(orders, (epoch - first_epoch, pos * b), (1, b))[0]
             batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
             # Steps past the end of the run (the last chunk is padded to one length,
             # so it never recompiles) leave the state as it was.
+            active = jnp.logical_and(i < n_active, in_row < self.max_nonfinite)
             new_vars, new_state, record = self.update(
                 variables, opt_state, batch, idx, jax.random.fold_in(noise_key, step), step,
-                shared_values, active=i < n_active)
-            return (new_vars, new_state), record
+                shared_values, active=active)
+            in_row = jnp.where(active, jnp.where(record["skipped"] > 0, in_row + 1, 0), in_row)
+            return (new_vars, new_state, in_row), record
 
         return lax.scan(body, carry, jnp.arange(length))
 
@@ -304,6 +320,7 @@ class _Run:
         self.opt_state = trainer.init_state(self.variables)
         self.step = 0
         self.history = {k: [] for k in HISTORY_KEYS}
+        self.watch = guard.Watch(trainer.checked_names, config.max_nonfinite)
         if config.resume is not None:
             prev = config.resume
             treedef = jax.tree.structure((self.variables, self.opt_state))
@@ -326,12 +343,26 @@ class _Run:
                                         rule=self.config.rule()),
                          interrupted=interrupted,
                          info={"compiles": counts["chunk"] + counts["stream_step"],
+                               "skipped_steps": int(hist["skipped"].sum()),
                                "dtype": jnp.result_type(float).name,
                                "trace_counts": dict(counts), **self.config.rule()})
 
     def record(self, rec: dict, n: int | None = None) -> None:
+        """Keep the first ``n`` steps' figures; stop the fit (NonFiniteError) when they end
+        in ``max_nonfinite`` non-finite steps in a row."""
+        rec = {k: np.atleast_1d(np.asarray(v)) for k, v in rec.items()}
+        n = rec["loss"].shape[0] if n is None else n
+        stop = self.watch.see(self.step, rec["skipped"][:n], rec["nonfinite_term"][:n],
+                              rec["nonfinite_variable"][:n])
+        if stop is not None:
+            n = stop - self.step  # the last good state is the one before the run
         for k in HISTORY_KEYS:
-            self.history[k].append(np.asarray(rec[k]) if n is None else np.asarray(rec[k])[:n])
+            self.history[k].append(rec[k][:n])
+        self.step += n
+        if stop is not None:
+            raise guard.NonFiniteError(self.watch.message(), result=self.result(),
+                                       step=stop, term=self.watch.stop_term,
+                                       variable=self.watch.stop_variable)
 
     def callbacks_say_stop(self) -> bool:
         """Run the user's callbacks; True when one raises StopIteration."""
@@ -354,6 +385,7 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> 
         interrupted = True  # the state is the last completed chunk's
     finally:
         bar.close()
+    run.watch.warn()
     return run.result(interrupted)
 
 
@@ -363,13 +395,12 @@ def _run_in_memory(run: _Run, key, end: int, bar) -> None:
     chunk = chunk_length(config.steps, config.chunk_size)
     while run.step < end:
         n_active = min(chunk, end - run.step)
-        (variables, opt_state), rec = trainer._chunk(
-            (run.variables, run.opt_state), data, key, jnp.asarray(run.step),
-            jnp.asarray(n_active), _shared_values(problem),
+        (variables, opt_state, _), rec = trainer._chunk(
+            (run.variables, run.opt_state, jnp.asarray(run.watch.in_row)), data, key,
+            jnp.asarray(run.step), jnp.asarray(n_active), _shared_values(problem),
             trainer.chunk_orders(config.seed, run.step, chunk), length=chunk)
         run.variables, run.opt_state = variables, opt_state
         run.record(rec, n_active)
-        run.step += n_active
         bar.update(n_active)
         bar.set_postfix(elbo=f"{float(rec['elbo'][n_active - 1]):.5g}")
         if run.callbacks_say_stop():
@@ -385,7 +416,6 @@ def _run_stream(run: _Run, key, end: int, bar) -> None:
             run.variables, run.opt_state, {k: jnp.asarray(v) for k, v in cols.items()}, indices,
             jax.random.fold_in(noise_key, run.step), jnp.asarray(run.step), _shared_values(problem))
         run.record(rec)
-        run.step += 1
         bar.update(1)
         if run.callbacks_say_stop():
             break

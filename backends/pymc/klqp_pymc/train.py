@@ -36,9 +36,10 @@ import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
 from pytensor.gradient import disconnected_grad
 from pytensor.graph.replace import graph_replace
+from pytensor.tensor.subtensor import AdvancedIncSubtensor
 from tqdm.auto import tqdm
 
-from klqp import schedules
+from klqp import guard, schedules
 from klqp import steps as steps_rule
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import checked_batches, chunk_length, epoch_order, run_callbacks
@@ -420,11 +421,59 @@ class Trainer:
                 self.state_variables.append(self.average[name])
         records = self.lowered.records(loss)
         records["local_gain"] = gain
-        outputs = [pt.cast(records[k], float_dtype()) for k in HISTORY_KEYS]
+        ok, bad_term, bad_variable = guard.diagnosis(
+            pt, records, self._checked(optimizer.grads, updates, stand_ins))
+        records["skipped"] = ~ok
+        outputs = [pt.cast(records[k], float_dtype()) for k in HISTORY_KEYS] + [
+            bad_term, bad_variable, ok]
         targets = list(updates)
         rows = {stand_ins[k]: self.rows[k][batch.indices] for k in stand_ins}
         replaced = graph_replace(outputs + [updates[t] for t in targets], rows, strict=False)
-        return replaced[:len(outputs)], dict(zip(targets, replaced[len(outputs):]))
+        ok = replaced[len(outputs) - 1]
+        updates = {t: self._guarded(t, new, ok)
+                   for t, new in zip(targets, replaced[len(outputs):])}
+        return replaced[:len(outputs) - 1], updates
+
+    def _checked(self, grads: dict, updates: dict, stand_ins: dict) -> list:
+        """For each of ``guard.checked_variables``: the arrays of this step that must be
+        finite for it to be applied (its gradients, its new values; a free local's only
+        for the batch rows, so the check is O(b))."""
+        problem = self.problem
+        split = lambda x: split_flat(problem, x) if x is not None else {}
+        mu, rho = self.dense.get("global_mu"), self.dense.get("global_rho")
+        per_global = [split(grads.get(mu)), split(grads.get(rho)), split(updates.get(mu)),
+                      split(updates.get(rho))]
+        out = []
+        for name in guard.checked_variables(problem.model):
+            role = problem.model[name].role
+            if role == "global":
+                out.append([d[name] for d in per_global if name in d])
+            elif role == "param":
+                var = self.dense[f"param_{name}"]
+                out.append([a for a in (grads.get(var), updates.get(var)) if a is not None])
+            else:
+                arrays = []
+                for key in (f"{name}_loc", f"{name}_rho"):
+                    if key in stand_ins:
+                        arrays.append(grads[stand_ins[key]])
+                    new = updates.get(self.rows[key])
+                    if new is not None:
+                        arrays.append(_written_rows(new, self.rows[key]))
+                out.append(arrays)
+        return out
+
+    def _guarded(self, target, new, ok):
+        """``new`` where the step is applied (``ok``), else ``target``'s current value. The
+        step counter always advances (schedules, batches and noise follow the step); an
+        N-row table's update writes its old batch rows back, so the guard stays O(b)."""
+        if target is self.step:
+            return new
+        if _rows_update(new, target):
+            node = new.owner
+            written, idx = node.inputs[1], node.inputs[2]
+            unchanged = target[idx] if node.op.set_instead_of_inc else pt.zeros_like(written)
+            return node.op(target, pt.switch(ok, written, unchanged), idx)
+        return pt.switch(ok, new, target)
 
     def _curvature_step(self, updates: dict, grad_mu) -> None:
         """Natural-gradient locations and curvature-set scales (``klqp.steps``) for the
@@ -584,6 +633,7 @@ class _Run:
         self.compile_seconds = 0.0
         self.step = 0
         self.history = {k: [] for k in HISTORY_KEYS}
+        self.watch = guard.Watch(guard.checked_variables(problem.model), config.max_nonfinite)
         self.rule = Rule.of(problem, config.local_step, config.global_step)
         self.final_pass: Optional[FinalPass] = None
         self.state = initial_state(problem, init_params(problem, config.seed, config.init_scale),
@@ -621,9 +671,25 @@ class _Run:
         return self.trainer.state_arrays() if self.trainer is not None else self.state
 
     def record(self, out: list) -> None:
-        for k, v in zip(HISTORY_KEYS, out):
-            self.history[k].append(np.atleast_1d(np.asarray(v, dtype=float)))
-        self.step += 1
+        """Keep one step's figures (HISTORY_KEYS, then the non-finite diagnosis); stop the
+        fit (NonFiniteError) after ``max_nonfinite`` non-finite steps in a row."""
+        figures, (term, variable) = out[:len(HISTORY_KEYS)], out[len(HISTORY_KEYS):]
+        skipped = float(figures[HISTORY_KEYS.index("skipped")])
+        stop = self.watch.see(self.step, [skipped], [term], [variable])
+        if stop is None:
+            for k, v in zip(HISTORY_KEYS, figures):
+                self.history[k].append(np.atleast_1d(np.asarray(v, dtype=float)))
+            self.step += 1
+            return
+        # The run's steps applied nothing: the last good state is the one before it.
+        dropped = self.step - stop
+        for k in HISTORY_KEYS:
+            h = np.concatenate(self.history[k]) if self.history[k] else np.zeros(0)
+            self.history[k] = [h[:len(h) - dropped]]
+        self.step = stop
+        self.trainer.step.set_value(np.int64(stop))
+        raise guard.NonFiniteError(self.watch.message(), result=self.result(), step=stop,
+                                   term=self.watch.stop_term, variable=self.watch.stop_variable)
 
     def reported_params(self, state: list) -> dict:
         """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
@@ -649,7 +715,8 @@ class _Run:
                          info={"compiles": self.compiles, "mode": self.mode,
                                "dtype": float_dtype(),
                                "compile_seconds": round(self.compile_seconds, 3),
-                               "batch_capacity": self.capacity, **self.config.rule()})
+                               "batch_capacity": self.capacity,
+                               "skipped_steps": int(hist["skipped"].sum()), **self.config.rule()})
 
     def callbacks_say_stop(self) -> bool:
         """Run the user's callbacks; True when one raises StopIteration."""
@@ -695,6 +762,7 @@ def fit(problem: Problem, config: FitConfig, mode: str) -> FitResult:
     finally:
         bar.close()
         run.finish()
+    run.watch.warn()
     return run.result(interrupted or stop.requested)
 
 
@@ -726,6 +794,21 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
             run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns))
         if stop.requested or _after_chunk(run, bar, run.step - start):
             return
+
+
+def _rows_update(new, table) -> bool:
+    """Whether ``new`` is ``set_subtensor(table[idx], y)`` or ``inc_subtensor(...)`` with
+    one integer vector idx: the form of every update of an N-row table here."""
+    node = new.owner
+    return (node is not None and isinstance(node.op, AdvancedIncSubtensor)
+            and node.inputs[0] is table and tuple(node.op.idx_list) == (0,)
+            and len(node.inputs) == 3)
+
+
+def _written_rows(new, table):
+    """The batch rows an N-row table's update writes (its increment for an inc), or the
+    whole new value when the update has another form."""
+    return new.owner.inputs[1] if _rows_update(new, table) else new
 
 
 def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
