@@ -3,9 +3,12 @@
     klqp backends                                  what is installed
     klqp run examples/vae.py --backend pymc ...    run an example (its own flags follow)
     klqp explain examples/vae.py --batch-size 128  the objective of the model a file defines
+    klqp explain spec.json --batch-size 128        ... or of a spec saved by model.to_json()
 
-A file ``explain`` can read defines ``build_model()`` (returning a kq.Model) and, unless
-``--total-size`` is given or the model has one, ``TOTAL_SIZE``.
+A Python file ``explain`` can read defines ``build_model()`` (returning a kq.Model) and,
+unless ``--total-size`` is given or the model has one, ``TOTAL_SIZE``. A ``.json`` file is
+loaded with ``kq.Model.from_json`` (no code in it runs); N is ``--total-size`` or the
+spec's ``total_size``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Optional
 
 from . import backends
 from .explain import explain
+from .model import Model, ModelError
 
 
 def example_parser(doc: str, *, steps: int, batch_size: Optional[int] = None,
@@ -83,14 +87,31 @@ def _cmd_run(args, rest) -> int:
     return 0
 
 
+def _load_spec(path: str):
+    """The model a JSON spec file (``model.to_json()``'s text) holds."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise SystemExit(f"klqp: no such file: {path}")
+    try:
+        return Model.from_json(file.read_text(encoding="utf-8"))
+    except (ModelError, UnicodeDecodeError) as err:
+        raise SystemExit(f"klqp: {path}: {err}") from None
+
+
 def _cmd_explain(args) -> int:
-    module = _load(args.file)
-    if not hasattr(module, "build_model"):
-        raise SystemExit(f"klqp: {args.file} defines no build_model(); klqp explain needs one")
-    model = module.build_model()
-    total = args.total_size or model.total_size or getattr(module, "TOTAL_SIZE", None)
-    if total is None:
-        raise SystemExit("klqp: give --total-size N (the file sets no TOTAL_SIZE)")
+    if args.file.lower().endswith(".json"):
+        model = _load_spec(args.file)
+        total = args.total_size or model.total_size
+        if total is None:
+            raise SystemExit(f"klqp: give --total-size N ({args.file} sets no total_size)")
+    else:
+        module = _load(args.file)
+        if not hasattr(module, "build_model"):
+            raise SystemExit(f"klqp: {args.file} defines no build_model(); klqp explain needs one")
+        model = module.build_model()
+        total = args.total_size or model.total_size or getattr(module, "TOTAL_SIZE", None)
+        if total is None:
+            raise SystemExit("klqp: give --total-size N (the file sets no TOTAL_SIZE)")
     print(explain(model, total_size=total, batch_size=args.batch_size, beta=args.beta,
                   beta_global=args.beta_global, beta_local=args.beta_local,
                   likelihood_weight=args.likelihood_weight,
@@ -105,7 +126,8 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run an example file; flags after the file go to it")
     run.add_argument("file")
     ex = sub.add_parser("explain", help="print the objective of the model a file defines")
-    ex.add_argument("file")
+    ex.add_argument("file", help="a .py file defining build_model(), or a .json spec saved "
+                                 "by model.to_json()")
     ex.add_argument("--total-size", type=int)
     ex.add_argument("--batch-size", type=int)
     ex.add_argument("--beta", type=float)

@@ -59,7 +59,8 @@ class Distribution:
         return f"{self.family}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "params": {k: v.to_dict() for k, v in self.params}}
+        return {"family": self.family, "params": {k: v.to_dict() for k, v in self.params},
+                "support": self.support}  # support: read back by klqp/spec_json.py
 
 
 def _make(family: str, support: str, event_dims=(), **params) -> Distribution:

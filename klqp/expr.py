@@ -102,7 +102,8 @@ class Expr:
 
     # -- plain data -------------------------------------------------------------------
     def to_dict(self) -> dict:
-        attrs = {k: (np.asarray(v).tolist() if k == "value" else v) for k, v in self.attrs}
+        attrs = {k: (np.asarray(v).tolist() if k == "value" or isinstance(v, np.generic) else v)
+                 for k, v in self.attrs}  # NumPy scalars (a slice's np.int64 stop) as JSON's
         return {"op": self.op, "args": [a.to_dict() for a in self.args], "attrs": attrs}
 
 

@@ -73,7 +73,8 @@ class VarSpec:
         return self.dist.support if self.dist is not None else "real"
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "role": self.role, "shape": list(self.shape), "dtype": self.dtype}
+        d = {"name": self.name, "role": self.role, "shape": [int(s) for s in self.shape],
+             "dtype": self.dtype}
         if self.dist is not None:
             d["dist"] = self.dist.to_dict()
         if self.encoder is not None:
@@ -159,8 +160,29 @@ class Model:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "total_size": self.total_size,
+        from .spec_json import SPEC_VERSION  # the layout's version; the loader lives there
+        return {"klqp_spec": SPEC_VERSION, "name": self.name, "total_size": self.total_size,
                 "variables": [v.to_dict() for v in self.vars.values()]}
+
+    # -- saving and loading (klqp/spec_json.py) --------------------------------------------
+    def to_json(self, indent: Optional[int] = None) -> str:
+        """This spec as strict JSON text, ``to_dict()`` with its ``"klqp_spec"`` version;
+        ``kq.Model.from_json`` reads it back."""
+        from .spec_json import dumps
+        return dumps(self, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Model":
+        """The model saved as ``text`` by ``to_json``; evaluates nothing from the text and
+        declares every variable again, with the usual checks (a bad spec: ModelError)."""
+        from .spec_json import loads
+        return loads(text)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Model":
+        """The model ``to_dict`` described (see ``from_json``)."""
+        from .spec_json import from_dict
+        return from_dict(d)
 
     # -- declaration ---------------------------------------------------------------
     def _add(self, spec: VarSpec) -> Expr:

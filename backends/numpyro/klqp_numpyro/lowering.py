@@ -53,6 +53,10 @@ class JaxOps:
         return jnp.mean(x, axis=axis)
 
     @staticmethod
+    def concat(parts, axis):
+        return jnp.concatenate(parts, axis=axis)
+
+    @staticmethod
     def const(value):
         return jnp.asarray(value)
 
