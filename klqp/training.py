@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 __all__ = ["epoch_order", "batch_rows", "epochs", "run_callbacks", "checked_batches",
-           "chunk_length"]
+           "chunk_length", "History"]
 
 
 def chunk_length(steps: int, chunk_size=None, longest: int = 500) -> int:
@@ -102,3 +102,51 @@ def checked_batches(problem, first_step: int, end: int) -> Iterator[tuple]:
         yield cols, rows, b
         if step + 1 >= end:
             return
+
+
+class History:
+    """A fit's per-step figures, kept in float64 arrays that grow by doubling: a step
+    costs 8 bytes per figure, where a NumPy object per step and figure cost ~100 (a
+    200,000-step streamed fit grew by 1.7 GB that way).
+
+    >>> h = History(("loss",), previous={"loss": np.array([3.0])})
+    >>> h.append({"loss": np.array([2.0, 1.0])}); h.append({"loss": 0.5})
+    >>> h.truncate(3); h.arrays()["loss"].tolist(), len(h)
+    ([3.0, 2.0, 1.0], 3)
+    """
+
+    def __init__(self, keys, previous=None):
+        self.keys = tuple(keys)
+        self._size = 0
+        self._data = {k: np.zeros(1024) for k in self.keys}
+        if previous is not None:
+            self.append({k: np.asarray(previous[k], dtype=float) for k in self.keys})
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, figures: dict) -> None:
+        """Add one step (scalars) or several (equal-length 1-d arrays) of every key."""
+        values = {k: np.atleast_1d(np.asarray(figures[k], dtype=float)) for k in self.keys}
+        n = len(values[self.keys[0]])
+        end = self._size + n
+        if end > len(self._data[self.keys[0]]):
+            grown = max(end, 2 * len(self._data[self.keys[0]]))
+            for k in self.keys:
+                bigger = np.zeros(grown)
+                bigger[:self._size] = self._data[k][:self._size]
+                self._data[k] = bigger
+        for k in self.keys:
+            self._data[k][self._size:end] = values[k]
+        self._size = end
+
+    def truncate(self, size: int) -> None:
+        """Keep the first ``size`` steps."""
+        self._size = min(self._size, int(size))
+
+    def last(self, key: str) -> float:
+        return float(self._data[key][self._size - 1])
+
+    def arrays(self) -> dict:
+        """Copies of the figures: {key: (steps,) float64}."""
+        return {k: self._data[k][:self._size].copy() for k in self.keys}

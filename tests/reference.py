@@ -1,4 +1,4 @@
-"""An independent NumPy/SciPy evaluation of DESIGN.md's loss, for the agreement tests.
+"""An independent NumPy/SciPy evaluation of docs/objective.md's loss, for the agreement tests.
 
 It shares nothing with the backends but klqp's expression evaluator: densities come
 from scipy.stats, transforms are written out here.
@@ -60,7 +60,7 @@ def logpdf(family: str, x, p: dict):
 
 
 def reference_terms(problem, params, indices, noise, *, step=0):
-    """DESIGN.md's loss and terms, computed with NumPy in float64."""
+    """docs/objective.md's loss and terms, computed with NumPy in float64."""
     model, n = problem.model, problem.total_size
     b = len(indices)
     ratio = n / b

@@ -1,5 +1,5 @@
 """The agreement contract: with the same params, minibatch and noise, every installed
-backend's loss equals the NumPy evaluation of DESIGN.md's formula (float64, relative
+backend's loss equals the NumPy evaluation of docs/objective.md's formula (float64, relative
 1e-6), and backends' gradients equal each other (relative 1e-5), including exact zeros
 for local rows outside the minibatch."""
 

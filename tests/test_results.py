@@ -33,7 +33,7 @@ def test_inference_data_has_the_models_names_dims_and_shapes(backend):
     np.testing.assert_allclose(post["w"].mean(("chain", "draw")).values, r.mean("w"), atol=0.5)
 
 
-# -- per-row log-likelihoods (DESIGN.md: unscaled, one per row, for LOO/WAIC) -----------
+# -- per-row log-likelihoods (docs/objective.md: unscaled, one per row, for LOO/WAIC) -----------
 
 def test_numpy_densities_match_scipy():
     """klqp.densities (used after a fit) against tests/reference.py's scipy.stats."""

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from klqp import guard, objective
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import checked_batches, chunk_length, epoch_order, run_callbacks
+from klqp.training import History, checked_batches, chunk_length, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from klqp import steps as rule
@@ -319,7 +319,7 @@ class _Run:
         self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale))
         self.opt_state = trainer.init_state(self.variables)
         self.step = 0
-        self.history = {k: [] for k in HISTORY_KEYS}
+        self.history = History(HISTORY_KEYS)
         self.watch = guard.Watch(trainer.checked_names, config.max_nonfinite)
         if config.resume is not None:
             prev = config.resume
@@ -327,12 +327,10 @@ class _Run:
             self.variables, self.opt_state = jax.tree.unflatten(
                 treedef, [jnp.asarray(a) for a in prev.state.optimizer])
             self.step = prev.state.step
-            for k in HISTORY_KEYS:
-                self.history[k].append(prev.history[k])
+            self.history = History(HISTORY_KEYS, previous=prev.history)
 
     def result(self, interrupted: bool = False) -> FitResult:
-        hist = {k: np.concatenate([np.atleast_1d(np.asarray(h, dtype=float)) for h in v])
-                if v else np.zeros(0) for k, v in self.history.items()}
+        hist = self.history.arrays()
         leaves = [np.asarray(a) for a in jax.tree.leaves((self.variables, self.opt_state))]
         data = None if self.problem.data is None else self.trainer.device_data()
         params = self.trainer.reported_params(self.variables, self.opt_state, data, self.step,
@@ -350,14 +348,13 @@ class _Run:
     def record(self, rec: dict, n: int | None = None) -> None:
         """Keep the first ``n`` steps' figures; stop the fit (NonFiniteError) when they end
         in ``max_nonfinite`` non-finite steps in a row."""
-        rec = {k: np.atleast_1d(np.asarray(v)) for k, v in rec.items()}
+        rec = {k: np.atleast_1d(np.array(v)) for k, v in rec.items()}  # copies: no JAX buffer kept
         n = rec["loss"].shape[0] if n is None else n
         stop = self.watch.see(self.step, rec["skipped"][:n], rec["nonfinite_term"][:n],
                               rec["nonfinite_variable"][:n])
         if stop is not None:
             n = stop - self.step  # the last good state is the one before the run
-        for k in HISTORY_KEYS:
-            self.history[k].append(rec[k][:n])
+        self.history.append({k: rec[k][:n] for k in HISTORY_KEYS})
         self.step += n
         if stop is not None:
             raise guard.NonFiniteError(self.watch.message(), result=self.result(),

@@ -14,7 +14,7 @@ generator seeded with (seed, step). A resumed run
 therefore continues the random stream of an unbroken one, in every mode.
 
 Why not ``pm.Minibatch``: it draws its rows WITH replacement (an ``integers`` draw), which
-is not DESIGN.md's minibatch and would hand row-wise Adam duplicate rows; PyMC's logp
+is not the objective's minibatch (docs/objective.md) and would hand row-wise Adam duplicate rows; PyMC's logp
 admits no other random variable in the data graph; and its shared generator is copied
 away by the JAX linker, so its state could not be saved for an exact resume. The
 observations still reach PyMC as observed data with ``total_size=N``.
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from klqp import guard, schedules
 from klqp import steps as steps_rule
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import checked_batches, chunk_length, epoch_order, run_callbacks
+from klqp.training import History, checked_batches, chunk_length, epoch_order, run_callbacks
 from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from .lowering import (Batch, QParams, as_column, as_float, float_dtype, inv_softplus,
@@ -632,7 +632,7 @@ class _Run:
         self.compiles = 0
         self.compile_seconds = 0.0
         self.step = 0
-        self.history = {k: [] for k in HISTORY_KEYS}
+        self.history = History(HISTORY_KEYS)
         self.watch = guard.Watch(guard.checked_variables(problem.model), config.max_nonfinite)
         self.rule = Rule.of(problem, config.local_step, config.global_step)
         self.final_pass: Optional[FinalPass] = None
@@ -642,8 +642,7 @@ class _Run:
             prev = config.resume
             self.state = check_state(problem, prev.state.optimizer, self.rule)
             self.step = int(prev.state.step)
-            for k in HISTORY_KEYS:
-                self.history[k].append(np.asarray(prev.history[k], dtype=float))
+            self.history = History(HISTORY_KEYS, previous=prev.history)
 
     def use_trainer(self, layout: Layout) -> Trainer:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
@@ -677,15 +676,11 @@ class _Run:
         skipped = float(figures[HISTORY_KEYS.index("skipped")])
         stop = self.watch.see(self.step, [skipped], [term], [variable])
         if stop is None:
-            for k, v in zip(HISTORY_KEYS, figures):
-                self.history[k].append(np.atleast_1d(np.asarray(v, dtype=float)))
+            self.history.append(dict(zip(HISTORY_KEYS, figures)))
             self.step += 1
             return
         # The run's steps applied nothing: the last good state is the one before it.
-        dropped = self.step - stop
-        for k in HISTORY_KEYS:
-            h = np.concatenate(self.history[k]) if self.history[k] else np.zeros(0)
-            self.history[k] = [h[:len(h) - dropped]]
+        self.history.truncate(len(self.history) - (self.step - stop))
         self.step = stop
         self.trainer.step.set_value(np.int64(stop))
         raise guard.NonFiniteError(self.watch.message(), result=self.result(), step=stop,
@@ -705,7 +700,7 @@ class _Run:
         return params
 
     def result(self, interrupted: bool = False) -> FitResult:
-        hist = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.history.items()}
+        hist = self.history.arrays()
         state = self.current_state()
         return FitResult(problem=self.problem, backend=_NAME,
                          params=self.reported_params(state), history=hist,
@@ -769,8 +764,8 @@ def fit(problem: Problem, config: FitConfig, mode: str) -> FitResult:
 def _after_chunk(run: _Run, bar, done: int) -> bool:
     """Progress and callbacks between chunks; True to stop."""
     bar.update(done)
-    if run.history["elbo"]:
-        bar.set_postfix(elbo=f"{float(run.history['elbo'][-1][-1]):.5g}")
+    if len(run.history):
+        bar.set_postfix(elbo=f"{run.history.last('elbo'):.5g}")
     return run.callbacks_say_stop()
 
 
