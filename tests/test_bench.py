@@ -117,3 +117,17 @@ def test_semi_amortized_benchmark_runs():
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert "amortized (kq.fit's)" in proc.stdout and "semi-amortized" in proc.stdout
+
+
+def test_soak_benchmark_reports_memory_at_every_mark(tmp_path):
+    """``bench/soak.py`` on a few steps: ten RSS marks per fit, in memory and streamed."""
+    path = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--steps", "200",
+                           "--stream-steps", "50", "--backends", "numpyro", "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    report = json.loads(path.read_text())
+    for mode, steps in (("memory", 200), ("stream", 50)):
+        r = report[f"numpyro/{mode}"]
+        assert r["steps"] == steps and [m[0] for m in r["marks"]][-1] == steps
+        assert len(r["marks"]) == 10 and all(m[1] > 0 for m in r["marks"]), r["marks"]
