@@ -4,6 +4,7 @@ against hand-written NumPyro, on targets whose optimum is known exactly.
     .venv/bin/python bench/convergence.py                 # the full run (~25 min, 2 CPU cores)
     .venv/bin/python bench/convergence.py --quick         # a smoke run (~2 min)
     .venv/bin/python bench/convergence.py --plot docs/figures/convergence.png --json out.json
+    .venv/bin/python bench/convergence.py --from-json out.json --plot fig.png   # replot
 
 Targets (each checked after every epoch on the q the method would report then):
 
@@ -285,6 +286,7 @@ def summary(results: dict) -> None:
 
 def plot(results: dict, path: str) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -298,6 +300,9 @@ def plot(results: dict, path: str) -> None:
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("seconds (compile included)")
         ax.set_ylabel("error (target: <= 1)")
         ax.set_title(res["title"], fontsize=9)
@@ -328,7 +333,15 @@ def main(argv=None) -> dict:
                         help="seconds the other runs get (compile included)")
     parser.add_argument("--json")
     parser.add_argument("--plot")
+    parser.add_argument("--from-json", help="print the summary and plot of an earlier --json "
+                        "run instead of running")
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        summary(results)
+        if args.plot:
+            plot(results, args.plot)
+        return results
     if args.quick:
         args.seeds, args.epochs, args.max_epochs, args.budget = 1, 4, 4, 30.0
     wanted = args.cases.split(",")
