@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .expr import Expr, as_expr
 
 __all__ = [
@@ -64,8 +66,105 @@ class Distribution:
 
 
 def _make(family: str, support: str, event_dims=(), **params) -> Distribution:
-    return Distribution(family, tuple((k, as_expr(v)) for k, v in params.items()), support,
-                        tuple(event_dims))
+    for k, v in params.items():
+        if isinstance(v, (list, tuple)):
+            try:
+                np.asarray(v, dtype=float)
+            except (TypeError, ValueError):
+                from .model import ModelError
+                raise ModelError(f"kq.{family}: {k}={v!r} is not a number or a rectangular "
+                                 "array of numbers") from None
+    exprs = tuple((k, as_expr(v)) for k, v in params.items())
+    check_constant_params(family, exprs)
+    return Distribution(family, exprs, support, tuple(event_dims))
+
+
+# -- where a constant parameter may lie --------------------------------------------------
+# A parameter that is a constant (a number, an array, or an expression that reads no
+# variable, such as kq.exp(-1.0)) is checked when the distribution is written; one outside
+# its family's parameter space would only show up as a NaN loss inside a compiled step.
+# Parameters that read variables are left to the model (e.g. write sigma=kq.exp(log_s)).
+_POSITIVE = ("> 0", "a positive number, e.g. 1.0, or an expression such as kq.exp(log_s)")
+_PROB = ("in [0, 1]", "a probability, or logits= for values on the real line")
+_OPEN_PROB = ("in (0, 1)", "a probability strictly between 0 and 1, or logits= instead")
+_COUNT = ("a whole number >= 0", "the number of trials, e.g. 10")
+PARAM_DOMAINS = {
+    "Normal": {"sigma": _POSITIVE},
+    "HalfNormal": {"sigma": _POSITIVE},
+    "LogNormal": {"sigma": _POSITIVE},
+    "Exponential": {"lam": _POSITIVE},
+    "Gamma": {"alpha": _POSITIVE, "beta": _POSITIVE},
+    "Beta": {"alpha": _POSITIVE, "beta": _POSITIVE},
+    "StudentT": {"nu": _POSITIVE, "sigma": _POSITIVE},
+    "Bernoulli": {"probs": _PROB},
+    "Binomial": {"n": _COUNT, "probs": _PROB},
+    "Poisson": {"mu": _POSITIVE},
+    "Categorical": {},
+    "ContinuousBernoulli": {"probs": _OPEN_PROB},
+}
+
+
+def _outside(rule: str, value):
+    """Boolean mask of the entries of ``value`` outside ``rule``'s set."""
+    if rule == "> 0":
+        return ~(value > 0)
+    if rule == "in [0, 1]":
+        return ~((value >= 0) & (value <= 1))
+    if rule == "in (0, 1)":
+        return ~((value > 0) & (value < 1))
+    return ~((value >= 0) & (value == np.round(value)))
+
+
+def check_constant_params(family: str, params) -> None:
+    """Refuse a constant parameter that is NaN, infinite or outside its family's domain
+    (``PARAM_DOMAINS``), with a ModelError naming the family, the parameter, the value
+    and the fix.
+
+    >>> check_constant_params("Normal", (("mu", as_expr(0.0)), ("sigma", as_expr(-1.0))))
+    Traceback (most recent call last):
+    ...
+    klqp.model.ModelError: kq.Normal: sigma=-1.0 must be > 0; give a positive number, ...
+    """
+    from .expr import NumpyOps, evaluate, variables_in
+    from .model import ModelError
+
+    domains = PARAM_DOMAINS.get(family, {})
+    for name, e in params:
+        if variables_in(e):
+            continue  # reads variables: its value is only known in the fit
+        with np.errstate(all="ignore"):
+            try:
+                value = np.asarray(evaluate(e, {}, NumpyOps), dtype=float)
+            except (ValueError, IndexError):
+                continue  # inconsistent constant shapes: the model's shape check names them
+        shown = f"{name}={e!r}" if e.op == "const" else f"{name}={e!r} (= {_show(value)})"
+        bad = ~np.isfinite(value)
+        if bad.any():
+            at = _first(bad)
+            raise ModelError(f"kq.{family}: {shown} is not finite"
+                             f"{_where(value, at, float(value[at]))}; give a finite number "
+                             "(NaN and inf are not parameter values)")
+        if name in domains:
+            rule, fix = domains[name]
+            bad = _outside(rule, value)
+            if bad.any():
+                at = _first(bad)
+                raise ModelError(f"kq.{family}: {shown} must be {rule}"
+                                 f"{_where(value, at, float(value[at]))}; give {fix}")
+
+
+def _first(mask) -> tuple:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _where(value, at, entry=None) -> str:
+    if not at:
+        return ""
+    return f" (entry {at}{'' if entry is None else f' is {entry!r}'})"
+
+
+def _show(value) -> str:
+    return repr(float(value)) if value.ndim == 0 else f"array of shape {value.shape}"
 
 
 def _one_of(family: str, probs, logits) -> dict:

@@ -97,7 +97,8 @@ class Model:
     """A named collection of variables; ``total_size`` is N (None: the data's length)."""
 
     def __init__(self, name: str = "model", total_size: Optional[int] = None):
-        if total_size is not None and (not isinstance(total_size, (int, np.integer)) or total_size < 1):
+        if total_size is not None and (isinstance(total_size, (bool, np.bool_)) or not isinstance(
+                total_size, (int, np.integer)) or total_size < 1):
             raise ModelError(f"Model {name!r}: total_size={total_size!r} must be a positive int "
                              "(the number of rows N) or None to use the data's length")
         self.name = name
@@ -220,19 +221,44 @@ class Model:
                 raise ModelError(f"{kind} {name!r}: reads observed variable {n!r}; observations "
                                  "are data, so declare the column with kq.Data instead")
         per_row = any(self.vars[n].per_row for n in reads)
-        env = {n: self.dummy_value(self.vars[n]) for n in reads}
+        for pname, e in dist.params:
+            self._check_indexing(kind, name, pname, e)
+        # Per-row parameters are evaluated on two numbers of fake rows: a parameter whose
+        # leading axis does not follow them sums, indexes or joins across the data axis.
+        envs = {rows: {n: self.dummy_value(self.vars[n], rows) for n in reads}
+                for rows in ((_DUMMY_ROWS, _DUMMY_ROWS + 1) if per_row else (_DUMMY_ROWS,))}
         shapes = []
         for pname, e in dist.params:
-            with np.errstate(all="ignore"):
-                try:
-                    value = np.asarray(evaluate(e, env, NumpyOps))
-                except (ValueError, IndexError) as err:
-                    raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} has inconsistent "
-                                     f"shapes ({err}); fix the shapes of the variables it reads") from None
-            shp = value.shape
-            if per_row and any(self.vars[n].per_row for n in variables_in(e)):
-                shp = shp[1:]
+            row_wise = per_row and any(self.vars[n].per_row for n in variables_in(e))
+            own = set()
+            for rows, env in envs.items():
+                with np.errstate(all="ignore"):
+                    try:
+                        value = np.asarray(evaluate(e, env, NumpyOps))
+                    except (ValueError, IndexError) as err:
+                        raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} has "
+                                         f"inconsistent shapes ({err}); fix the shapes of the "
+                                         "variables it reads") from None
+                shp = value.shape
+                if row_wise:
+                    if shp[:1] != (rows,):
+                        raise ModelError(
+                            f"{kind} {name!r}: parameter {pname}={e!r} does not keep the data "
+                            f"axis: for {rows} rows its value has shape {shp}, so it sums, "
+                            "indexes or joins across rows (axis 0 of a per-row variable). Use "
+                            "negative axes, e.g. kq.sum(x, -1) or x[..., 0], so each row reads "
+                            "only its own values")
+                    shp = shp[1:]
+                own.add(shp)
+            if len(own) > 1:
+                raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} changes its per-row "
+                                 f"shape with the number of rows ({sorted(own)}), so it mixes "
+                                 "the data axis; use negative axes (kq.sum(x, -1))")
             drop = dict(dist.param_event_dims).get(pname, 0)
+            if drop and len(shp) < drop:
+                raise ModelError(f"{kind} {name!r}: {dist.family} parameter {pname}={e!r} has "
+                                 f"per-row shape {shp}, but its last axis must hold the "
+                                 "categories; give it shape (..., K), e.g. a Global of shape=(K,)")
             shapes.append(shp[: len(shp) - drop] if drop else shp)
         try:
             return per_row, tuple(np.broadcast_shapes(*shapes))
@@ -240,10 +266,34 @@ class Model:
             raise ModelError(f"{kind} {name!r}: parameter shapes {shapes} do not broadcast; "
                              "fix the shapes of the variables its parameters read") from None
 
+    def _check_indexing(self, kind: str, name: str, pname: str, e: Expr) -> None:
+        """``w[g]`` takes rows of ``w`` by the integer Data column ``g``: ``g`` must be such a
+        column, and ``w`` must not be per-row (that would index the data axis)."""
+        stack = [e]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.args)
+            if node.op != "index" or len(node.args) != 2:
+                continue
+            base, idx = node.args
+            idx_name = idx.attr("name") if idx.op == "var" else None
+            spec = self.vars.get(idx_name)
+            if spec is None or spec.role != "data" or spec.dtype != "int":
+                raise ModelError(f"{kind} {name!r}: parameter {pname} indexes {base!r} by "
+                                 f"{idx!r}, which is not an integer Data column; index with "
+                                 "kq.Data(name, dtype='int') (e.g. w[group]), or use x[k] for a "
+                                 "fixed position")
+            per_row = [n for n in variables_in(base) if self.vars[n].per_row]
+            if per_row:
+                raise ModelError(f"{kind} {name!r}: parameter {pname} indexes {base!r}, which "
+                                 f"reads the per-row variable(s) {per_row}, by the column "
+                                 f"{idx_name!r}: that picks other rows (the data axis). Index a "
+                                 "Global or a constant array (w[group])")
+
     def _check_shape(self, kind: str, name: str, param_shape: tuple, shape) -> tuple:
         if shape is None:
             return param_shape
-        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        shape = _dims(kind, name, shape)
         try:
             ok = np.broadcast_shapes(param_shape, shape) == shape
         except ValueError:
@@ -252,6 +302,21 @@ class Model:
             raise ModelError(f"{kind} {name!r}: shape={shape} but its distribution's parameters have "
                              f"shape {param_shape}; pass shape={param_shape} or fix the parameters")
         return shape
+
+
+def _dims(kind: str, name: str, shape) -> tuple:
+    """``shape`` (an int or a sequence of ints) as a tuple of positive ints."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise ModelError(f"{kind} {name!r}: shape={shape!r} must be an int or a tuple of ints, "
+                         "e.g. shape=(3,)") from None
+    for d in dims:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ModelError(f"{kind} {name!r}: shape={shape!r} has the size {d!r}; every size "
+                             "must be a positive int, e.g. shape=(3,) (a scalar is shape=())")
+    return tuple(int(d) for d in dims)
 
 
 def Data(name: str, shape=(), dtype: str = "float") -> Expr:
@@ -263,7 +328,7 @@ def Data(name: str, shape=(), dtype: str = "float") -> Expr:
     model._check_name("Data", name)
     if dtype not in ("float", "int"):
         raise ModelError(f"Data {name!r}: dtype={dtype!r} must be 'float' or 'int'")
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    shape = _dims("Data", name, shape)
     return model._add(VarSpec(name, "data", shape, None, dtype))
 
 
@@ -315,12 +380,17 @@ def Param(name: str, shape=(), init="glorot") -> Expr:
     """
     model = current_model()
     model._check_name("Param", name)
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    shape = _dims("Param", name, shape)
     if isinstance(init, str):
         if init not in ("glorot", "zeros"):
             raise ModelError(f"Param {name!r}: init={init!r}; use 'glorot', 'zeros', a number or an array")
     else:
-        arr = np.asarray(init, dtype=float)
+        try:
+            arr = np.asarray(init, dtype=float)
+        except (TypeError, ValueError):
+            raise ModelError(f"Param {name!r}: init={init!r} is not a number or an array of "
+                             f"shape {shape}; use 'glorot', 'zeros', a number or an "
+                             "array") from None
         if arr.ndim and arr.shape != shape:
             raise ModelError(f"Param {name!r}: init has shape {arr.shape} but shape={shape}")
         if not np.all(np.isfinite(arr)):

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from .model import ROW_INDEX, Model, ModelError, VarSpec
-from .objective import Weights, cost_scale, resolve_weights
+from .objective import Shared, Weights, cost_scale, resolve_weights
 
 __all__ = ["Problem", "make_problem", "check_batch", "init_params", "FitConfig"]
 
@@ -58,9 +58,44 @@ class FitConfig:
     global_step: Any = None  # klqp.steps.GlobalStep, or None (plain Adam)
     max_nonfinite: int = 20  # non-finite steps in a row before a fit stops (klqp.guard)
 
+    def __post_init__(self):
+        if isinstance(self.seed, (bool, np.bool_)) or not isinstance(self.seed, (int, np.integer)) \
+                or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed={self.seed!r} must be an integer in 0..2**32-1")
+        if not (isinstance(self.init_scale, (int, float)) and math.isfinite(self.init_scale)
+                and self.init_scale > 0):
+            raise ValueError(f"init_scale={self.init_scale!r} must be a finite positive number "
+                             "(q's initial scale in unconstrained space, e.g. 0.1)")
+
+        if self.learning_rate is not None:
+            check_schedule("learning_rate", self.learning_rate)
+
     def rule(self) -> dict:
         """The step rule as plain data: a resumed fit must follow the same one."""
         return {"local_step": repr(self.local_step), "global_step": repr(self.global_step)}
+
+
+#: Steps at which a schedule's values are checked before a fit (a schedule is a pure
+#: function of the step; these catch one that starts, turns or ends negative or NaN).
+PROBE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**4, 10**5, 10**6)
+
+
+def check_schedule(name: str, schedule) -> None:
+    """Refuse a schedule that is NaN, infinite or negative at one of ``PROBE_STEPS``.
+
+    >>> from klqp import schedules
+    >>> check_schedule("beta", schedules.linear(1.0, -1.0, 100))
+    Traceback (most recent call last):
+    ...
+    ValueError: beta=Linear(steps=100, start=1.0, end=-1.0) is -1.0 at step 100; ...
+    """
+    for step in PROBE_STEPS:
+        with np.errstate(all="ignore"):
+            value = float(np.asarray(schedule(step), dtype=float))
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}={schedule!r} is {value!r} at step {step}; a weight or step "
+                             "size must be a finite number >= 0 at every step (check the "
+                             "schedule's start and end)")
 
 
 def batches_per_epoch(total_size: int, batch_size: int, streamed: bool) -> int:
@@ -81,7 +116,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
     ordered = [v.name for v in _columns(model)]
     names = set(ordered)
     allowed = names | ({ROW_INDEX} if need_rows is not None else set())
-    unknown = sorted(set(batch) - allowed)
+    unknown = sorted(set(batch) - allowed, key=str)
     if unknown:
         raise ValueError(f"{where}: unknown data name(s) {unknown}; model {model.name!r} reads "
                          f"Data {[v.name for v in model.data_vars]} and Observed "
@@ -96,11 +131,20 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                          f"with every Data and Observed column.{hint}")
     out, length = {}, None
     for name in ordered + ([ROW_INDEX] if ROW_INDEX in batch else []):
-        arr = np.asarray(batch[name])
+        try:
+            arr = np.asarray(batch[name])
+        except ValueError as err:  # nested lists of unequal lengths
+            raise ValueError(f"{where}: column {name!r} is not a rectangular array ({err}); give "
+                             "an array of shape (rows, ...), every row the same shape") from None
         if arr.ndim == 0:
             raise ValueError(f"{where}: column {name!r} is a scalar; it needs one row per data point")
         if length is None:
             length, first = arr.shape[0], name
+            if length == 0:
+                raise ValueError(f"{where}: column {name!r} has 0 rows; give at least one row "
+                                 "(drop empty batches before they reach klqp)")
+            if total_size is not None and length > total_size:
+                raise ValueError(f"{where} has {length} rows, more than total_size={total_size}")
         elif arr.shape[0] != length:
             raise ValueError(f"{where}: column {name!r} has {arr.shape[0]} rows but {first!r} has "
                              f"{length}; every column needs the same number of rows")
@@ -108,10 +152,16 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
             raise TypeError(f"{where}: column {name!r} has dtype {arr.dtype}; give numbers")
         if name == ROW_INDEX:
             if arr.dtype.kind not in "iu" or arr.ndim != 1:
-                raise ValueError(f"{where}: '{ROW_INDEX}' must be a 1-d integer array of row numbers")
+                raise ValueError(f"{where}: '{ROW_INDEX}' must be a 1-d integer array of row "
+                                 f"numbers, got dtype {arr.dtype} and shape {arr.shape}")
             if total_size is not None and (arr.min() < 0 or arr.max() >= total_size):
                 raise ValueError(f"{where}: '{ROW_INDEX}' holds {int(arr.min())}..{int(arr.max())} "
                                  f"but rows are numbered 0..{total_size - 1} (total_size={total_size})")
+            values, counts = np.unique(arr, return_counts=True)
+            if (counts > 1).any():
+                raise ValueError(f"{where}: '{ROW_INDEX}' holds row {int(values[counts > 1][0])} "
+                                 f"{int(counts.max())} times; a batch takes each row at most once "
+                                 "(draw its rows without replacement)")
             out[name] = arr.astype(np.int64)
             continue
         spec = model[name]
@@ -131,10 +181,16 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 ok = np.broadcast_shapes(row, tuple(spec.shape)) == row
             except ValueError:
                 ok = False
+            if ok and len(row) != len(spec.shape) and _reads_rows(model, spec):
+                # per-row parameters (rows, *P) broadcast against (rows, *row) from the right:
+                # with fewer axes in P the row axis would meet one of the row's own axes
+                ok = False
             if not ok:
                 raise ValueError(f"{where}: Observed {name!r} has rows of shape {row} but its "
-                                 f"distribution's parameters have per-row shape {tuple(spec.shape)}; "
-                                 "fix the model or the array")
+                                 "distribution's parameters have per-row shape "
+                                 f"{tuple(spec.shape)}; fix the model or the array (a parameter "
+                                 "that reads per-row variables needs as many axes per row as the "
+                                 "observation)")
         if spec.dtype == "int":
             if not np.all(arr == np.round(arr)):
                 raise ValueError(f"{where}: column {name!r} must hold whole numbers "
@@ -150,12 +206,106 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
             support = spec.support if spec.role == "observed" else "real"
             low = arr.min() if arr.size else 0.0
             high = arr.max() if arr.size else 0.0
-            if (support == "positive" and low < 0) or (support == "unit_interval"
-                                                       and (low < 0 or high > 1)):
+            # Gamma, LogNormal and Beta have no finite density at an end of their support
+            is_open = spec.dist is not None and spec.dist.family in _OPEN_SUPPORT
+            if support == "positive":
+                inside = low > 0 if is_open else low >= 0
+                shown = "(0, inf)" if is_open else "[0, inf)"
+            elif support == "unit_interval":
+                inside = (low > 0 and high < 1) if is_open else (low >= 0 and high <= 1)
+                shown = "(0, 1)" if is_open else "[0, 1]"
+            else:
+                inside = True
+            if not inside:
                 raise ValueError(f"{where}: column {name!r} has values in [{low:g}, {high:g}], "
-                                 f"outside the support of {spec.dist} ({support})")
+                                 f"outside the support of {spec.dist} ({support}: {shown})")
             out[name] = arr.astype(np.float64)
+    _check_upper_limits(model, out, where)
     return out
+
+
+_OPEN_SUPPORT = ("Gamma", "LogNormal", "Beta")
+
+
+def _reads_rows(model: Model, spec: VarSpec) -> bool:
+    from .expr import variables_in
+    return any(model.vars[n].per_row for _, e in spec.dist.params for n in variables_in(e)
+               if n in model.vars)
+
+
+def _nodes(expr):
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.args)
+
+
+def _integer_limits(model: Model) -> list:
+    """(column, largest value it may hold, why) for integer columns whose range the model
+    fixes: a Categorical's labels 0..K-1, an index column's positions in what it indexes
+    (JAX would clamp an index past the end, and quietly fit the wrong entry)."""
+    from .expr import NumpyOps, evaluate, variables_in
+
+    def value(e):
+        env = {n: model.dummy_value(model.vars[n]) for n in variables_in(e)}
+        with np.errstate(all="ignore"):
+            return np.asarray(evaluate(e, env, NumpyOps))
+
+    limits = []
+    for v in model.vars.values():
+        if v.dist is None:
+            continue
+        for _, e in v.dist.params:
+            for node in _nodes(e):
+                if node.op == "index" and len(node.args) == 2 and node.args[1].op == "var":
+                    base, col = node.args[0], node.args[1].attr("name")
+                    size = value(base).shape[:1]
+                    if size:
+                        limits.append((col, size[0] - 1, f"it indexes {base!r}, which has "
+                                                         f"{size[0]} entries (0..{size[0] - 1})"))
+        if v.role == "observed" and v.dist.family == "Categorical":
+            k = value(v.dist.param_dict["logits"]).shape[-1]
+            limits.append((v.name, k - 1, f"its {v.dist!r} has {k} categories (labels 0..{k - 1})"))
+    return limits
+
+
+def _check_upper_limits(model: Model, out: dict, where: str) -> None:
+    from .expr import NumpyOps, evaluate, variables_in
+
+    for col, high, why in _integer_limits(model):
+        arr = out.get(col)
+        if arr is not None and arr.size and arr.max() > high:
+            at = tuple(int(i) for i in np.argwhere(arr > high)[0])
+            raise ValueError(f"{where}: column {col!r} holds {int(arr[at])} at index {at}, but "
+                             f"{why}; fix the column or the model's sizes")
+    for v in model.observed:
+        if v.dist.family != "Binomial" or v.name not in out:
+            continue
+        n_expr = v.dist.param_dict["n"]
+        names = variables_in(n_expr)
+        if not all(model.vars[n].role == "data" for n in names):
+            continue  # n reads a latent or a parameter: known only in the fit
+        with np.errstate(all="ignore"):
+            n = np.asarray(evaluate(n_expr, {k: out[k] for k in names}, NumpyOps), dtype=float)
+        y = out[v.name]
+        if names:  # per-row n: align its row axis with y's
+            n = n.reshape(n.shape + (1,) * (y.ndim - n.ndim))
+        try:
+            over = y > n
+        except ValueError:
+            continue  # y's rows and n do not broadcast: the row-shape check above names it
+        bad_n = ~((n >= 0) & (n == np.round(n)))
+        if names and bad_n.any():
+            raise ValueError(f"{where}: Binomial n={n_expr!r} of {v.name!r} holds "
+                             f"{float(n[tuple(np.argwhere(bad_n)[0])])!r}; the number of trials "
+                             "must be a whole number >= 0")
+        if over.any():
+            at = tuple(int(i) for i in np.argwhere(over)[0])
+            raise ValueError(f"{where}: column {v.name!r} holds "
+                             f"{int(np.broadcast_to(y, over.shape)[at])} at index {at}, more than "
+                             f"n={float(np.broadcast_to(n, over.shape)[at])!r} trials of its "
+                             f"{v.dist!r}; a Binomial count is 0..n")
 
 
 def _positive_int(name: str, value, fix: str) -> int:
@@ -174,6 +324,9 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
         raise ModelError(f"model {model.name!r} has no kq.Observed variable: nothing to fit")
     if not model.latents:
         raise ModelError(f"model {model.name!r} has no kq.Global or kq.Local latent: nothing to infer")
+    if total_size is not None:
+        total_size = _positive_int("total_size", total_size,
+                                   "it is N, the number of rows in the full data set")
     if total_size is not None and model.total_size is not None and total_size != model.total_size:
         raise ValueError(f"total_size={total_size} disagrees with the model's total_size="
                          f"{model.total_size}; give one of them")
@@ -193,10 +346,19 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
             raise ValueError(f"data has {rows} rows but total_size={n}. In-memory data must hold "
                              "all N rows (klqp draws the minibatches); to feed batches yourself, "
                              "pass an iterable of batch dicts and total_size=N")
-    elif data is not None and hasattr(data, "__iter__") and not isinstance(data, (str, bytes)):
+    elif data is not None and hasattr(data, "__iter__") and not isinstance(
+            data, (str, bytes, np.ndarray)):
         if n is None:
             raise ValueError("streamed batches need total_size=N (the size of the full data set); "
                              "klqp never guesses N from a loader's length")
+        if hasattr(data, "__len__") and len(data) == 0:
+            raise ValueError(f"data is an empty {type(data).__name__} of batches; give at least "
+                             "one batch dict (an empty loader would never yield a step)")
+        if isinstance(data, (list, tuple)):  # batches already in memory: check them now
+            for i, batch in enumerate(data):
+                where = f"streamed batch {i} (of the {len(data)} in data)"
+                check_batch(model, batch, where=where, need_rows=bool(model.free_locals),
+                            total_size=n)
         stream = data
     else:
         raise TypeError(f"data must be a dict of arrays or an iterable of batch dicts, got "
@@ -210,12 +372,38 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
     if b > n:
         raise ValueError(f"batch_size={b} is larger than total_size={n}; use batch_size <= {n}")
     _check_encoders(model, columns)
+    _check_params_read(model)
+    for name, value in (("beta", beta), ("beta_global", beta_global), ("beta_local", beta_local),
+                        ("likelihood_weight", likelihood_weight)):
+        if isinstance(value, np.ndarray) and value.ndim:
+            raise TypeError(f"{name}= is an array of shape {value.shape}; a weight is one number, "
+                            "a kq.Shared or a kq.schedules schedule")
     num_batches = batches_per_epoch(n, b, stream is not None)  # Blundell's M
     weights = resolve_weights(beta=beta, beta_global=beta_global, beta_local=beta_local,
                               likelihood_weight=likelihood_weight, num_batches=num_batches)
+    for name, w in weights.items():
+        if not isinstance(w, Shared):  # a Shared checks its own values
+            check_schedule(name, w)
     return Problem(model=model, total_size=n, batch_size=b, weights=weights,
                    scale_cost_to_minibatch=bool(scale_cost_to_minibatch), data=columns,
                    stream=stream)
+
+
+def _check_params_read(model: Model) -> None:
+    """A kq.Param that no distribution or encoder reads has no gradient: nothing would fit
+    it (PyMC's gradient refuses such an input outright)."""
+    from .expr import variables_in
+
+    read = set()
+    for v in model.vars.values():
+        exprs = [e for _, e in v.dist.params] if v.dist is not None else []
+        exprs += list(v.encoder or ())
+        read.update(n for e in exprs for n in variables_in(e))
+    unread = [v.name for v in model.params if v.name not in read]
+    if unread:
+        raise ModelError(f"model {model.name!r}: kq.Param {unread} is read by no distribution "
+                         "or encoder, so nothing would fit it; use it in an expression or drop "
+                         "the declaration")
 
 
 def _check_encoders(model: Model, columns: Optional[dict]) -> None:
@@ -231,23 +419,30 @@ def _check_encoders(model: Model, columns: Optional[dict]) -> None:
             if n not in model.vars or model.vars[n].role in ("global", "local"):
                 raise ModelError(f"Local {v.name!r}: its encoder reads {n!r}, which is not a Data, "
                                  f"Observed or Param variable of model {model.name!r}")
-        env = {}
-        for n in names:
-            spec = model.vars[n]
-            if spec.per_row and columns is not None and n in columns:
-                env[n] = np.zeros((3,) + columns[n].shape[1:])
-            else:
-                env[n] = model.dummy_value(spec)
-        with np.errstate(all="ignore"):
-            for part, e in zip(("loc", "scale"), v.encoder):
-                try:
-                    shape = np.shape(evaluate(e, env, NumpyOps))
-                except (ValueError, IndexError) as err:
-                    raise ModelError(f"Local {v.name!r}: encoder {part} has inconsistent shapes "
-                                     f"({err}); check the encoder's input sizes") from None
-                if shape != (3,) + tuple(v.shape):
-                    raise ModelError(f"Local {v.name!r}: the encoder's {part} has per-row shape "
-                                     f"{shape[1:]} but the latent has shape {tuple(v.shape)}")
+        for rows in (3, 4):  # two row counts: an encoder that mixes rows shows at one
+            env = {}
+            for n in names:
+                spec = model.vars[n]
+                if spec.per_row and columns is not None and n in columns:
+                    env[n] = np.zeros((rows,) + columns[n].shape[1:])
+                else:
+                    env[n] = model.dummy_value(spec, rows)
+            with np.errstate(all="ignore"):
+                for part, e in zip(("loc", "scale"), v.encoder):
+                    try:
+                        shape = np.shape(evaluate(e, env, NumpyOps))
+                    except (ValueError, IndexError) as err:
+                        raise ModelError(f"Local {v.name!r}: encoder {part} has inconsistent "
+                                         f"shapes ({err}); check the encoder's input "
+                                         "sizes") from None
+                    if shape[:1] != (rows,):
+                        raise ModelError(f"Local {v.name!r}: the encoder's {part} has shape "
+                                         f"{shape} for {rows} rows: it does not keep the data "
+                                         "axis first; use negative axes in the encoder")
+                    if shape != (rows,) + tuple(v.shape):
+                        raise ModelError(f"Local {v.name!r}: the encoder's {part} has per-row "
+                                         f"shape {shape[1:]} but the latent has shape "
+                                         f"{tuple(v.shape)}")
 
 
 def _init_param(spec: VarSpec, rng) -> np.ndarray:
