@@ -84,6 +84,8 @@ def data_fingerprint(problem) -> dict:
     bytes (a few ms per 100k rows), so other data of the same shape is told apart."""
     out = {"total_size": int(problem.total_size), "batch_size": int(problem.batch_size),
            "streamed": problem.data is None}
+    if problem.stream is not None and hasattr(problem.stream, "state"):
+        out["stream"] = _plain(problem.stream.state())  # a resumable stream (kq.data.parquet)
     if problem.data is not None:
         digest = hashlib.sha256()
         cols = {}
@@ -149,6 +151,9 @@ def describe_fit(result, *, seed: int, steps_planned: int, learning_rate) -> dic
             "dtype": result.info.get("dtype"),
             "spec": _plain(problem.model.to_dict()),
             "data": data_fingerprint(problem),
+            # where a resumable stream stands (informative: it follows from the step)
+            "stream_position": (_plain(problem.stream.position(int(result.state.step)))
+                                if hasattr(problem.stream, "position") else None),
             "scale_cost_to_minibatch": bool(problem.scale_cost_to_minibatch),
             "weights": {name: _weight_dict(w) for name, w in problem.weights.items()},
             "learning_rate": _plain(learning_rate.to_dict()),

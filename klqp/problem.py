@@ -348,6 +348,12 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
                              "pass an iterable of batch dicts and total_size=N")
     elif data is not None and hasattr(data, "__iter__") and not isinstance(
             data, (str, bytes, np.ndarray)):
+        if n is None and isinstance(getattr(data, "total_size", None), (int, np.integer)):
+            n = int(data.total_size)  # a stream that knows N (kq.data.parquet)
+        if batch_size is None and isinstance(getattr(data, "batch_size", None), (int, np.integer)):
+            batch_size = int(data.batch_size)
+        if hasattr(data, "with_columns"):
+            data = _read_only_model_columns(model, data)
         if n is None:
             raise ValueError("streamed batches need total_size=N (the size of the full data set); "
                              "klqp never guesses N from a loader's length")
@@ -387,6 +393,18 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
     return Problem(model=model, total_size=n, batch_size=b, weights=weights,
                    scale_cost_to_minibatch=bool(scale_cost_to_minibatch), data=columns,
                    stream=stream)
+
+
+def _read_only_model_columns(model: Model, stream):
+    """A column stream (kq.data.parquet) reading only the columns the model reads; a
+    column the model needs and the stream lacks is refused here, before any compile."""
+    wanted = [v.name for v in model.vars.values() if v.role in ("data", "observed")]
+    have = list(getattr(stream, "columns", None) or [])
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise ValueError(f"the model reads {missing[0]!r} but the stream {stream!r} has no such "
+                         f"column (its columns: {have}); write it to the files or rename it")
+    return stream if have == wanted else stream.with_columns(wanted)
 
 
 def _check_params_read(model: Model) -> None:

@@ -89,7 +89,11 @@ def checked_batches(problem, first_step: int, end: int) -> Iterator[tuple]:
     model = problem.model
     if first_step >= end:
         return
-    for step, batch in enumerate(epochs(problem.stream), start=first_step):
+    stream = problem.stream
+    # A resumable stream (kq.data.parquet) continues where step first_step stands; any
+    # other iterable starts again from its first batch.
+    source = stream.batches_from(first_step) if hasattr(stream, "batches_from") else epochs(stream)
+    for step, batch in enumerate(source, start=first_step):
         where = f"streamed batch at step {step}"
         cols = check_batch(model, batch, where=where, need_rows=bool(model.free_locals),
                            total_size=problem.total_size)

@@ -19,6 +19,8 @@ from klqp.problem import FitConfig, Problem, init_params
 
 from .lowering import build_guide, build_model, build_terms
 from .steps import Stepper
+from .host_table import host_table
+from .sharding import placement
 from .train import _shared_values, _weights_at, fit as _fit
 
 __all__ = ["NumPyroBackend", "NumPyroObjective"]
@@ -156,10 +158,24 @@ class NumPyroObjective:
 class NumPyroBackend:
     name = "numpyro"
 
-    def compile(self, problem: Problem, local_step=None) -> NumPyroObjective:
+    def compile(self, problem: Problem, local_step=None, devices=None) -> NumPyroObjective:
+        if devices not in (None, 1):
+            raise ValueError(f"backend_options['devices']={devices!r}: kq.compile evaluates the "
+                             "objective on one device; several devices are for kq.fit")
         if problem.data is None:
             raise ValueError("kq.compile needs in-memory data (a dict of arrays)")
         return NumPyroObjective(problem, local_step)
 
-    def fit(self, problem: Problem, config: FitConfig):
-        return _fit(problem, config)
+    def fit(self, problem: Problem, config: FitConfig, devices=None, local_table=None,
+            table_dir=None):
+        """``devices``: run each compiled chunk as one SPMD program over that many JAX
+        devices (or that list of devices), rows sharded (``klqp_numpyro.sharding``).
+        ``local_table="host"``: keep the N-row local table and the data in host memory
+        (memmap files in ``table_dir``), moving each chunk's rows
+        (``klqp_numpyro.host_table``)."""
+        host = host_table(local_table, table_dir, problem)
+        place = placement(devices, problem.total_size, problem.batch_size)
+        if host is not None and place is not None and place.size > 1:
+            raise ValueError("backend_options: local_table='host' runs on one device; leave "
+                             "out devices= (or give devices=1)")
+        return _fit(problem, config, place=None if host is not None else place, host=host)

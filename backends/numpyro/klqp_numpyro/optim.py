@@ -29,16 +29,22 @@ def row_adam_init(variables: dict, total_size: int) -> RowAdamState:
 
 
 def row_adam_update(grads_rows: dict, state: RowAdamState, variables: dict, indices,
-                    learning_rate: float, active=True):
+                    learning_rate: float, active=True, rows=None):
     """Update the rows ``indices`` of ``variables`` (leaves with N rows) from the batch
     rows' gradients ``grads_rows`` (leaves with b rows). Returns (variables, state).
-    ``active=False`` (traced) leaves everything as it was, at O(b) cost."""
-    count = state.count.at[indices].add(jnp.asarray(active, jnp.int32))
-    c = jnp.maximum(count[indices], 1).astype(jnp.result_type(float))
+    ``active=False`` (traced) leaves everything as it was, at O(b) cost. ``rows`` reads
+    and writes a table's batch rows (``klqp_numpyro.sharding``; default: one device)."""
+    if rows is None:
+        from .sharding import RowsHere
+        rows = RowsHere()
+    take = lambda full: rows.take(full, indices)
+    put = lambda full, new: rows.put(full, indices, new)
+    count_rows = take(state.count) + jnp.asarray(active, jnp.int32)
+    c = jnp.maximum(count_rows, 1).astype(jnp.result_type(float))
 
     def moments(g, mu, nu):
         shape = (-1,) + (1,) * (g.ndim - 1)
-        mu_rows, nu_rows = mu[indices], nu[indices]
+        mu_rows, nu_rows = take(mu), take(nu)
         m = jnp.where(active, B1 * mu_rows + (1 - B1) * g, mu_rows)
         v = jnp.where(active, B2 * nu_rows + (1 - B2) * g * g, nu_rows)
         m_hat = m / (1 - B1 ** c).reshape(shape)
@@ -49,7 +55,6 @@ def row_adam_update(grads_rows: dict, state: RowAdamState, variables: dict, indi
     is_triple = lambda x: isinstance(x, tuple)
     pick = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=is_triple)
     m, v, step = pick(0), pick(1), pick(2)
-    put = lambda full, rows: full.at[indices].set(rows)
-    new_vars = jax.tree.map(lambda full, s: full.at[indices].add(s), variables, step)
-    return new_vars, RowAdamState(count, jax.tree.map(put, state.mu, m),
+    new_vars = jax.tree.map(lambda full, s: put(full, take(full) + s), variables, step)
+    return new_vars, RowAdamState(put(state.count, count_rows), jax.tree.map(put, state.mu, m),
                                   jax.tree.map(put, state.nu, v))

@@ -29,7 +29,9 @@ from klqp.results import HISTORY_KEYS, FitResult, FitState
 
 from klqp import steps as rule
 
-from .optim import row_adam_init, row_adam_update
+from .host_table import HostTable, compact_rows
+from .optim import RowAdamState, row_adam_init, row_adam_update
+from .sharding import RowsHere
 from .steps import Stepper, softplus_inverse
 
 _NAME = "numpyro"
@@ -62,8 +64,11 @@ def draw_noise(problem: Problem, key, b: int) -> dict:
 class Trainer:
     """Holds the jitted update for one problem; counts how often JAX traced it."""
 
-    def __init__(self, problem: Problem, config: FitConfig):
+    def __init__(self, problem: Problem, config: FitConfig, place=None, host=None):
         self.problem = problem
+        self.place = place  # klqp_numpyro.sharding.Placement, or None: one device
+        self.host = host    # klqp_numpyro.host_table.HostTable: the row table in host memory
+        self.rows = place.rows if place is not None else RowsHere()
         self.learning_rate = config.learning_rate  # a schedule: evaluated at the traced step
         self.rows_rule = config.local_step
         self.global_rule = config.global_step
@@ -89,8 +94,13 @@ class Trainer:
         if st.average:
             extra["loc"] = {k: p["loc"] for k, p in globals_.items()}
             extra["scale"] = {k: jax.nn.softplus(p["raw_scale"]) for k, p in globals_.items()}
-        rows = (row_adam_init(variables["rows"], self.problem.total_size)
-                if isinstance(self.rows_rule, rule.RowAdam) else None)
+        rows = None
+        if isinstance(self.rows_rule, rule.RowAdam):
+            if self.host is not None:  # made on the host: the table may not fit the device
+                zeros = jax.tree.map(np.zeros_like, variables["rows"])
+                rows = RowAdamState(np.zeros(self.problem.total_size, np.int32), zeros, zeros)
+            else:
+                rows = row_adam_init(variables["rows"], self.problem.total_size)
         return self.optimizer.init(variables["dense"]), rows, extra
 
     def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
@@ -103,10 +113,12 @@ class Trainer:
         w = _weights_at(problem, step, shared_values)
         b = indices.shape[0]
         s = objective.cost_scale(n, b, problem.scale_cost_to_minibatch)
-        noise = draw_noise(problem, key, b)
+        local_names = {v.name for v in problem.model.latents if v.role == "local"}
+        noise = {k: self.rows.batch(z) if k in local_names else z
+                 for k, z in draw_noise(problem, key, b).items()}
         dense_state, row_state, global_state = opt_state
         dense = variables["dense"]
-        rows = jax.tree.map(lambda a: a[indices], variables["rows"])
+        rows = old_rows = jax.tree.map(lambda a: self.rows.take(a, indices), variables["rows"])
         gain = jnp.zeros(())
         if st.layout is not None:
             new_rows, gain_rows = st.local_update(_as_params(dense), _as_params(rows), batch, w)
@@ -147,12 +159,12 @@ class Trainer:
             row_lr = lr * (np.sqrt(n / problem.batch_size) if self.rows_rule.scale_by_visits
                            else 1.0)
             table, row_state = row_adam_update(g_rows, row_state, variables["rows"], indices,
-                                               row_lr, apply)
+                                               row_lr, apply, rows=self.rows)
         elif st.layout is None:  # no free locals
             table = variables["rows"]
         else:
-            table = jax.tree.map(lambda full, r: full.at[indices].set(keep(r, full[indices])),
-                                 variables["rows"], rows)
+            table = jax.tree.map(lambda full, r, old: self.rows.put(full, indices, keep(r, old)),
+                                 variables["rows"], rows, old_rows)
         record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
                   "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local),
                   "local_gain": gain, "skipped": jnp.logical_and(active, ~ok), **w}
@@ -196,8 +208,11 @@ class Trainer:
 
     def device_data(self) -> dict:
         """The in-memory columns on the device (moved once per trainer)."""
+        if self.host is not None:
+            return self.problem.data  # on the host: each chunk moves its rows
         if getattr(self, "_data", None) is None:
-            self._data = {k: jnp.asarray(v) for k, v in self.problem.data.items()}
+            place = self.place.table if self.place is not None else jnp.asarray
+            self._data = {k: place(v) for k, v in self.problem.data.items()}
         return self._data
 
     # -- what a fit reports ---------------------------------------------------------------
@@ -205,7 +220,10 @@ class Trainer:
         """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
         locals after the final pass at those globals (in-memory data only)."""
         st = self.stepper
-        params = _to_params(variables)
+        host_rows = lambda a: self.to_host(a, rows=True)
+        params = {**_as_params(variables["dense"], self.to_host),
+                  **(_as_params(variables["rows"], host_rows) if self.host is None
+                     else _host_params(variables["rows"]))}
         global_state = opt_state[2]
         if st.average:
             for k in global_state["loc"]:
@@ -214,25 +232,85 @@ class Trainer:
         if st.layout is not None and data is not None and self.rows_rule.final_pass:
             dense = {k: jax.tree.map(jnp.asarray, p) for k, p in params.items()
                      if k not in st.layout.names}
-            final = self._final(dense, variables["rows"], data, jnp.asarray(max(step - 1, 0)),
-                                shared_values)
+            at = jnp.asarray(max(step - 1, 0))
+            final = (self._final(dense, variables["rows"], data, at, shared_values)
+                     if self.host is None else
+                     self._final_on_host(dense, variables["rows"], data, at, shared_values))
             for k, p in final.items():
-                params[k] = {q: np.asarray(a, dtype=float) for q, a in p.items()}
+                params[k] = {q: self.to_host(a, rows=True) for q, a in p.items()}
         return params
+
+    def _final_on_host(self, dense_params, table, data, step, shared_values,
+                       block_batches: int = 64) -> dict:
+        """The final pass of a host-resident table: blocks of rows moved to the device
+        (one block size, so one compile), their new q written to host arrays."""
+        n, b = self.problem.total_size, self.problem.batch_size
+        block = min(n, b * block_batches)
+        out = None
+        for lo in range(0, n, block):
+            idx = np.minimum(np.arange(lo, lo + block), n - 1)
+            new = self._final(dense_params, HostTable.gather(table, idx),
+                              {k: jnp.asarray(np.asarray(v[idx])) for k, v in data.items()},
+                              step, shared_values)
+            if out is None:
+                out = jax.tree.map(lambda a: np.empty((n,) + a.shape[1:]), new)
+            hi = min(lo + block, n)
+            jax.tree.map(lambda full, a: full.__setitem__(slice(lo, hi), np.asarray(a)[:hi - lo]),
+                         out, new)
+        return out
+
+    # -- where the state lives ------------------------------------------------------------
+    def to_host(self, a, rows: bool = False) -> np.ndarray:
+        """A device array as float host NumPy (gathered from every process when sharded);
+        ``rows``: an N-row table, its padding cut."""
+        a = self.place.to_host(a) if self.place is not None else np.asarray(a)
+        a = a[:self.problem.total_size] if rows else a
+        return a.astype(float) if np.issubdtype(a.dtype, np.floating) else a
+
+    def place_state(self, variables, opt_state):
+        """(variables, optimizer state) on the mesh: row tables row-sharded, the rest
+        replicated. One device: as they are."""
+        if self.host is not None:
+            dense_state, row_state, extra = opt_state
+            return ({"dense": variables["dense"], "rows": self.host.adopt(variables["rows"])},
+                    (dense_state, None if row_state is None else self.host.adopt(row_state),
+                     extra))
+        if self.place is None:
+            return variables, opt_state
+        tables, one = self.place.table, self.place.replicate
+        dense_state, row_state, extra = opt_state
+        placed = {"dense": jax.tree.map(one, variables["dense"]),
+                  "rows": jax.tree.map(tables, variables["rows"])}
+        return placed, (jax.tree.map(one, dense_state),
+                        None if row_state is None else jax.tree.map(tables, row_state),
+                        jax.tree.map(one, extra))
+
+    def state_leaves(self, variables, opt_state) -> list:
+        """The state as host arrays with N-row tables (the same on any number of devices,
+        so a checkpoint resumes on another)."""
+        if self.place is None:  # copies: a host table's memmaps go on changing
+            return [np.array(a) for a in jax.tree.leaves((variables, opt_state))]
+        dense_state, row_state, extra = opt_state
+        host = lambda t, rows=False: jax.tree.map(lambda a: self.place.to_host(a)[
+            :self.problem.total_size] if rows else self.place.to_host(a), t)
+        tree = ({"dense": host(variables["dense"]), "rows": host(variables["rows"], True)},
+                (host(dense_state), None if row_state is None else host(row_state, True),
+                 host(extra)))
+        return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
     def _final_pass(self, dense_params, table, data, step, shared_values):
         """The local step over all N rows, b at a time, at the reported globals."""
         self.trace_counts["final_pass"] += 1
         problem, st = self.problem, self.stepper
-        n, b = problem.total_size, problem.batch_size
+        n, b = next(iter(data.values())).shape[0], problem.batch_size  # all rows, or a block
         w = _weights_at(problem, step, shared_values)
         chunks = -(-n // b)
         order = jnp.minimum(jnp.arange(chunks * b), n - 1).reshape(chunks, b)  # last row repeated
         table = _as_params(table)
 
         def chunk(idx):
-            columns = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
-            rows = jax.tree.map(lambda a: a[idx], table)
+            columns = {k: self.rows.take(v, idx) for k, v in data.items()}
+            rows = jax.tree.map(lambda a: self.rows.take(a, idx), table)
             new, _ = st.local_update(dense_params, rows, columns, w, self.rows_rule.final_pass)
             return new
 
@@ -240,35 +318,35 @@ class Trainer:
         return jax.tree.map(lambda a: a.reshape((chunks * b,) + a.shape[2:])[:n], out)
 
     # -- in-memory data: a chunk of steps as one scan ----------------------------------
-    def chunk_orders(self, seed: int, step0: int, length: int):
-        """The row orders (``klqp.training.epoch_order``) of every epoch a chunk of
-        ``length`` steps from ``step0`` may touch: ``length // M + 2`` rows of N, a fixed
-        shape, so the chunk never recompiles. Made on the host, each epoch's once."""
-        m, n = self.problem.num_batches, self.problem.total_size
-        first = step0 // m
-        wanted = [(seed, e) for e in range(first, first + length // m + 2)]
-        self._orders = {k: self._orders[k] if k in self._orders
-                        else epoch_order(seed, k[1], n).astype(np.int32) for k in wanted}
-        return jnp.asarray(np.stack([self._orders[k] for k in wanted]))
+    def chunk_rows(self, seed: int, step0: int, length: int) -> np.ndarray:
+        """The (length, b) row numbers of steps step0 .. step0+length-1
+        (``klqp.training.epoch_order``: step t takes slice t mod M of its epoch's order),
+        made on the host, each epoch's order once; steps past the run's end (the last
+        chunk is padded to one length, so it never recompiles) take valid rows too."""
+        m, n, b = self.problem.num_batches, self.problem.total_size, self.problem.batch_size
+        first, last = step0 // m, (step0 + length - 1) // m
+        self._orders = {(seed, e): self._orders.get((seed, e)) if (seed, e) in self._orders
+                        else epoch_order(seed, e, n).astype(np.int32)
+                        for e in range(first, last + 1)}
+        out = np.empty((length, b), np.int32)
+        for i, t in enumerate(range(step0, step0 + length)):
+            epoch, pos = divmod(t, m)
+            out[i] = self._orders[(seed, epoch)][pos * b:(pos + 1) * b]
+        return out
 
-    def _run_chunk(self, carry, data, key, step0, n_active, shared_values, orders, *, length):
-        """``length`` steps as one lax.scan; step t takes slice t mod M of its epoch's
-        order (``orders``, from ``chunk_orders``). ``carry`` also counts the non-finite
-        steps in a row; at ``max_nonfinite`` the rest of the chunk applies nothing."""
+    def _run_chunk(self, carry, data, key, step0, n_active, shared_values, batch_rows, *, length):
+        """``length`` steps as one lax.scan; step step0+i takes the rows ``batch_rows[i]``
+        (from ``chunk_rows``). ``carry`` also counts the non-finite steps in a row; at
+        ``max_nonfinite`` the rest of the chunk applies nothing."""
         self.trace_counts["chunk"] += 1
-        problem = self.problem
-        b, m = problem.batch_size, problem.num_batches
         noise_key = jax.random.split(key)[1]
-        first_epoch = step0 // m  # orders[0] is its order
 
         def body(carry, i):
             variables, opt_state, in_row = carry
             step = step0 + i
-            epoch, pos = step // m, step % m
-            idx = lax.dynamic_slice(orders, (epoch - first_epoch, pos * b), (1, b))[0]
-            batch = {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
-            # Steps past the end of the run (the last chunk is padded to one length,
-            # so it never recompiles) leave the state as it was.
+            idx = batch_rows[i]
+            batch = {k: self.rows.take(v, idx) for k, v in data.items()}
+            # Steps past the end of the run leave the state as it was.
             active = jnp.logical_and(i < n_active, in_row < self.max_nonfinite)
             new_vars, new_state, record = self.update(
                 variables, opt_state, batch, idx, jax.random.fold_in(noise_key, step), step,
@@ -278,25 +356,75 @@ class Trainer:
 
         return lax.scan(body, carry, jnp.arange(length))
 
+    def chunk_arguments(self, run, key, n_active: int, length: int) -> tuple:
+        """The arguments of ``_chunk`` for the run's next chunk (also what
+        ``compiled_chunk`` lowers)."""
+        rows = self.chunk_rows(run.config.seed, run.step, length)
+        if self.host is not None:
+            return self._host_chunk_arguments(run, key, n_active, rows)
+        rows = self.place.replicate(rows) if self.place is not None else jnp.asarray(rows)
+        return ((run.variables, run.opt_state, jnp.asarray(run.watch.in_row)), self.device_data(),
+                key, jnp.asarray(run.step), jnp.asarray(n_active),
+                _shared_values(self.problem), rows)
+
+    def _host_chunk_arguments(self, run, key, n_active: int, rows: np.ndarray) -> tuple:
+        """A host-resident table's chunk: the rows it touches, gathered into a compact
+        table of fixed size, and its row numbers renumbered into it."""
+        unique, count, at = compact_rows(rows, rows.size)
+        self._moved = (unique, count)
+        dense_state, row_state, extra = run.opt_state
+        variables = {"dense": run.variables["dense"],
+                     "rows": HostTable.gather(run.variables["rows"], unique)}
+        row_state = None if row_state is None else HostTable.gather(row_state, unique)
+        data = {k: jnp.asarray(np.asarray(v[unique])) for k, v in self.problem.data.items()}
+        return ((variables, (dense_state, row_state, extra), jnp.asarray(run.watch.in_row)),
+                data, key, jnp.asarray(run.step), jnp.asarray(n_active),
+                _shared_values(self.problem), jnp.asarray(at))
+
+    def chunk_result(self, run, variables, opt_state) -> tuple:
+        """(variables, optimizer state) after a chunk: a host-resident table gets its
+        compact rows written back."""
+        if self.host is None:
+            return variables, opt_state
+        unique, count = self._moved
+        dense_state, row_state, extra = opt_state
+        HostTable.write_back(run.variables["rows"], unique, count, variables["rows"])
+        if row_state is not None:
+            HostTable.write_back(run.opt_state[1], unique, count, row_state)
+        return ({"dense": variables["dense"], "rows": run.variables["rows"]},
+                (dense_state, run.opt_state[1], extra))
+
+    def compiled_chunk(self, run, key, length: int):
+        """The chunk of ``length`` steps as XLA compiled it (``.as_text()`` is its HLO):
+        what a test reads to see which collectives a sharded fit runs."""
+        return self._chunk.lower(*self.chunk_arguments(run, key, length, length),
+                                 length=length).compile()
+
     # -- streamed batches: one jitted step per batch ------------------------------------
     def _stream_step(self, variables, opt_state, batch, indices, key, step, shared_values):
         self.trace_counts["stream_step"] += 1
         return self.update(variables, opt_state, batch, indices, key, step, shared_values)
 
 
-def _to_variables(problem: Problem, params: dict) -> dict:
+def _to_variables(problem: Problem, params: dict, rows_array=jnp.asarray) -> dict:
     """Parameters -> what the optimizer moves, in two groups: "dense" (globals' q and
     point params, plain Adam) and "rows" (free locals' q, row-wise Adam). A q scale is
     moved as raw_scale, scale = softplus(raw_scale)."""
-    def as_var(p):
+    def as_var(p, array=jnp.asarray):
         if "value" in p:
-            return {"value": jnp.asarray(p["value"])}
-        return {"loc": jnp.asarray(p["loc"]),
-                "raw_scale": jnp.asarray(_inv_softplus(np.asarray(p["scale"])))}
+            return {"value": array(p["value"])}
+        return {"loc": array(p["loc"]), "raw_scale": array(_inv_softplus(np.asarray(p["scale"])))}
     model = problem.model
     dense = [v for v in model.vars.values() if v.role in ("global", "param")]
     return {"dense": {v.name: as_var(params[v.name]) for v in dense},
-            "rows": {v.name: as_var(params[v.name]) for v in model.free_locals}}
+            "rows": {v.name: as_var(params[v.name], rows_array) for v in model.free_locals}}
+
+
+def _host_params(group: dict) -> dict:
+    """A host-resident table's variables as params, computed on the host."""
+    return {k: {"loc": np.array(p["loc"], dtype=float),
+                "scale": np.logaddexp(0.0, np.asarray(p["raw_scale"], dtype=float))}
+            for k, p in group.items()}
 
 
 def _as_params(group: dict, to_array=lambda a: a) -> dict:
@@ -306,9 +434,6 @@ def _as_params(group: dict, to_array=lambda a: a) -> dict:
             for k, p in group.items()}
 
 
-def _to_params(variables: dict) -> dict:
-    as_numpy = lambda a: np.asarray(a, dtype=float)
-    return {**_as_params(variables["dense"], as_numpy), **_as_params(variables["rows"], as_numpy)}
 
 
 class _Run:
@@ -316,7 +441,9 @@ class _Run:
 
     def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer):
         self.problem, self.config, self.trainer = problem, config, trainer
-        self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale))
+        on_host = trainer.host is not None  # the row table must not pass through the device
+        self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale),
+                                       rows_array=np.asarray if on_host else jnp.asarray)
         self.opt_state = trainer.init_state(self.variables)
         self.step = 0
         self.history = History(HISTORY_KEYS)
@@ -325,13 +452,14 @@ class _Run:
             prev = config.resume
             treedef = jax.tree.structure((self.variables, self.opt_state))
             self.variables, self.opt_state = jax.tree.unflatten(
-                treedef, [jnp.asarray(a) for a in prev.state.optimizer])
+                treedef, [(np.asarray if on_host else jnp.asarray)(a) for a in prev.state.optimizer])
             self.step = prev.state.step
             self.history = History(HISTORY_KEYS, previous=prev.history)
+        self.variables, self.opt_state = trainer.place_state(self.variables, self.opt_state)
 
     def result(self, interrupted: bool = False) -> FitResult:
         hist = self.history.arrays()
-        leaves = [np.asarray(a) for a in jax.tree.leaves((self.variables, self.opt_state))]
+        leaves = self.trainer.state_leaves(self.variables, self.opt_state)
         data = None if self.problem.data is None else self.trainer.device_data()
         params = self.trainer.reported_params(self.variables, self.opt_state, data, self.step,
                                               _shared_values(self.problem))
@@ -366,8 +494,11 @@ class _Run:
         return run_callbacks(self.config.callbacks, self.step, self.result)
 
 
-def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> FitResult:
-    trainer = trainer or Trainer(problem, config)
+def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
+        place=None, host=None) -> FitResult:
+    """``place``: a ``klqp_numpyro.sharding.Placement`` (several devices), or None;
+    ``host``: a ``klqp_numpyro.host_table.HostTable`` (the row table in host memory)."""
+    trainer = trainer or Trainer(problem, config, place, host)
     run = _Run(problem, config, trainer)
     key = jax.random.PRNGKey(config.seed)
     bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",
@@ -387,16 +518,13 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None) -> 
 
 
 def _run_in_memory(run: _Run, key, end: int, bar) -> None:
-    problem, config, trainer = run.problem, run.config, run.trainer
-    data = trainer.device_data()
+    config, trainer = run.config, run.trainer
     chunk = chunk_length(config.steps, config.chunk_size)
     while run.step < end:
         n_active = min(chunk, end - run.step)
         (variables, opt_state, _), rec = trainer._chunk(
-            (run.variables, run.opt_state, jnp.asarray(run.watch.in_row)), data, key,
-            jnp.asarray(run.step), jnp.asarray(n_active), _shared_values(problem),
-            trainer.chunk_orders(config.seed, run.step, chunk), length=chunk)
-        run.variables, run.opt_state = variables, opt_state
+            *trainer.chunk_arguments(run, key, n_active, chunk), length=chunk)
+        run.variables, run.opt_state = trainer.chunk_result(run, variables, opt_state)
         run.record(rec, n_active)
         bar.update(n_active)
         bar.set_postfix(elbo=f"{float(rec['elbo'][n_active - 1]):.5g}")
@@ -407,10 +535,15 @@ def _run_in_memory(run: _Run, key, end: int, bar) -> None:
 def _run_stream(run: _Run, key, end: int, bar) -> None:
     problem, trainer = run.problem, run.trainer
     noise_key = jax.random.split(key)[1]
+    place = trainer.place
     for cols, rows, b in checked_batches(problem, run.step, end):
-        indices = jnp.asarray(rows if rows is not None else np.arange(b))
+        indices = rows if rows is not None else np.arange(b)
+        if place is None:
+            indices, cols = jnp.asarray(indices), {k: jnp.asarray(v) for k, v in cols.items()}
+        else:
+            indices, cols = place.stream_batch(indices, cols, step=run.step)
         run.variables, run.opt_state, rec = trainer._step(
-            run.variables, run.opt_state, {k: jnp.asarray(v) for k, v in cols.items()}, indices,
+            run.variables, run.opt_state, cols, indices,
             jax.random.fold_in(noise_key, run.step), jnp.asarray(run.step), _shared_values(problem))
         run.record(rec)
         bar.update(1)

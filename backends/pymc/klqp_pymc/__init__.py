@@ -292,5 +292,19 @@ class PyMCBackend:
         return PyMCObjective(problem, modes.check_mode(mode, modes.DEFAULT_COMPILE_MODE),
                              local_step)
 
-    def fit(self, problem: Problem, config: FitConfig, mode: Optional[str] = None) -> FitResult:
+    def fit(self, problem: Problem, config: FitConfig, mode: Optional[str] = None,
+            devices=None) -> FitResult:
+        check_devices(devices)
         return _fit(problem, config, modes.check_mode(mode, modes.DEFAULT_FIT_MODE))
+
+
+def check_devices(devices) -> None:
+    """PyMC's ADVI runs on one device: ``devices`` may only be 1 (or left out)."""
+    if devices is None or (isinstance(devices, int) and not isinstance(devices, bool)
+                           and devices == 1):
+        return
+    if isinstance(devices, (list, tuple)) and len(devices) == 1:
+        return
+    raise ValueError(f"backend_options['devices']={devices!r}: the PyMC backend runs on one "
+                     "device (PyMC has no multi-device ADVI). Fit on several devices with "
+                     "backend='numpyro', backend_options={'devices': k}")
