@@ -21,5 +21,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt \
-  -e ".[test,docs,examples]" -e backends/numpyro -e backends/pymc
+  -e ".[test,docs,examples,parquet]" -e backends/numpyro -e backends/pymc
 .venv/bin/python -c "import klqp; print('klqp', klqp.__version__, 'backends:', klqp.backends.available())"
