@@ -31,9 +31,11 @@ def softplus_inverse(x):
 
 
 def tile_rows(tree, copies: int):
-    """Every leaf's rows repeated ``copies`` times, node-major: row i of copy p sits at
-    p * R + i (the layout of a batch's quadrature nodes as virtual rows)."""
-    return jax.tree.map(lambda a: jnp.tile(a, (copies,) + (1,) * (a.ndim - 1)), tree)
+    """Every leaf's rows repeated ``copies`` times, row-major: copy p of row i sits at
+    i * P + p (the layout of a batch's quadrature nodes as virtual rows). Row-major keeps
+    a row's nodes together, so a batch split across devices splits its virtual rows the
+    same way (no gather of the batch)."""
+    return jax.tree.map(lambda a: jnp.repeat(a, copies, axis=0), tree)
 
 
 def average_terms(a: Terms, b: Terms) -> Terms:
@@ -87,8 +89,8 @@ class Stepper:
         return weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
 
     def _node_values(self, loc, log_scale):
-        """u at every node of every row: (P * R, K), node-major."""
-        u = loc[None] + jnp.exp(log_scale)[None] * self.nodes[:, None, :]
+        """u at every node of every row: (R * P, K), row-major."""
+        u = loc[:, None] + jnp.exp(log_scale)[:, None] * self.nodes[None, :, :]
         return u.reshape((-1, loc.shape[1]))
 
     def _tiled(self, fixed: dict, columns: dict):
@@ -111,14 +113,14 @@ class Stepper:
         hess = jnp.stack([jax.jvp(grad_of, (u,), (jnp.zeros_like(u).at[:, j].set(1.0),))[1][:, j]
                           for j in range(k)], axis=-1)
         w = self.node_weights
-        return (jnp.einsum("p,pr->r", w, values.reshape(p, rows)),
-                jnp.einsum("p,prk->rk", w, grad.reshape(p, rows, k)),
-                jnp.einsum("p,prk->rk", w, hess.reshape(p, rows, k)))
+        return (jnp.einsum("p,rp->r", w, values.reshape(rows, p)),
+                jnp.einsum("p,rpk->rk", w, grad.reshape(rows, p, k)),
+                jnp.einsum("p,rpk->rk", w, hess.reshape(rows, p, k)))
 
     def row_objective(self, loc, log_scale, fixed_t, columns_t, point, weights):
         values = self.row_log_joint(self._node_values(loc, log_scale), fixed_t, columns_t, point,
                                     weights)
-        return rule.row_objective(jnp, values.reshape(self.layout.num_nodes, -1),
+        return rule.row_objective(jnp, values.reshape(-1, self.layout.num_nodes).T,
                                   self.node_weights, log_scale, weights["beta_local"])
 
     def newton(self, loc, log_scale, fixed: dict, columns: dict, point: dict, weights: dict,
@@ -166,10 +168,10 @@ class Stepper:
         p, b = self.layout.num_nodes, batch[self.model.observed[0].name].shape[0]
         free = set(self.layout.names)
         params = {k: (tile_rows(a, p) if k in free else a) for k, a in params.items()}
-        node_noise = self.unflat(jnp.repeat(self.nodes, b, axis=0))
+        node_noise = self.unflat(jnp.tile(self.nodes, (b, 1)))
         noise = {**node_noise, **{k: (tile_rows(a, p) if self.model[k].role == "local" else a)
                                   for k, a in noise.items() if k not in free}}
-        return params, tile_rows(batch, p), noise, jnp.repeat(self.node_weights, b)
+        return params, tile_rows(batch, p), noise, jnp.tile(self.node_weights, b)
 
     def training_terms(self, params: dict, batch: dict, noise: dict, stl: bool = False) -> Terms:
         """The step's estimate of the three terms: the locals integrated by quadrature
