@@ -28,6 +28,7 @@ EXAMPLES = {
                           ["--steps", "800", "--plot", "{out}/bayes_by_backprop.png"]),
     "vae": (["--images", "{out}/vae.png"], ["--steps", "600", "--images", "{out}/vae.png"]),
     "tempered_posterior": ([], ["--steps", "3000"]),
+    "scaling_out": ([], ["--rows", "20000", "--steps", "150"]),
 }
 
 

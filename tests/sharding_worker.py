@@ -1,8 +1,9 @@
 """Fits run by tests/test_sharding.py in a fresh process: virtual CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count``) must be set before JAX starts.
 
-    python sharding_worker.py devices OUT.npz        # one process, 8 virtual devices
-    python sharding_worker.py process PID PORT OUT   # one of two processes x 2 devices
+    python sharding_worker.py devices OUT.npz [PARQUET_DIR]        # one process, 8 devices
+    python sharding_worker.py process PID PORT OUT [PARQUET_DIR]   # one of 2 processes x 2
+    python sharding_worker.py write PARQUET_DIR                    # the streamed fits' files
 
 Writes every fitted parameter (and the loss history) to an npz file; ``devices`` also
 writes the collectives of the compiled chunk on 8 devices.
@@ -89,6 +90,38 @@ def chunk_collectives(devices: int, local_step="auto") -> list:
     return collectives(trainer.compiled_chunk(run, jax.random.PRNGKey(SEED), 10).as_text())
 
 
+def write_parquet(folder, n=800, files=2, group_rows=50):
+    """The mixed model's rows, shuffled once, as Parquet files with a row id column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, data = mixed(n=n)
+    order = np.random.default_rng(7).permutation(n)
+    for i, part in enumerate(np.array_split(order, files)):
+        cols = {"row_id": part, **{k: data[k][part] for k in ("x", "y", "f")},
+                "g": pa.FixedSizeListArray.from_arrays(data["g"][part, 0], 1)}
+        pq.write_table(pa.table(cols), f"{folder}/part-{i}.parquet", row_group_size=group_rows)
+
+
+def fit_stream(stream, devices=None, steps=STEPS):
+    model, _ = mixed(n=800)
+    options = None if devices is None else {"devices": devices}
+    return kq.fit(model, stream, total_size=800, batch_size=BATCH, steps=steps, seed=SEED,
+                  backend="numpyro", backend_options=options, progress=False)
+
+
+def two_process_batches(folder, steps=STEPS):
+    """What two processes (process=(0, 2), (1, 2)) stream together at each step: the
+    global batch is process 0's rows, then process 1's."""
+    parts = [kq.data.parquet(folder, batch_size=BATCH // 2, process=(p, 2)).batches_from(0)
+             for p in (0, 1)]
+    out = []
+    for _ in range(steps):
+        a, b = next(parts[0]), next(parts[1])
+        out.append({k: np.concatenate([a[k], b[k]]) for k in a})
+    return out
+
+
 def main(argv):
     if argv[0] == "devices":
         out = {}
@@ -96,6 +129,10 @@ def main(argv):
             out.update({f"{name}/{k}": v for k, v in fitted(fit(devices)).items()})
         for name, devices in (("rowadam_default", None), ("rowadam_d8", 8)):
             out.update({f"{name}/{k}": v for k, v in fitted(fit(devices, None)).items()})
+        if len(argv) > 2:  # streamed: a list of batches, and the two processes' Parquet rows
+            batches = two_process_batches(argv[2])
+            for name, devices in (("stream_default", None), ("stream_d2", 2)):
+                out.update({f"{name}/{k}": v for k, v in fitted(fit_stream(batches, devices)).items()})
         np.savez(argv[1], **out)
         report = {"auto": chunk_collectives(8), "rowadam": chunk_collectives(8, None),
                   "rows_per_device": -(-N // 8), "devices": len(jax.devices())}
@@ -107,9 +144,17 @@ def main(argv):
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
         assert jax.process_count() == 2 and len(jax.devices()) == 4, jax.devices()
         result = fit(jax.devices())
+        out = fitted(result)
+        if len(argv) > 4:  # each process streams its own row groups of the Parquet files
+            stream = kq.data.parquet(argv[4], batch_size=BATCH // 2)
+            assert stream.process == (pid, 2)
+            out.update({f"stream/{k}": v for k, v in
+                        fitted(fit_stream(stream, jax.devices())).items()})
         if pid == 0:
-            np.savez(path, **fitted(result))
+            np.savez(path, **out)
         jax.distributed.shutdown()
+    elif argv[0] == "write":
+        write_parquet(argv[1])
     else:
         raise SystemExit(__doc__)
 

@@ -95,3 +95,30 @@ def test_vae_example_trades_reconstruction_for_kl(backend, tmp_path):
     assert kl["cont. Bernoulli, beta_norm=1"] < kl["cont. Bernoulli, beta=4"] < kl["cont. Bernoulli, beta=1"]
     warm = results["cont. Bernoulli, linear warm-up"].history["beta_local"]
     np.testing.assert_allclose(warm[:200], np.arange(200) / 200)
+
+
+@pytest.mark.slow
+def test_scaling_out_example_agrees_with_one_device():
+    """Run as a script (its virtual devices must exist before JAX starts): 4 devices and
+    the host-resident table give the one-device q to rounding (float64); the Parquet
+    stream reaches the optimum."""
+    import re
+    import subprocess
+    import sys
+
+    if "numpyro" not in BACKENDS:
+        pytest.skip("needs the NumPyro backend")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "scaling_out.py"), "--rows", "8000",
+                           "--steps", "60", "--batch-size", "400"], capture_output=True,
+                          text=True, env={"CI": "true", "PATH": "", "HOME": str(EXAMPLES),
+                                          "JAX_PLATFORMS": "cpu"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "JAX devices: 4 x cpu" in out
+    for line in ("4 devices, in memory", "local table in host memory"):
+        found = re.search(re.escape(line) + r".*means (\S+) sd apart, sds (\S+) apart", out)
+        assert found, out
+        assert float(found.group(1)) < 1e-9 and float(found.group(2)) < 1e-9, found.group(0)
+    found = re.search(r"Parquet stream .*: (\S+) sd\* apart", out)
+    assert found and float(found.group(1)) < 1.0, out

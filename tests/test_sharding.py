@@ -39,10 +39,24 @@ def _rel(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def eight_devices(tmp_path_factory):
+def parquet_dir(tmp_path_factory):
+    """Parquet files of the mixed model's rows, or None without pyarrow."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return None
+    folder = tmp_path_factory.mktemp("parquet")
+    subprocess.run([sys.executable, str(WORKER), "write", str(folder)], env=_env(1), cwd=TESTS,
+                   check=True, timeout=300)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory, parquet_dir):
     out = tmp_path_factory.mktemp("sharding") / "fits.npz"
-    proc = subprocess.run([sys.executable, str(WORKER), "devices", str(out)], env=_env(8),
-                          cwd=TESTS, capture_output=True, text=True, timeout=900)
+    extra = [] if parquet_dir is None else [str(parquet_dir)]
+    proc = subprocess.run([sys.executable, str(WORKER), "devices", str(out), *extra],
+                          env=_env(8), cwd=TESTS, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(str(out) + ".json") as fh:
         report = json.load(fh)
@@ -98,11 +112,26 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_of_two_devices_agree_with_one_process(eight_devices, tmp_path):
+def test_a_streamed_fit_on_two_devices(eight_devices, parquet_dir):
+    if parquet_dir is None:
+        pytest.skip("needs pyarrow")
+    saved, _ = eight_devices
+    one, sharded = _fits(saved, "stream_default"), _fits(saved, "stream_d2")
+    assert one and set(one) == set(sharded)
+    for key in one:
+        assert _rel(sharded[key], one[key]) < 1e-6, key
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_agree_with_one_process(eight_devices, parquet_dir,
+                                                              tmp_path):
+    """In memory, and streamed from Parquet with each process reading its own row
+    groups (against one process fed both processes' batches)."""
     saved, _ = eight_devices
     out, port = tmp_path / "processes.npz", _free_port()
+    extra = [] if parquet_dir is None else [str(parquet_dir)]
     procs = [subprocess.Popen([sys.executable, str(WORKER), "process", str(pid), str(port),
-                               str(out)], env=_env(2), cwd=TESTS, stdout=subprocess.PIPE,
+                               str(out), *extra], env=_env(2), cwd=TESTS, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
     logs = []
     for p in procs:
@@ -113,10 +142,16 @@ def test_two_processes_of_two_devices_agree_with_one_process(eight_devices, tmp_
                 q.kill()
             raise
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-2000:] for log in logs)
-    two, one = dict(np.load(out)), _fits(saved, "default")
-    assert set(two) == set(one)
-    for key in one:
-        assert _rel(two[key], one[key]) < 1e-6, key
+    two = dict(np.load(out))
+    for name, prefix in (("default", ""), ("stream_default", "stream/")):
+        one = _fits(saved, name)
+        if not one:
+            continue  # no pyarrow: no streamed fits
+        theirs = {k[len(prefix):]: v for k, v in two.items() if k.startswith(prefix)
+                  and (prefix or "/" not in k)}
+        assert set(theirs) == set(one), name
+        for key in one:
+            assert _rel(theirs[key], one[key]) < 1e-6, (name, key)
 
 
 # -- refusals, before anything compiles ---------------------------------------------------
