@@ -36,7 +36,8 @@ def compile(model, data, *, backend: str = "numpyro", batch_size=None, total_siz
                            likelihood_weight=likelihood_weight,
                            scale_cost_to_minibatch=scale_cost_to_minibatch)
     local = resolve_local_step(local_step, model)
-    return impl.compile(problem, local_step=local, **(backend_options or {}))
+    return impl.compile(problem, local_step=local,
+                        **_options(impl.compile, backend, backend_options, ("problem", "local_step")))
 
 
 def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=None,
@@ -90,6 +91,7 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     whose ``.result`` is the last good state (``klqp.guard``).
     """
     impl = backends.get(backend)
+    backend_options = _options(impl.fit, backend, backend_options, ("problem", "config"))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps={steps!r} must be a non-negative integer")
     if isinstance(learning_rate, schedules.Schedule):
@@ -158,11 +160,31 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
         raise ValueError(f"resume= was fitted with {resume.state.rule}, this fit asks for "
                          f"{config.rule()}; resume with the same local_step= and global_step=")
     if writer is None:
-        return impl.fit(problem, config, **(backend_options or {}))
+        return impl.fit(problem, config, **backend_options)
     try:
-        result = impl.fit(problem, config, **(backend_options or {}))
+        result = impl.fit(problem, config, **backend_options)
     except guard.NonFiniteError as err:
         writer.write(err.result)
         raise
     writer.write(result)
     return result
+
+
+def _options(method, backend: str, options, taken) -> dict:
+    """``backend_options`` checked against the keywords the backend's method takes, so
+    a misspelt key is an error that lists the right ones, before anything compiles."""
+    import inspect
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"backend_options={options!r} must be a dict, e.g. {{'devices': 2}}")
+    params = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    known = [name for name in params if name not in taken and name != "self"]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"backend_options: {key!r} is not an option of the {backend!r} "
+                             f"backend here; it takes {known or 'none'}")
+    return dict(options)

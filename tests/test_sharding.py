@@ -187,3 +187,11 @@ def test_one_device_option_equals_the_default():
     for name, p in a.params.items():
         for q, arr in p.items():
             np.testing.assert_allclose(b.params[name][q], arr, rtol=1e-6, err_msg=name)
+
+
+def test_a_misspelt_backend_option_lists_the_right_ones():
+    model, data = hierarchical(n=40)
+    with pytest.raises(ValueError, match=r"'device' is not an option of the 'numpyro' backend.*"
+                                         r"'devices', 'local_table', 'table_dir'"):
+        kq.fit(model, data, backend="numpyro", batch_size=10, steps=2, progress=False,
+               backend_options={"device": 2})
