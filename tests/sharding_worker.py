@@ -52,11 +52,11 @@ def fitted(result) -> dict:
     return out
 
 
-def fit(devices, local_step="auto", steps=STEPS):
+def fit(devices, local_step="auto", steps=STEPS, **kw):
     model, data = mixed()
     options = None if devices is None else {"devices": devices}
     return kq.fit(model, data, batch_size=BATCH, steps=steps, seed=SEED, backend="numpyro",
-                  local_step=local_step, backend_options=options, progress=False)
+                  local_step=local_step, backend_options=options, progress=False, **kw)
 
 
 COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|"
@@ -127,6 +127,11 @@ def main(argv):
         out = {}
         for name, devices in (("default", None), ("d1", 1), ("d2", 2), ("d8", 8)):
             out.update({f"{name}/{k}": v for k, v in fitted(fit(devices)).items()})
+        # a checkpoint written on 2 devices, resumed on 8 (it holds N-row tables)
+        path = argv[1] + ".klqp"
+        fit(2, steps=STEPS // 2, checkpoint=path, checkpoint_every=10)
+        resumed = fit(8, checkpoint=path, checkpoint_every=10, resume=path)
+        out.update({f"resumed_d2_d8/{k}": v for k, v in fitted(resumed).items()})
         for name, devices in (("rowadam_default", None), ("rowadam_d8", 8)):
             out.update({f"{name}/{k}": v for k, v in fitted(fit(devices, None)).items()})
         if len(argv) > 2:  # streamed: a list of batches, and the two processes' Parquet rows

@@ -85,6 +85,15 @@ def test_one_two_and_eight_devices_give_the_one_device_parameters(eight_devices,
 
 
 @pytest.mark.slow
+def test_a_checkpoint_from_two_devices_resumes_on_eight(eight_devices):
+    saved, _ = eight_devices
+    one, resumed = _fits(saved, "default"), _fits(saved, "resumed_d2_d8")
+    assert set(one) == set(resumed)
+    for key in one:
+        assert _rel(resumed[key], one[key]) < 1e-6, key
+
+
+@pytest.mark.slow
 def test_row_adam_rule_on_eight_devices(eight_devices):
     saved, _ = eight_devices
     one, sharded = _fits(saved, "rowadam_default"), _fits(saved, "rowadam_d8")
