@@ -246,6 +246,12 @@ class ParquetStream:
                              f"pass row_index={ROW_INDEX!r} or leave the column out (columns=)")
         return columns
 
+    @property
+    def global_batch_size(self) -> int:
+        """The rows of one step over every process: ``batch_size`` x processes (each
+        process streams ``batch_size`` of its own rows; the fit's b is their sum)."""
+        return self.batch_size * self.process[1]
+
     def with_columns(self, names) -> "ParquetStream":
         """A stream of the same rows in the same order reading only the columns ``names``
         (and the row ids); its own epoch counter starts at 0. No file is opened again."""

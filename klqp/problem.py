@@ -162,7 +162,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 raise ValueError(f"{where}: '{ROW_INDEX}' holds row {int(values[counts > 1][0])} "
                                  f"{int(counts.max())} times; a batch takes each row at most once "
                                  "(draw its rows without replacement)")
-            out[name] = arr.astype(np.int64)
+            out[name] = arr.astype(np.int64, copy=False)
             continue
         spec = model[name]
         if not np.all(np.isfinite(arr)):
@@ -201,7 +201,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 raise ValueError(f"{where}: column {name!r} has values outside the support of "
                                  f"{spec.dist if spec.dist is not None else 'an index column'} "
                                  f"(min {low}, max {arr.max()})")
-            out[name] = arr.astype(np.int64)
+            out[name] = arr.astype(np.int64, copy=False)
         else:
             support = spec.support if spec.role == "observed" else "real"
             low = arr.min() if arr.size else 0.0
@@ -219,7 +219,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
             if not inside:
                 raise ValueError(f"{where}: column {name!r} has values in [{low:g}, {high:g}], "
                                  f"outside the support of {spec.dist} ({support}: {shown})")
-            out[name] = arr.astype(np.float64)
+            out[name] = arr.astype(np.float64, copy=False)
     _check_upper_limits(model, out, where)
     return out
 
@@ -350,8 +350,14 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
             data, (str, bytes, np.ndarray)):
         if n is None and isinstance(getattr(data, "total_size", None), (int, np.integer)):
             n = int(data.total_size)  # a stream that knows N (kq.data.parquet)
-        if batch_size is None and isinstance(getattr(data, "batch_size", None), (int, np.integer)):
-            batch_size = int(data.batch_size)
+        streamed_b = getattr(data, "global_batch_size", None)
+        if isinstance(streamed_b, (int, np.integer)):  # a stream that knows its b
+            if batch_size is None:
+                batch_size = int(streamed_b)
+            elif batch_size != streamed_b:
+                raise ValueError(f"batch_size={batch_size} disagrees with the stream's {streamed_b} "
+                                 "rows a step (its batch_size times the processes); leave "
+                                 "batch_size out")
         if hasattr(data, "with_columns"):
             data = _read_only_model_columns(model, data)
         if n is None:

@@ -103,10 +103,10 @@ def write_parquet(folder, n=800, files=2, group_rows=50):
         pq.write_table(pa.table(cols), f"{folder}/part-{i}.parquet", row_group_size=group_rows)
 
 
-def fit_stream(stream, devices=None, steps=STEPS):
+def fit_stream(stream, devices=None, steps=STEPS, batch_size=BATCH):
     model, _ = mixed(n=800)
     options = None if devices is None else {"devices": devices}
-    return kq.fit(model, stream, total_size=800, batch_size=BATCH, steps=steps, seed=SEED,
+    return kq.fit(model, stream, total_size=800, batch_size=batch_size, steps=steps, seed=SEED,
                   backend="numpyro", backend_options=options, progress=False)
 
 
@@ -154,7 +154,7 @@ def main(argv):
             stream = kq.data.parquet(argv[4], batch_size=BATCH // 2)
             assert stream.process == (pid, 2)
             out.update({f"stream/{k}": v for k, v in
-                        fitted(fit_stream(stream, jax.devices())).items()})
+                        fitted(fit_stream(stream, jax.devices(), batch_size=None)).items()})
         if pid == 0:
             np.savez(path, **out)
         jax.distributed.shutdown()

@@ -149,12 +149,13 @@ def test_stream_scales_each_batch_by_its_own_size(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_stream_with_locals_updates_only_its_rows(backend):
+@pytest.mark.parametrize("local_step", ["auto", None], ids=["local", "adam"])
+def test_stream_with_locals_updates_only_its_rows(backend, local_step):
     model, data = hierarchical(n=60)
     batches = [{"x": data["x"][i:i + 20], "y": data["y"][i:i + 20],
                 "row_index": np.arange(i, i + 20)} for i in (0, 20)]
     r = kq.fit(model, batches, backend=backend, total_size=60, steps=10, learning_rate=0.05,
-               seed=0)
+               seed=0, local_step=local_step)
     init = kq.compile(model, data, backend=backend, batch_size=20).init_params(seed=0)
     assert r.steps == 10
     np.testing.assert_array_equal(r.params["z"]["loc"][40:], init["z"]["loc"][40:])

@@ -159,7 +159,8 @@ class NumPyroBackend:
     name = "numpyro"
 
     def compile(self, problem: Problem, local_step=None, devices=None) -> NumPyroObjective:
-        if devices not in (None, 1):
+        if not (devices is None or devices == 1 or (isinstance(devices, (list, tuple))
+                                                     and len(devices) == 1)):
             raise ValueError(f"backend_options['devices']={devices!r}: kq.compile evaluates the "
                              "objective on one device; several devices are for kq.fit")
         if problem.data is None:

@@ -43,9 +43,10 @@ class HostTable:
         if directory is not None and not os.path.isdir(directory):
             raise ValueError(f"backend_options['table_dir']={os.fspath(directory)!r} is not a "
                              "folder; create it or leave table_dir out (a temporary folder)")
-        self._tmp = None if directory is not None else tempfile.TemporaryDirectory(
-            prefix="klqp-table-")
-        self.directory = directory if directory is not None else self._tmp.name
+        # a folder of its own (inside table_dir when given): fits sharing table_dir, or
+        # the processes of one, never write each other's files
+        self._tmp = tempfile.TemporaryDirectory(prefix="klqp-table-", dir=directory)
+        self.directory = self._tmp.name
         self._files = 0
 
     def adopt(self, tree):

@@ -24,8 +24,9 @@ class RowAdamState(NamedTuple):
 
 
 def row_adam_init(variables: dict, total_size: int) -> RowAdamState:
-    zeros = jax.tree.map(jnp.zeros_like, variables)
-    return RowAdamState(jnp.zeros(total_size, jnp.int32), zeros, zeros)
+    zeros = lambda: jax.tree.map(jnp.zeros_like, variables)  # noqa: E731 (own buffers each:
+    # a streamed step donates its state, and a buffer may be donated only once)
+    return RowAdamState(jnp.zeros(total_size, jnp.int32), zeros(), zeros())
 
 
 def row_adam_update(grads_rows: dict, state: RowAdamState, variables: dict, indices,

@@ -100,8 +100,8 @@ class Trainer:
         rows = None
         if isinstance(self.rows_rule, rule.RowAdam):
             if self.host is not None:  # made on the host: the table may not fit the device
-                zeros = jax.tree.map(np.zeros_like, variables["rows"])
-                rows = RowAdamState(np.zeros(self.problem.total_size, np.int32), zeros, zeros)
+                zeros = lambda: jax.tree.map(np.zeros_like, variables["rows"])  # noqa: E731
+                rows = RowAdamState(np.zeros(self.problem.total_size, np.int32), zeros(), zeros())
             else:
                 rows = row_adam_init(variables["rows"], self.problem.total_size)
         return self.optimizer.init(variables["dense"]), rows, extra
@@ -373,7 +373,7 @@ class Trainer:
     def _host_chunk_arguments(self, run, key, n_active: int, rows: np.ndarray) -> tuple:
         """A host-resident table's chunk: the rows it touches, gathered into a compact
         table of fixed size, and its row numbers renumbered into it."""
-        unique, count, at = compact_rows(rows, rows.size)
+        unique, count, at = compact_rows(rows, min(rows.size, self.problem.total_size))
         self._moved = (unique, count)
         dense_state, row_state, extra = run.opt_state
         variables = {"dense": run.variables["dense"],
@@ -445,8 +445,9 @@ class _Run:
     def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer):
         self.problem, self.config, self.trainer = problem, config, trainer
         on_host = trainer.host is not None  # the row table must not pass through the device
+        host_array = lambda a: np.asarray(a, dtype=jnp.result_type(float))  # noqa: E731 JAX's
         self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale),
-                                       rows_array=np.asarray if on_host else jnp.asarray)
+                                       rows_array=host_array if on_host else jnp.asarray)
         self.opt_state = trainer.init_state(self.variables)
         self.step = 0
         self.history = History(HISTORY_KEYS)

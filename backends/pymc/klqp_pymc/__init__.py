@@ -300,7 +300,7 @@ class PyMCBackend:
 
 def check_devices(devices) -> None:
     """PyMC's ADVI runs on one device: ``devices`` may only be 1 (or left out)."""
-    if devices is None or (isinstance(devices, int) and not isinstance(devices, bool)
+    if devices is None or (isinstance(devices, (int, np.integer)) and not isinstance(devices, bool)
                            and devices == 1):
         return
     if isinstance(devices, (list, tuple)) and len(devices) == 1:
