@@ -53,3 +53,22 @@ def test_loss_on_gpu_equals_numpy_formula(backend, name):
     else:  # float32: relative to max(|value|, 1), as tests/test_float32.py, 10x looser
         worst = max(abs(got[k] - ref[k]) / max(abs(ref[k]), 1.0) for k in ref)
         assert worst < 1e-4, (name, worst)
+
+
+def test_every_gpu_as_one_mesh_gives_the_one_gpu_parameters():
+    """backend_options={"devices": all GPUs}: the sharded program on the GPUs (one GPU
+    runs it as a mesh of one) ends where the plain one-device fit ends."""
+    if "numpyro" not in BACKENDS:
+        pytest.skip("needs the NumPyro backend")
+    from models import hierarchical
+
+    gpus = jax.devices()
+    model, data = hierarchical(n=4 * 37 * len(gpus))
+    kw = dict(backend="numpyro", batch_size=8 * len(gpus), steps=60, seed=2, progress=False)
+    one = kq.fit(model, data, **kw)
+    mesh = kq.fit(model, data, **kw, backend_options={"devices": gpus})
+    rtol = 1e-6 if jax.config.jax_enable_x64 else 1e-3
+    for name, p in one.params.items():
+        for q, arr in p.items():
+            np.testing.assert_allclose(mesh.params[name][q], arr, rtol=rtol, atol=rtol,
+                                       err_msg=f"{name}.{q}")
