@@ -327,10 +327,11 @@ class Trainer:
         made on the host, each epoch's order once; steps past the run's end (the last
         chunk is padded to one length, so it never recompiles) take valid rows too."""
         m, n, b = self.problem.num_batches, self.problem.total_size, self.problem.batch_size
-        first, last = step0 // m, (step0 + length - 1) // m
-        self._orders = {(seed, e): self._orders.get((seed, e)) if (seed, e) in self._orders
-                        else epoch_order(seed, e, n).astype(np.int32)
-                        for e in range(first, last + 1)}
+        epochs = range(step0 // m, (step0 + length - 1) // m + 1)
+        self._orders = {(seed, e): self._orders.get((seed, e)) for e in epochs}  # keep these
+        for key, order in self._orders.items():
+            if order is None:
+                self._orders[key] = epoch_order(seed, key[1], n).astype(np.int32)
         out = np.empty((length, b), np.int32)
         for i, t in enumerate(range(step0, step0 + length)):
             epoch, pos = divmod(t, m)
@@ -435,8 +436,6 @@ def _as_params(group: dict, to_array=lambda a: a) -> dict:
     return {k: ({"value": to_array(p["value"])} if "value" in p else
                 {"loc": to_array(p["loc"]), "scale": to_array(jax.nn.softplus(p["raw_scale"]))})
             for k, p in group.items()}
-
-
 
 
 class _Run:
