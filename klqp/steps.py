@@ -31,14 +31,26 @@ One step on a minibatch B of b rows:
 2. **Global step**, on the same batch with the locals' new q. The gradient integrates
    each row's locals with the same quadrature nodes (each node a virtual row weighted by
    its quadrature weight, so N/b and s stay those of the b real rows) and averages an
-   antithetic pair of global draws theta = m +- s * eps. Where the global block is small
-   enough (``max_dim``), the diagonal curvature c = -diag d^2 J / d theta^2 of the
-   weighted full-data log joint J (estimated from the batch, x N/b) is averaged over
-   steps (``curvature_decay``); each global number with c > 0 then takes a
-   natural-gradient step m <- m + rho_t * dJ/dm / c and moves its scale toward the one
-   the objective's optimum has at that curvature, s = sqrt(beta_global / c) (both
-   changes clipped to ``max_change``). Other numbers, and every kq.Param, take Adam
-   steps of ``learning_rate``.
+   antithetic pair of global draws theta = m +- s * eps. The curvature that sets q is
+   the EXPECTED one, c = E_q[-diag d^2 J / d theta^2], J the weighted full-data log
+   joint (estimated from the batch, x N/b): at the optimum of the objective each
+   scale satisfies 1/s^2 = c / beta_global with exactly this expectation (Price's /
+   Bonnet's theorem), so a curvature taken at q's mean instead is wrong wherever the
+   curvature varies over q's width (hyperparameters, funnels). Each step estimates it
+   at the same antithetic pair of draws, by one scaled Hutchinson probe (Rademacher r,
+   v = s * r)::
+
+       c_sample = -(r / s) * (H(m + s eps) v + H(m - s eps) v) / 2
+
+   unbiased for the diagonal (E[r r^T] = I), at the cost of two Hessian-vector
+   products whatever the number of global numbers D (never D of them). The samples are
+   averaged over steps (a plain mean over the first 1/``curvature_decay`` steps, then an
+   exponential average). Each global number with c > 0 then takes a natural-gradient
+   step m <- m + rho_t * dJ/dm / c and moves its scale toward the one the objective's
+   optimum has at that curvature, s = sqrt(beta_global / c) (both changes clipped to
+   ``max_change``); a number whose averaged curvature is not positive takes Adam's step
+   of ``learning_rate`` and keeps its scale's Adam step. Every kq.Param takes Adam steps
+   of ``learning_rate``.
 
 3. **What a fit reports**: the global q averaged over the iterates with weights that
    favour recent steps (polynomial-decay averaging, Shamir & Zhang 2013, eta = 3), and
@@ -69,7 +81,8 @@ from . import schedules as _schedules
 __all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
-           "curvature_average", "natural_gradient_loc", "curvature_scale", "running_average",
+           "curvature_average", "probe_curvature", "natural_gradient_loc", "curvature_scale",
+           "running_average",
            "AVERAGE_POWER", "MIN_CURVATURE"]
 
 AVERAGE_POWER = 3.0   # eta of polynomial-decay averaging: the weight of step t is ~ t^eta
@@ -176,12 +189,13 @@ class GlobalStep:
     takes one of these, ``"auto"`` (these defaults) or ``None`` (every global number
     takes Adam steps of ``learning_rate``, one draw, no averaging: klqp before 0.2).
 
-    curvature: natural-gradient steps and curvature-set scales for global numbers whose
-        averaged curvature is positive, when the global block has at most ``max_dim``
-        numbers (the diagonal costs max_dim Hessian-vector products a step).
+    curvature: natural-gradient steps and curvature-set scales for every global number
+        whose averaged expected curvature is positive (any number of globals: the
+        estimate costs two Hessian-vector products a step).
     step_size: rho_t of the natural-gradient step, a number or a schedule of the step
         (default ``kq.schedules.robbins_monro(1.0, 50)``: 1 / sqrt(1 + t / 50)).
-    curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1).
+    curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1),
+        once 1/d steps have been averaged with equal weights.
     antithetic: average the global gradient over the pair theta = m +- s * eps.
     average: report the polynomial-decay average of the global iterates.
     max_change: a natural-gradient step moves a location, and the log of a scale, by at
@@ -192,7 +206,6 @@ class GlobalStep:
     """
 
     curvature: bool = True
-    max_dim: int = 64
     step_size: Any = field(default_factory=lambda: _schedules.robbins_monro(1.0, 50))
     curvature_decay: float = 0.1
     antithetic: bool = True
@@ -207,9 +220,6 @@ class GlobalStep:
         for name in ("curvature", "antithetic", "average"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{owner}: {name}={getattr(self, name)!r} must be True or False")
-        object.__setattr__(self, "max_dim", _int_in(
-            owner, "max_dim", self.max_dim, 0, 4096, "global blocks with more numbers than this "
-            "use Adam; e.g. max_dim=64"))
         object.__setattr__(self, "curvature_decay", _positive(
             owner, "curvature_decay", self.curvature_decay, "the newest batch's weight in the "
             "running curvature, e.g. 0.1", high=1.0))
@@ -225,7 +235,7 @@ class GlobalStep:
 
     def uses_curvature(self, global_size: int) -> bool:
         """Whether a global block of ``global_size`` numbers gets curvature steps."""
-        return bool(self.curvature) and 0 < global_size <= self.max_dim
+        return bool(self.curvature) and global_size > 0
 
 
 def resolve_local_step(value, model):
@@ -288,12 +298,13 @@ def describe(model, local_step, global_step) -> list[str]:
         if global_step.uses_curvature(size):
             lines.append(f"    global {', '.join(globals_)} ({size} numbers): natural-gradient "
                          f"steps (step size {_schedule_text(global_step.step_size)}), q's scales "
-                         "from the running curvature")
+                         "from the expected curvature E_q[-diag H],")
+            lines.append("      estimated at the global draws by one scaled Hutchinson probe "
+                         "(two Hessian-vector products a step), averaged over steps; a number "
+                         "whose curvature is not positive takes Adam steps")
         else:
-            why = "curvature=False" if not global_step.curvature else \
-                f"{size} numbers > max_dim={global_step.max_dim}"
             lines.append(f"    global {', '.join(globals_)} ({size} numbers): Adam steps of "
-                         f"learning_rate ({why})")
+                         "learning_rate (curvature=False)")
         extra = [x for x, on in (("an antithetic pair of global draws", global_step.antithetic),
                                  ("the locals by the local step's quadrature",
                                   isinstance(local_step, LocalStep))) if on]
@@ -418,11 +429,39 @@ def keep_better(xp, best: tuple, candidate: tuple) -> tuple:
 
 # -- the global step's arithmetic --------------------------------------------------------------
 
-def curvature_average(xp, previous, sample, decay, first):
-    """The running curvature: the first batch's value, then an exponential average with
-    weight ``decay`` on the newest batch. A non-finite sample leaves it unchanged."""
+def curvature_average(xp, previous, sample, decay, step):
+    """The running curvature at ``step`` (from 0): the plain mean of the samples while
+    1/(step + 1) > ``decay``, then an exponential average with weight ``decay`` on the
+    newest one (a single probe is noisy: the first samples get equal weights). A
+    non-finite sample leaves it unchanged.
+
+    >>> import numpy as np
+    >>> c = 0.0
+    >>> for t, x in enumerate([1.0, 3.0, 5.0]):
+    ...     c = curvature_average(np, c, np.array(x), 0.1, t)
+    >>> float(c)
+    3.0
+    """
     sample = xp.where(xp.isfinite(sample), sample, previous)
-    return xp.where(first, sample, (1.0 - decay) * previous + decay * sample)
+    weight = xp.maximum(decay, 1.0 / (step + 1.0))
+    return (1.0 - weight) * previous + weight * sample
+
+
+def probe_curvature(xp, hessian_probe, probe, scale):
+    """One scaled Hutchinson estimate of -diag H: ``-(probe / scale) * hessian_probe``,
+    where ``hessian_probe`` = H v at v = scale * probe, probe a Rademacher (+-1) vector
+    (or a unit vector e_j, which gives -H_jj exactly at j and 0 elsewhere). Unbiased
+    since E[probe probe^T] = I; scaling by q's scales makes the noise of coordinate j,
+    sum_k H_jk s_k / s_j r_k, relative to q's own widths.
+
+    >>> import numpy as np
+    >>> H = np.array([[-4.0, 1.0], [1.0, -9.0]])
+    >>> s = np.array([0.5, 1 / 3])
+    >>> probes = [np.array(r, float) for r in ([1, 1], [1, -1], [-1, 1], [-1, -1])]
+    >>> np.mean([probe_curvature(np, H @ (s * r), r, s) for r in probes], axis=0)
+    array([4., 9.])
+    """
+    return -(probe / scale) * hessian_probe
 
 
 def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback, max_change):

@@ -87,8 +87,10 @@ def test_zero_local_kl_weight_shrinks_the_scale_without_nan():
 
 
 def test_global_rule_pieces():
-    c = steps.curvature_average(np, np.array([4.0, 1.0]), np.array([np.inf, 3.0]), 0.5, False)
+    c = steps.curvature_average(np, np.array([4.0, 1.0]), np.array([np.inf, 3.0]), 0.5, 5)
     np.testing.assert_allclose(c, [4.0, 2.0])  # a non-finite batch leaves it unchanged
+    c = steps.curvature_average(np, np.array([4.0]), np.array([1.0]), 0.1, 2)
+    np.testing.assert_allclose(c, [3.0])  # step 2 of a 0.1 decay: the plain mean's weight 1/3
     loc = steps.natural_gradient_loc(np, np.array([0.0, 0.0, 0.0]), np.array([2.0, 2.0, 1e6]),
                                      np.array([4.0, -1.0, 1.0]), 0.5, np.array([9.0, 9.0, 9.0]),
                                      1.0)
@@ -118,7 +120,7 @@ def test_local_and_global_step_settings_are_checked_before_compiling():
                         (lambda: kq.LocalStep(final_pass=-1), "final_pass=-1"),
                         (lambda: kq.GlobalStep(curvature_decay=0.0), "curvature_decay=0.0"),
                         (lambda: kq.GlobalStep(curvature_decay=1.5), "curvature_decay=1.5"),
-                        (lambda: kq.GlobalStep(max_dim=-3), "max_dim=-3"),
+                        (lambda: kq.GlobalStep(max_dim=64), "max_dim"),
                         (lambda: kq.GlobalStep(step_size=0.0), "step_size=0.0"),
                         (lambda: kq.GlobalStep(step_size=schedules.linear(0.0, 1.0, 10)),
                          "step_size"),
@@ -138,4 +140,6 @@ def test_what_runs_for_each_model():
     assert steps.resolve_local_step(None, model) == kq.RowAdam(stl=False, scale_by_visits=False)
     layout = steps.local_layout(model, kq.LocalStep(points=6))
     assert layout.size == 1 and layout.num_nodes == 6
-    assert steps.GlobalStep().uses_curvature(64) and not steps.GlobalStep().uses_curvature(65)
+    # no fallback at any size: the curvature costs two Hessian-vector products whatever D is
+    assert steps.GlobalStep().uses_curvature(64) and steps.GlobalStep().uses_curvature(10_000)
+    assert not steps.GlobalStep(curvature=False).uses_curvature(10)

@@ -113,11 +113,11 @@ class NumPyroObjective:
         value, grad, hess = st.expectations(loc, log_scale, fixed, batch, point, weights)
         return value, st.unflat(grad), st.unflat(hess)
 
-    def _curvature(self, params, indices, noise, weights):
+    def _curvature(self, params, indices, noise, weights, probe):
         batch, rows = self._batch_and_rows(params, indices)
         if self.stepper.layout is not None:  # the step's new rows, as in training
             rows, _ = self.stepper.local_update(params, rows, batch, weights)
-        return self.stepper.global_curvature({**params, **rows}, batch, noise, weights)
+        return self.stepper.global_curvature({**params, **rows}, batch, noise, weights, probe)
 
     def _need_local_step(self):
         if self.stepper.layout is None:
@@ -146,12 +146,19 @@ class NumPyroObjective:
         as_np = lambda t: jax.tree.map(lambda a: np.asarray(a, dtype=float), t)
         return {"value": as_np(value), "grad": as_np(grad), "hess": as_np(hess)}
 
-    def global_curvature(self, params, *, indices, noise, step: int = 0) -> dict:
-        """c = -diag d^2 J / d theta^2 for each global ({name: array}), J the weighted
-        full-data log joint the global step estimates from the rows ``indices`` (after
-        the local step, when there is one), at the globals' q location."""
+    def global_curvature(self, params, *, indices, noise, probe=None, step: int = 0) -> dict:
+        """The global step's curvature sample for each global ({name: array}): with
+        ``probe`` ({global: array of +-1}, the step's Rademacher probe r), -(r / s) * H (s
+        * r); without, the exact -diag H. H = d^2 J / d theta^2 at the global draw theta =
+        m + s * eps (eps: ``noise``'s globals), J the weighted full-data log joint the
+        global step estimates from the rows ``indices`` (after the local step, when
+        there is one). One draw: training averages it over an antithetic pair."""
         p, idx, nz, weights = self._args(params, indices, noise, step)
-        c = self._curv(p, idx, nz, weights)
+        flat = None
+        if probe is not None:
+            flat = jnp.concatenate([jnp.asarray(probe[v.name], dtype=jnp.result_type(float))
+                                    .reshape(-1) for v in self.problem.model.globals])
+        c = self._curv(p, idx, nz, weights, flat)
         return jax.tree.map(lambda a: np.asarray(a, dtype=float), c)
 
 

@@ -184,10 +184,15 @@ class Stepper:
         return average_terms(t, self.terms(params, batch, flipped, row_weights, stl))
 
     # -- the global step's curvature -----------------------------------------------------------
-    def global_curvature(self, params: dict, batch: dict, noise: dict, weights: dict) -> dict:
-        """c = -diag d^2 J / d theta^2 at the globals' q location (unconstrained), J the
-        weighted full-data log joint estimated from the batch: (N/b) sum_rows (T log p(y|.)
-        + beta_local log p(z|.)) + beta_global log p(theta), locals as in the estimator."""
+    def global_curvature(self, params: dict, batch: dict, noise: dict, weights: dict,
+                         probe=None) -> dict:
+        """The global step's curvature sample (``klqp.steps.probe_curvature``): -(r / s) *
+        H v at v = s * r, H = d^2 J / d theta^2 at the global draw theta = m + s * eps (and
+        averaged with m - s * eps under the antithetic pair), J the weighted full-data log
+        joint estimated from the batch: (N/b) sum_rows (T log p(y|.) + beta_local log
+        p(z|.)) + beta_global log p(theta), locals as in the estimator. ``probe``: the flat
+        (D,) vector r; None gives the exact diagonal -diag H at the draw(s) (D products:
+        for tests and inspection, not for training)."""
         model, n = self.model, self.problem.total_size
         params_v, batch_v, noise_v, row_weights = self._virtual(params, batch, noise)
         rows = batch_v[model.observed[0].name].shape[0]
@@ -196,7 +201,11 @@ class Stepper:
         q = q_location(self.problem, params_v, batch_v)
         local_u = {v.name: jax.lax.stop_gradient(q[v.name][0] + q[v.name][1] * noise_v[v.name])
                    for v in model.locals}
-        flat, unravel = ravel_pytree({v.name: params[v.name]["loc"] for v in model.globals})
+        loc, unravel = ravel_pytree({v.name: params[v.name]["loc"] for v in model.globals})
+        scale, _ = ravel_pytree({v.name: params[v.name]["scale"] for v in model.globals})
+        eps, _ = ravel_pytree({v.name: jnp.broadcast_to(noise[v.name], v.shape)
+                               for v in model.globals})
+        loc, scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(scale)
 
         def joint(theta_flat):
             u = {**unravel(theta_flat), **local_u}
@@ -206,4 +215,11 @@ class Stepper:
             return (n / row_weights.sum()) * jnp.sum(row_weights * rows_j) + \
                 weights["beta_global"] * global_logp
 
-        return unravel(-jnp.diag(jax.hessian(joint)(flat)))
+        draws = [loc + scale * eps] + ([loc - scale * eps] if self.antithetic else [])
+        if probe is None:
+            diag = sum(-jnp.diag(jax.hessian(joint)(theta)) for theta in draws) / len(draws)
+            return unravel(diag)
+        v = scale * probe
+        grad = jax.grad(joint)
+        hv = sum(jax.jvp(grad, (theta,), (v,))[1] for theta in draws) / len(draws)
+        return unravel(rule.probe_curvature(jnp, hv, probe, scale))

@@ -61,6 +61,13 @@ def draw_noise(problem: Problem, key, b: int) -> dict:
             for k, v in zip(keys, problem.model.latents)}
 
 
+def draw_probe(problem: Problem, key):
+    """The global curvature's Rademacher probe (flat, D numbers) of the step with ``key``:
+    a key of its own, so the latents' noise is that of a fit without it."""
+    d = sum(int(np.prod(v.shape, dtype=int)) for v in problem.model.globals)
+    return jax.random.rademacher(jax.random.fold_in(key, 0x9E37), (d,), dtype=jnp.result_type(float))
+
+
 class Trainer:
     """Holds the jitted update for one problem; counts how often JAX traced it."""
 
@@ -142,7 +149,7 @@ class Trainer:
         updates, new_dense_state = self.optimizer.update(g_dense, dense_state, dense)
         new_dense = jax.tree.map(lambda p, u: p - lr * u, dense, updates)
         new_global = self._global_step(dense, new_dense, g_dense, global_state, rows, batch, noise,
-                                       w, s, step)
+                                       w, s, step, key)
         if st.curvature:
             new_dense = {**new_dense, **new_global.pop("dense")}
         # A step with a non-finite loss, term, gradient or new value is not applied
@@ -177,7 +184,7 @@ class Trainer:
                 record)
 
     def _global_step(self, dense, adam_dense, g_dense, global_state, rows, batch, noise, w, s,
-                     step) -> dict:
+                     step, key) -> dict:
         """The global step's own state (and, with curvature, the globals' new q under
         "dense"): natural-gradient locations and curvature-set scales where the running
         curvature is positive, Adam's values elsewhere; then the running averages."""
@@ -186,13 +193,14 @@ class Trainer:
         out = {}
         new_globals = {v.name: adam_dense[v.name] for v in model.globals}
         if st.curvature:
-            sample = st.global_curvature(_as_params({**dense, **rows}), batch, noise, w)
+            sample = st.global_curvature(_as_params({**dense, **rows}), batch, noise, w,
+                                         probe=draw_probe(self.problem, key))
             rho = gs.step_size(step, xp=jnp)
             out["curvature"], out["dense"] = {}, {}
             for v in model.globals:
                 k = v.name
                 c = rule.curvature_average(jnp, global_state["curvature"][k], sample[k],
-                                           gs.curvature_decay, step == 0)
+                                           gs.curvature_decay, step)
                 loc = rule.natural_gradient_loc(jnp, dense[k]["loc"], -g_dense[k]["loc"] / s, c,
                                                 rho, adam_dense[k]["loc"], gs.max_change)
                 scale = rule.curvature_scale(jnp, c, w["beta_global"],

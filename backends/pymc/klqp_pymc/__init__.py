@@ -205,12 +205,17 @@ class PyMCObjective:
                         problem, v.name, columns, point) * noise[v.name]
                 else:
                     local_u[v.name] = loc[v.name][indices] + scale[v.name][indices] * noise[v.name]
+        probe = None
         if spec.globals:
+            probe = pt.tensor("probe", dtype=floatx, shape=(global_loc.type.shape[0],))
             names.append(("curvature", None))
-            outputs.append(global_curvature(problem, row_model, global_loc, local_u, row_weights,
-                                            weights))
+            outputs.append(global_curvature(
+                problem, row_model, global_loc, _concat([scale[v.name] for v in spec.globals]),
+                _concat([noise[v.name] for v in spec.globals]), probe, local_u, row_weights,
+                weights, antithetic=False))
         inputs = ([indices, step] + [wrt[k][q] for k in wrt for q in wrt[k]]
-                  + list(noise.values()) + list(columns.values()))
+                  + list(noise.values()) + list(columns.values())
+                  + ([probe] if probe is not None else []))
         start = time.perf_counter()
         fn = pm_compile(inputs, outputs, **modes.compile_kwargs(self.mode))
         self.compile_seconds += time.perf_counter() - start
@@ -218,7 +223,7 @@ class PyMCObjective:
         order = [(k, q) for k in wrt for q in wrt[k]]
         return fn, names, order, list(noise), shared
 
-    def _run_steps(self, params, indices, noise, step) -> dict:
+    def _run_steps(self, params, indices, noise, step, probe=None) -> dict:
         indices = np.asarray(indices, dtype=np.int64)
         fn, names, order, noise_names, shared = self._step_function(len(indices))
         for weight, holder in shared:
@@ -230,6 +235,9 @@ class PyMCObjective:
                  as_float(np.zeros(((len(indices),) if spec[k].role == "local" else ())
                                    + tuple(spec[k].shape))) for k in noise_names]
         args += [as_column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
+        if spec.globals:  # the curvature's probe (its output unused without one)
+            d = sum(int(np.prod(v.shape, dtype=int)) for v in spec.globals)
+            args.append(as_float(np.ones(d) if probe is None else probe))
         with modes.quiet_int64_truncation():
             out = fn(*args)
         return {name: np.asarray(o, dtype=float) for name, o in zip(names, out)}
@@ -260,12 +268,23 @@ class PyMCObjective:
                 "grad": {k: out[("grad", k)] for k in self.layout.names},
                 "hess": {k: out[("hess", k)] for k in self.layout.names}}
 
-    def global_curvature(self, params, *, indices, noise, step: int = 0) -> dict:
-        """c = -diag d^2 J / d theta^2 for each global ({name: array}), J the weighted
-        full-data log joint the global step estimates from the rows ``indices`` (after
-        the local step, when there is one), at the globals' q location."""
-        out = self._run_steps(params, indices, noise, step)
-        flat = out[("curvature", None)]
+    def global_curvature(self, params, *, indices, noise, probe=None, step: int = 0) -> dict:
+        """The global step's curvature sample for each global ({name: array}): with
+        ``probe`` ({global: array of +-1}, the step's Rademacher probe r), -(r / s) * H (s
+        * r); without, the exact -diag H (one call per global number). H = d^2 J / d
+        theta^2 at the global draw theta = m + s * eps (eps: ``noise``'s globals), J the
+        weighted full-data log joint the global step estimates from the rows ``indices``
+        (after the local step, when there is one). One draw: training averages it over an
+        antithetic pair."""
+        spec = self.problem.model
+        if probe is not None:
+            flat_probe = np.concatenate([np.asarray(probe[v.name], dtype=float).reshape(-1)
+                                         for v in spec.globals])
+            flat = self._run_steps(params, indices, noise, step, flat_probe)[("curvature", None)]
+        else:
+            d = sum(int(np.prod(v.shape, dtype=int)) for v in spec.globals)
+            flat = np.array([self._run_steps(params, indices, noise, step, np.eye(d)[j])[
+                ("curvature", None)][j] for j in range(d)])
         return {k: np.asarray(a, dtype=float) for k, a in
                 split_flat(self.problem, flat).items()}
 

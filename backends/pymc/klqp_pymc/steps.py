@@ -5,7 +5,8 @@ average, natural-gradient step and scale, the averaging) is ``klqp.steps``'; thi
 supplies each row's log joint at the quadrature nodes, its gradient and diagonal
 curvature (``pytensor.grad``: rows are independent given the globals, so the gradient of
 a column sum of the gradient is every row's diagonal), and the diagonal of the global
-block's Hessian (``pytensor.gradient.jacobian(..., vectorize=True)``).
+block's curvature by Hessian-vector products (``pytensor.grad`` of a gradient's inner
+product with the probe).
 
 The row log-densities are the PyMC model's own: the spec is built as a ``pm.Model``
 without ``total_size`` for R rows and ``pm_model.logp(jacobian=True, sum=False)`` is taken
@@ -19,7 +20,7 @@ from typing import Optional
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from pytensor.gradient import disconnected_grad, jacobian
+from pytensor.gradient import disconnected_grad
 from pytensor.graph.replace import graph_replace
 
 from klqp import steps as rule
@@ -172,11 +173,15 @@ def amortized_locations(problem: Problem, columns: dict, point: dict) -> dict:
             for v in problem.model.locals if v.amortized}
 
 
-def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, local_u: dict,
-                     row_weights, weights: dict):
-    """c = -diag d^2 J / d theta^2 at the globals' q location (the flat vector
-    ``global_loc_flat``), J = (N/b) sum_rows w_r (T log p(y|.) + beta_local log p(z|.))
-    + beta_global log p(theta), the locals held at ``local_u`` (per virtual row)."""
+def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, global_scale_flat,
+                     global_eps_flat, probe, local_u: dict, row_weights, weights: dict,
+                     antithetic: bool):
+    """The global step's curvature sample (``klqp.steps.probe_curvature``): -(r / s) * H v
+    at v = s * r (r = ``probe``, flat (D,)), H = d^2 J / d theta^2 at the global draw theta
+    = m + s * eps (and averaged with m - s * eps when ``antithetic``), J = (N/b) sum_rows
+    w_r (T log p(y|.) + beta_local log p(z|.)) + beta_global log p(theta), the locals held
+    at ``local_u`` (per virtual row). Two Hessian-vector products (reverse over reverse),
+    whatever D is."""
     d = int(global_loc_flat.type.shape[0])
     theta = pt.tensor("theta_flat", dtype=float_dtype(), shape=(d,))
     local_u = {k: disconnected_grad(a) for k, a in local_u.items()}
@@ -185,5 +190,9 @@ def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, loc
     rows = weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
     joint = (problem.total_size / row_weights.sum()) * (row_weights * rows).sum() + \
         weights["beta_global"] * global_logp
-    hessian = jacobian(pytensor.grad(joint, theta), theta, vectorize=True)
-    return graph_replace(-pt.diagonal(hessian), {theta: global_loc_flat}, strict=False)
+    loc, scale = disconnected_grad(global_loc_flat), disconnected_grad(global_scale_flat)
+    v = disconnected_grad(scale * probe)
+    hessian_v = pytensor.grad((pytensor.grad(joint, theta) * v).sum(), theta)
+    draws = [loc + scale * global_eps_flat] + ([loc - scale * global_eps_flat] if antithetic else [])
+    hv = sum(graph_replace(hessian_v, {theta: draw}, strict=False) for draw in draws) / len(draws)
+    return rule.probe_curvature(pt, hv, probe, scale)

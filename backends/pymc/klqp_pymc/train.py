@@ -196,6 +196,14 @@ def draw_noise(problem: Problem, seed: int, step: int, rows: int) -> list[np.nda
             for v in problem.model.latents]
 
 
+def draw_probe(problem: Problem, seed: int, step: int) -> np.ndarray:
+    """The global curvature's Rademacher probe (flat, D numbers) at ``step``: a stream of
+    its own, so the latents' noise is that of a fit without it."""
+    d = sum(_size(v.shape) for v in problem.model.globals)
+    rng = np.random.default_rng([seed, 2, step])
+    return as_float(rng.integers(0, 2, size=d) * 2.0 - 1.0)
+
+
 def _as_schedule(learning_rate) -> schedules.Schedule:
     """kq.fit hands a schedule; a bare number (direct callers) is a constant one."""
     if isinstance(learning_rate, schedules.Schedule):
@@ -304,6 +312,11 @@ class Trainer:
                    for k, row in self.layout.columns}
         mask = pt.tensor("row_mask", dtype=floatx, shape=(b,)) if self.layout.masked else None
         inputs = [indices, *noise.values(), *columns.values()] + ([mask] if mask is not None else [])
+        self._noise_inputs = noise
+        if self.rule.curvature:
+            d = sum(_size(v.shape) for v in spec.globals)
+            self._probe = pt.tensor("probe", dtype=floatx, shape=(d,))
+            inputs.append(self._probe)
         return inputs, Batch(indices, columns, b, mask), noise
 
     def _build(self, learning_rate) -> None:
@@ -352,7 +365,8 @@ class Trainer:
         loc_rows = {v.name: self.rows[f"{v.name}_loc"][batch.indices] for v in spec.free_locals}
         scale_rows = {v.name: pt.softplus(self.rows[f"{v.name}_rho"][batch.indices])
                       for v in spec.free_locals}
-        fixed = solver.fixed_values(split_flat(problem, self.dense["global_mu"]),
+        global_mu = self.dense.get("global_mu")  # absent in a model with no Global
+        fixed = solver.fixed_values({} if global_mu is None else split_flat(problem, global_mu),
                                     amortized_locations(problem, batch.columns, point))
         loc, log_scale, gain_rows = solver.newton(solver.flat(loc_rows),
                                                   pt.log(solver.flat(scale_rows)), fixed, weights)
@@ -495,9 +509,12 @@ class Trainer:
                            else batch.mask)
             local = self._local_draws()
         local.update({k: a for k, a in self._amortized_draws().items()})
-        sample = global_curvature(problem, row_model, mu, local, row_weights, weights)
+        eps = pt.concatenate([self._noise_inputs[v.name].reshape((-1,))
+                              for v in problem.model.globals])
+        sample = global_curvature(problem, row_model, mu, pt.softplus(rho), eps, self._probe, local,
+                                  row_weights, weights, antithetic=gs.antithetic)
         c = steps_rule.curvature_average(pt, self.curvature, sample, gs.curvature_decay,
-                                         pt.eq(self.step, 0))
+                                         self.step)
         rho_t = pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), float_dtype())
         ascent = -grad_mu / self.lowered.cost_scale
         floatx = float_dtype()
@@ -544,11 +561,15 @@ class Trainer:
         return [np.array(v.get_value(), copy=True) for v in self.state_variables]
 
     # -- one step ------------------------------------------------------------------------------
-    def __call__(self, indices: np.ndarray, noise: list, columns: list, mask=None) -> list:
+    def __call__(self, indices: np.ndarray, noise: list, columns: list, mask=None,
+                 probe=None) -> list:
         """Run one step; returns the HISTORY_KEYS figures of the step. ``columns`` in
-        ``layout.columns`` order, each with ``capacity`` rows."""
+        ``layout.columns`` order, each with ``capacity`` rows; ``probe``: the curvature's
+        (``draw_probe``), needed when the rule has curvature steps."""
         self.lowered.refresh_shared_weights()
         args = [indices, *noise, *columns] + ([] if mask is None else [mask])
+        if self.rule.curvature:
+            args.append(probe)
         if self._traced:
             return self.fn(*args)
         with quiet_int64_truncation():  # the first call traces a "jax" mode graph
@@ -786,7 +807,8 @@ def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
                 perm_epoch, perm = epoch, epoch_order(config.seed, epoch, n)
             indices = perm[pos * b:(pos + 1) * b]
             columns = [as_column(np.take(data[k], indices, axis=0)) for k, _ in trainer.layout.columns]
-            run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns))
+            run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns,
+                               probe=draw_probe(problem, config.seed, run.step)))
         if stop.requested or _after_chunk(run, bar, run.step - start):
             return
 
@@ -828,7 +850,7 @@ def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
         columns = [as_column(np.ascontiguousarray(_pad(cols[k], cap)))
                    for k, _ in trainer.layout.columns]
         run.record(trainer(_pad(indices, cap), draw_noise(problem, config.seed, run.step, cap),
-                           columns, mask))
+                           columns, mask, probe=draw_probe(problem, config.seed, run.step)))
         if _after_chunk(run, bar, 1):
             return
 
