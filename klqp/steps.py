@@ -81,8 +81,9 @@ from . import schedules as _schedules
 __all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
-           "curvature_average", "probe_curvature", "natural_gradient_loc", "curvature_scale",
-           "running_average",
+           "curvature_average", "probe_curvature", "column_average", "dense_direction",
+           "strongest_correlation",
+           "natural_gradient_loc", "curvature_scale", "running_average",
            "AVERAGE_POWER", "MIN_CURVATURE"]
 
 AVERAGE_POWER = 3.0   # eta of polynomial-decay averaging: the weight of step t is ~ t^eta
@@ -192,6 +193,13 @@ class GlobalStep:
     curvature: natural-gradient steps and curvature-set scales for every global number
         whose averaged expected curvature is positive (any number of globals: the
         estimate costs two Hessian-vector products a step).
+    dense_max: a global block of at most this many numbers keeps the whole expected
+        curvature matrix, one exact column a step (round robin), and preconditions its
+        mean step with it (correlated posteriors); larger blocks keep the diagonal, by
+        a Hutchinson probe. 0: always the diagonal.
+    dense_threshold: the dense matrix preconditions the mean step only while some pair
+        of numbers has a curvature correlation |C_jk| / sqrt(C_jj C_kk) above this (its
+        step is noisier where the diagonal is nearly the whole matrix).
     step_size: rho_t of the natural-gradient step, a number or a schedule of the step
         (default ``kq.schedules.robbins_monro(1.0, 50)``: 1 / sqrt(1 + t / 50)).
     curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1),
@@ -206,6 +214,8 @@ class GlobalStep:
     """
 
     curvature: bool = True
+    dense_max: int = 64
+    dense_threshold: float = 0.5
     step_size: Any = field(default_factory=lambda: _schedules.robbins_monro(1.0, 50))
     curvature_decay: float = 0.1
     antithetic: bool = True
@@ -220,6 +230,12 @@ class GlobalStep:
         for name in ("curvature", "antithetic", "average"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{owner}: {name}={getattr(self, name)!r} must be True or False")
+        object.__setattr__(self, "dense_max", _int_in(
+            owner, "dense_max", self.dense_max, 0, 1024, "global blocks of up to this many "
+            "numbers keep a dense curvature (a D x D matrix); e.g. dense_max=64, or 0"))
+        object.__setattr__(self, "dense_threshold", _positive(
+            owner, "dense_threshold", self.dense_threshold, "a curvature correlation in (0, 1]; "
+            "e.g. 0.5", high=1.0))
         object.__setattr__(self, "curvature_decay", _positive(
             owner, "curvature_decay", self.curvature_decay, "the newest batch's weight in the "
             "running curvature, e.g. 0.1", high=1.0))
@@ -236,6 +252,10 @@ class GlobalStep:
     def uses_curvature(self, global_size: int) -> bool:
         """Whether a global block of ``global_size`` numbers gets curvature steps."""
         return bool(self.curvature) and global_size > 0
+
+    def uses_dense(self, global_size: int) -> bool:
+        """Whether a global block of ``global_size`` numbers keeps a dense curvature."""
+        return self.uses_curvature(global_size) and global_size <= self.dense_max
 
 
 def resolve_local_step(value, model):
@@ -462,6 +482,64 @@ def probe_curvature(xp, hessian_probe, probe, scale):
     array([4., 9.])
     """
     return -(probe / scale) * hessian_probe
+
+
+def column_average(xp, previous, column, index, visits, decay):
+    """The running dense curvature (D, D) with its column ``index`` averaged with the
+    newest exact ``column`` (D,), -H e_index at this step's draws: the round robin visits
+    each column every D steps, and column j's ``visits``-th visit (from 0) takes weight
+    max(decay, 1/(visits + 1)), as ``curvature_average``. A non-finite column leaves it
+    unchanged.
+
+    >>> import numpy as np
+    >>> c = np.zeros((2, 2))
+    >>> c = column_average(np, c, np.array([2.0, 1.0]), 0, 0, 0.1)
+    >>> column_average(np, c, np.array([1.0, 3.0]), 1, 0, 0.1)
+    array([[2., 1.],
+           [1., 3.]])
+    """
+    size = previous.shape[-1]
+    is_column = xp.eq(xp.arange(size), index) if hasattr(xp, "eq") else xp.arange(size) == index
+    old = previous[:, index]
+    column = xp.where(xp.isfinite(column), column, old)
+    weight = xp.maximum(decay, 1.0 / (visits + 1.0))
+    new = old + weight * (column - old)
+    return xp.where(is_column[None, :], new[:, None], previous)
+
+
+def dense_direction(xp, curvature_matrix, ascent, relative_floor=1e-10):
+    """The mean step's direction P^-1 ascent for the dense curvature: P = the symmetric
+    part of ``curvature_matrix`` with each eigenvalue replaced by its absolute value,
+    floored at ``relative_floor`` x the largest (a column estimated at other draws can
+    make P indefinite; |lambda| moves away from a saddle, as saddle-free Newton).
+
+    >>> import numpy as np
+    >>> P = np.array([[1.0, 0.999], [0.999, 1.0]])   # a 0.999-correlated posterior
+    >>> np.round(dense_direction(np, P, P @ np.array([3.0, -2.0])), 6)
+    array([ 3., -2.])
+    """
+    sym = 0.5 * (curvature_matrix + curvature_matrix.T)
+    values, vectors = xp.linalg.eigh(sym)
+    magnitude = xp.abs(values)
+    magnitude = xp.maximum(magnitude, relative_floor * xp.max(magnitude) + MIN_CURVATURE)
+    return xp.dot(vectors, xp.dot(vectors.T, ascent) / magnitude)
+
+
+def strongest_correlation(xp, curvature_matrix):
+    """max_{j != k} |C_jk| / sqrt(C_jj C_kk) of the dense curvature (0 where a diagonal
+    entry is not positive yet): how far the diagonal is from the whole matrix.
+
+    >>> import numpy as np
+    >>> round(float(strongest_correlation(np, np.array([[4.0, 1.0], [1.0, 1.0]]))), 6)
+    0.5
+    """
+    sym = 0.5 * (curvature_matrix + curvature_matrix.T)
+    diagonal = xp.diagonal(sym)
+    root = xp.sqrt(xp.maximum(diagonal, MIN_CURVATURE))
+    corr = xp.abs(sym) / (root[:, None] * root[None, :])
+    size = sym.shape[-1]
+    off = xp.where(xp.eye(size) > 0, 0.0, corr)
+    return xp.where(xp.all(diagonal > 0), xp.max(off), 0.0)
 
 
 def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback, max_change):

@@ -154,11 +154,10 @@ class NumPyroObjective:
         global step estimates from the rows ``indices`` (after the local step, when
         there is one). One draw: training averages it over an antithetic pair."""
         p, idx, nz, weights = self._args(params, indices, noise, step)
-        flat = None
         if probe is not None:
-            flat = jnp.concatenate([jnp.asarray(probe[v.name], dtype=jnp.result_type(float))
-                                    .reshape(-1) for v in self.problem.model.globals])
-        c = self._curv(p, idx, nz, weights, flat)
+            probe = {v.name: jnp.asarray(probe[v.name], dtype=jnp.result_type(float))
+                     for v in self.problem.model.globals}
+        c = self._curv(p, idx, nz, weights, probe)
         return jax.tree.map(lambda a: np.asarray(a, dtype=float), c)
 
 

@@ -16,7 +16,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from klqp import steps as rule
 from klqp.objective import Terms
@@ -55,7 +54,9 @@ class Stepper:
         self.densities = build_row_densities(problem)
         self.terms = build_terms(problem)
         global_size = sum(int(np.prod(v.shape, dtype=int)) for v in model.globals)
+        self.global_size = global_size
         self.curvature = global_step is not None and global_step.uses_curvature(global_size)
+        self.dense = global_step is not None and global_step.uses_dense(global_size)
         self.antithetic = global_step is not None and global_step.antithetic
         self.average = global_step is not None and global_step.average and bool(model.globals)
         if self.layout is not None:
@@ -184,15 +185,32 @@ class Stepper:
         return average_terms(t, self.terms(params, batch, flipped, row_weights, stl))
 
     # -- the global step's curvature -----------------------------------------------------------
+    def flat_globals(self, tree: dict):
+        """{global: array of its shape} -> (D,), model order (the PyMC backend's too)."""
+        return jnp.concatenate([jnp.reshape(jnp.broadcast_to(tree[v.name], v.shape), (-1,))
+                                for v in self.model.globals])
+
+    def unflat_globals(self, flat) -> dict:
+        out, offset = {}, 0
+        for v in self.model.globals:
+            k = int(np.prod(v.shape, dtype=int))
+            out[v.name] = flat[offset:offset + k].reshape(tuple(v.shape))
+            offset += k
+        return out
+
     def global_curvature(self, params: dict, batch: dict, noise: dict, weights: dict,
-                         probe=None) -> dict:
-        """The global step's curvature sample (``klqp.steps.probe_curvature``): -(r / s) *
-        H v at v = s * r, H = d^2 J / d theta^2 at the global draw theta = m + s * eps (and
-        averaged with m - s * eps under the antithetic pair), J the weighted full-data log
-        joint estimated from the batch: (N/b) sum_rows (T log p(y|.) + beta_local log
-        p(z|.)) + beta_global log p(theta), locals as in the estimator. ``probe``: the flat
-        (D,) vector r; None gives the exact diagonal -diag H at the draw(s) (D products:
-        for tests and inspection, not for training)."""
+                         probe=None, column=None):
+        """The global step's curvature sample, from Hessian-vector products of H = d^2 J /
+        d theta^2 at the global draw theta = m + s * eps (averaged with m - s * eps under
+        the antithetic pair), J the weighted full-data log joint estimated from the batch:
+        (N/b) sum_rows (T log p(y|.) + beta_local log p(z|.)) + beta_global log p(theta),
+        locals as in the estimator.
+
+        ``probe`` (r, as {global: array of its shape}): the scaled Hutchinson estimate of
+        the diagonal, -(r / s) * H (s * r) ({global: array}). ``column`` (an index j,
+        traced): the exact column -H e_j, flat (D,) in model order. Both: the pair.
+        Neither: the exact diagonal -diag H (D products: for tests and inspection, not
+        for training)."""
         model, n = self.model, self.problem.total_size
         params_v, batch_v, noise_v, row_weights = self._virtual(params, batch, noise)
         rows = batch_v[model.observed[0].name].shape[0]
@@ -201,14 +219,14 @@ class Stepper:
         q = q_location(self.problem, params_v, batch_v)
         local_u = {v.name: jax.lax.stop_gradient(q[v.name][0] + q[v.name][1] * noise_v[v.name])
                    for v in model.locals}
-        loc, unravel = ravel_pytree({v.name: params[v.name]["loc"] for v in model.globals})
-        scale, _ = ravel_pytree({v.name: params[v.name]["scale"] for v in model.globals})
-        eps, _ = ravel_pytree({v.name: jnp.broadcast_to(noise[v.name], v.shape)
-                               for v in model.globals})
-        loc, scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(scale)
+        loc = jax.lax.stop_gradient(self.flat_globals({v.name: params[v.name]["loc"]
+                                                       for v in model.globals}))
+        scale = jax.lax.stop_gradient(self.flat_globals({v.name: params[v.name]["scale"]
+                                                         for v in model.globals}))
+        eps = self.flat_globals({v.name: noise[v.name] for v in model.globals})
 
         def joint(theta_flat):
-            u = {**unravel(theta_flat), **local_u}
+            u = {**self.unflat_globals(theta_flat), **local_u}
             global_logp, loglik_rows, local_logp_rows = self.densities(u, batch_v, point)
             rows_j = (weights["likelihood_weight"] * loglik_rows
                       + weights["beta_local"] * local_logp_rows)
@@ -216,10 +234,23 @@ class Stepper:
                 weights["beta_global"] * global_logp
 
         draws = [loc + scale * eps] + ([loc - scale * eps] if self.antithetic else [])
-        if probe is None:
-            diag = sum(-jnp.diag(jax.hessian(joint)(theta)) for theta in draws) / len(draws)
-            return unravel(diag)
-        v = scale * probe
         grad = jax.grad(joint)
-        hv = sum(jax.jvp(grad, (theta,), (v,))[1] for theta in draws) / len(draws)
-        return unravel(rule.probe_curvature(jnp, hv, probe, scale))
+        # H v for several v at once (one batched forward-over-reverse pass per draw)
+        hvp = lambda vs: sum(jax.vmap(lambda v: jax.jvp(grad, (theta,), (v,))[1])(vs)
+                             for theta in draws) / len(draws)
+        if probe is None and column is None:
+            diag = sum(-jnp.diag(jax.hessian(joint)(theta)) for theta in draws) / len(draws)
+            return self.unflat_globals(diag)
+        tangents = []
+        if probe is not None:
+            probe = self.flat_globals(probe)
+            tangents.append(scale * probe)
+        if column is not None:
+            tangents.append(jnp.zeros_like(loc).at[column].set(1.0))
+        products = hvp(jnp.stack(tangents))
+        out = []
+        if probe is not None:
+            out.append(self.unflat_globals(rule.probe_curvature(jnp, products[0], probe, scale)))
+        if column is not None:
+            out.append(-products[-1])
+        return out[0] if len(out) == 1 else tuple(out)

@@ -62,10 +62,11 @@ def draw_noise(problem: Problem, key, b: int) -> dict:
 
 
 def draw_probe(problem: Problem, key):
-    """The global curvature's Rademacher probe (flat, D numbers) of the step with ``key``:
-    a key of its own, so the latents' noise is that of a fit without it."""
-    d = sum(int(np.prod(v.shape, dtype=int)) for v in problem.model.globals)
-    return jax.random.rademacher(jax.random.fold_in(key, 0x9E37), (d,), dtype=jnp.result_type(float))
+    """The global curvature's Rademacher probe ({global: +-1 of its shape}) of the step with
+    ``key``: a key of its own, so the latents' noise is that of a fit without it."""
+    keys = jax.random.split(jax.random.fold_in(key, 0x9E37), max(1, len(problem.model.globals)))
+    return {v.name: jax.random.rademacher(k, tuple(v.shape), dtype=jnp.result_type(float))
+            for k, v in zip(keys, problem.model.globals)}
 
 
 class Trainer:
@@ -98,8 +99,11 @@ class Trainer:
         model, st = self.problem.model, self.stepper
         globals_ = {v.name: variables["dense"][v.name] for v in model.globals}
         extra = {}
-        if st.curvature:
-            extra["curvature"] = {k: jnp.zeros_like(p["loc"]) for k, p in globals_.items()}
+        if st.curvature:  # the diagonal's running average; with dense_max, the whole matrix
+            extra["curvature"] = {"diagonal": {k: jnp.zeros_like(p["loc"])
+                                               for k, p in globals_.items()}}
+            if st.dense:
+                extra["curvature"]["matrix"] = jnp.zeros((st.global_size, st.global_size))
         if st.average:
             extra["loc"] = {k: jnp.copy(p["loc"]) for k, p in globals_.items()}  # own buffers:
             # a streamed step donates its state, and a buffer may be donated only once
@@ -193,21 +197,45 @@ class Trainer:
         out = {}
         new_globals = {v.name: adam_dense[v.name] for v in model.globals}
         if st.curvature:
-            sample = st.global_curvature(_as_params({**dense, **rows}), batch, noise, w,
-                                         probe=draw_probe(self.problem, key))
             rho = gs.step_size(step, xp=jnp)
-            out["curvature"], out["dense"] = {}, {}
+            params = _as_params({**dense, **rows})
+            ascent = {k: -g_dense[k]["loc"] / s for k in new_globals}
+            probe = draw_probe(self.problem, key)
+            if st.dense:
+                size = st.global_size
+                sample, column = st.global_curvature(params, batch, noise, w, probe=probe,
+                                                     column=step % size)
+                matrix = rule.column_average(jnp, global_state["curvature"]["matrix"], column,
+                                             step % size, step // size, gs.curvature_decay)
+                # where the curvature is strongly correlated (every column seen): the mean
+                # step preconditioned by the whole matrix, the scales from its diagonal
+                correlated = jnp.logical_and(step >= size - 1, rule.strongest_correlation(
+                    jnp, matrix) > gs.dense_threshold)
+                direction = st.unflat_globals(rule.dense_direction(
+                    jnp, matrix, st.flat_globals(ascent)))
+                exact = st.unflat_globals(jnp.diagonal(matrix))
+            else:
+                sample = st.global_curvature(params, batch, noise, w, probe=probe)
+            diagonal = {k: rule.curvature_average(jnp, global_state["curvature"]["diagonal"][k],
+                                                  sample[k], gs.curvature_decay, step)
+                        for k in new_globals}
+            out["curvature"] = {"diagonal": diagonal}
+            if st.dense:
+                out["curvature"]["matrix"] = matrix
+            out["dense"] = {}
             for v in model.globals:
-                k = v.name
-                c = rule.curvature_average(jnp, global_state["curvature"][k], sample[k],
-                                           gs.curvature_decay, step)
-                loc = rule.natural_gradient_loc(jnp, dense[k]["loc"], -g_dense[k]["loc"] / s, c,
-                                                rho, adam_dense[k]["loc"], gs.max_change)
+                k, c = v.name, diagonal[v.name]
+                if st.dense:
+                    c = jnp.where(correlated, exact[k], c)
+                loc = rule.natural_gradient_loc(jnp, dense[k]["loc"], ascent[k], c, rho,
+                                                adam_dense[k]["loc"], gs.max_change)
+                if st.dense:
+                    loc = jnp.where(correlated, dense[k]["loc"] + jnp.clip(
+                        rho * direction[k], -gs.max_change, gs.max_change), loc)
                 scale = rule.curvature_scale(jnp, c, w["beta_global"],
                                              jax.nn.softplus(dense[k]["raw_scale"]),
                                              jax.nn.softplus(adam_dense[k]["raw_scale"]),
                                              gs.max_change)
-                out["curvature"][k] = c
                 out["dense"][k] = new_globals[k] = {"loc": loc, "raw_scale": softplus_inverse(scale)}
         if st.average:
             out["loc"] = {k: rule.running_average(jnp, global_state["loc"][k], p["loc"], step)

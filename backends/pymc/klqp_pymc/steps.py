@@ -175,13 +175,14 @@ def amortized_locations(problem: Problem, columns: dict, point: dict) -> dict:
 
 def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, global_scale_flat,
                      global_eps_flat, probe, local_u: dict, row_weights, weights: dict,
-                     antithetic: bool):
+                     antithetic: bool, column=None):
     """The global step's curvature sample (``klqp.steps.probe_curvature``): -(r / s) * H v
     at v = s * r (r = ``probe``, flat (D,)), H = d^2 J / d theta^2 at the global draw theta
     = m + s * eps (and averaged with m - s * eps when ``antithetic``), J = (N/b) sum_rows
     w_r (T log p(y|.) + beta_local log p(z|.)) + beta_global log p(theta), the locals held
     at ``local_u`` (per virtual row). Two Hessian-vector products (reverse over reverse),
-    whatever D is."""
+    whatever D is. With ``column`` (an index j, symbolic): also the exact column -H e_j
+    at the same draws, and the pair is returned."""
     d = int(global_loc_flat.type.shape[0])
     theta = pt.tensor("theta_flat", dtype=float_dtype(), shape=(d,))
     local_u = {k: disconnected_grad(a) for k, a in local_u.items()}
@@ -191,8 +192,15 @@ def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, glo
     joint = (problem.total_size / row_weights.sum()) * (row_weights * rows).sum() + \
         weights["beta_global"] * global_logp
     loc, scale = disconnected_grad(global_loc_flat), disconnected_grad(global_scale_flat)
-    v = disconnected_grad(scale * probe)
-    hessian_v = pytensor.grad((pytensor.grad(joint, theta) * v).sum(), theta)
     draws = [loc + scale * global_eps_flat] + ([loc - scale * global_eps_flat] if antithetic else [])
-    hv = sum(graph_replace(hessian_v, {theta: draw}, strict=False) for draw in draws) / len(draws)
-    return rule.probe_curvature(pt, hv, probe, scale)
+    gradient = pytensor.grad(joint, theta)
+
+    def hessian_times(v):  # H v averaged over the draws
+        hessian_v = pytensor.grad((gradient * disconnected_grad(v)).sum(), theta)
+        return sum(graph_replace(hessian_v, {theta: draw}, strict=False) for draw in draws) / len(draws)
+
+    sample = rule.probe_curvature(pt, hessian_times(scale * probe), probe, scale)
+    if column is None:
+        return sample
+    one_hot = pt.cast(pt.eq(pt.arange(d), column), float_dtype())
+    return sample, -hessian_times(one_hot)

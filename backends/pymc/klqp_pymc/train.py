@@ -83,6 +83,7 @@ class Rule:
     globals: object         # klqp.steps.GlobalStep or None
     curvature: bool
     average: bool
+    dense: bool = False
 
     @classmethod
     def of(cls, problem: Problem, local_step, global_step) -> "Rule":
@@ -90,7 +91,8 @@ class Rule:
         size = sum(_size(v.shape) for v in spec.globals)
         curvature = global_step is not None and global_step.uses_curvature(size)
         average = global_step is not None and global_step.average and bool(spec.globals)
-        return cls(local_step, global_step, curvature, average)
+        dense = global_step is not None and global_step.uses_dense(size)
+        return cls(local_step, global_step, curvature, average, dense)
 
     @property
     def row_adam(self) -> bool:
@@ -118,6 +120,8 @@ def state_layout(problem: Problem, rule: "Rule") -> list[tuple[str, tuple, str]]
     d = sum(_size(v.shape) for v in problem.model.globals)
     if rule.curvature:
         out += [("global_curvature", (d,), floatx)]
+    if rule.dense:
+        out += [("global_curvature_matrix", (d, d), floatx)]
     if rule.average:
         out += [("average_mu", (d,), floatx), ("average_scale", (d,), floatx)]
     return out
@@ -296,6 +300,8 @@ class Trainer:
         self.step = pytensor.shared(np.int64(0), "step")
         d = sum(_size(v.shape) for v in problem.model.globals)
         self.curvature = shared("global_curvature", (d,)) if self.rule.curvature else None
+        self.curvature_matrix = (shared("global_curvature_matrix", (d, d)) if self.rule.dense
+                                 else None)
         self.average = ({"mu": shared("average_mu", (d,)), "scale": shared("average_scale", (d,))}
                         if self.rule.average else None)
 
@@ -427,6 +433,8 @@ class Trainer:
         if rule.curvature:
             self._curvature_step(updates, optimizer.grads[self.dense["global_mu"]])
             self.state_variables.append(self.curvature)
+            if rule.dense:
+                self.state_variables.append(self.curvature_matrix)
         if rule.average:
             mu, scale = updates[self.dense["global_mu"]], pt.softplus(updates[self.dense["global_rho"]])
             for name, value in (("mu", mu), ("scale", scale)):
@@ -511,19 +519,38 @@ class Trainer:
         local.update({k: a for k, a in self._amortized_draws().items()})
         eps = pt.concatenate([self._noise_inputs[v.name].reshape((-1,))
                               for v in problem.model.globals])
-        sample = global_curvature(problem, row_model, mu, pt.softplus(rho), eps, self._probe, local,
-                                  row_weights, weights, antithetic=gs.antithetic)
+        size = int(mu.type.shape[0])
+        column = self.step % size
+        out = global_curvature(problem, row_model, mu, pt.softplus(rho), eps, self._probe, local,
+                               row_weights, weights, antithetic=gs.antithetic,
+                               column=column if self.rule.dense else None)
+        sample, column_values = out if self.rule.dense else (out, None)
         c = steps_rule.curvature_average(pt, self.curvature, sample, gs.curvature_decay,
                                          self.step)
+        running = c
         rho_t = pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), float_dtype())
         ascent = -grad_mu / self.lowered.cost_scale
         floatx = float_dtype()
-        updates[mu] = pt.cast(steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu],
-                                                             gs.max_change), floatx)
+        if self.rule.dense:
+            matrix = steps_rule.column_average(pt, self.curvature_matrix, column_values, column,
+                                               self.step // size, gs.curvature_decay)
+            # where the curvature is strongly correlated (every column seen): the mean step
+            # preconditioned by the whole matrix, the scales from its diagonal
+            correlated = pt.and_(pt.ge(self.step, size - 1), pt.gt(
+                steps_rule.strongest_correlation(pt, matrix), gs.dense_threshold))
+            c = pt.switch(correlated, pt.diagonal(matrix), c)
+            updates[self.curvature_matrix] = pt.cast(matrix, floatx)
+        new_mu = steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu],
+                                                 gs.max_change)
+        if self.rule.dense:
+            direction = steps_rule.dense_direction(pt, matrix, ascent)
+            new_mu = pt.switch(correlated, mu + pt.clip(rho_t * direction, -gs.max_change,
+                                                        gs.max_change), new_mu)
+        updates[mu] = pt.cast(new_mu, floatx)
         scale = steps_rule.curvature_scale(pt, c, weights["beta_global"], pt.softplus(rho),
                                            pt.softplus(updates[rho]), gs.max_change)
         updates[rho] = pt.cast(inv_softplus_pt(scale), floatx)
-        updates[self.curvature] = pt.cast(c, floatx)
+        updates[self.curvature] = pt.cast(running, floatx)
 
     def lowered_point(self) -> dict:
         return {v.name: self.dense[f"param_{v.name}"] for v in self.problem.model.params}
