@@ -65,7 +65,8 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     it off (row-wise Adam steps of the gradient, as klqp 0.1; ``kq.RowAdam(stl=,
     scale_by_visits=)`` for its variants).
     global_step: how the globals' q move. "auto" (default): ``kq.GlobalStep()``, natural-
-    gradient steps with curvature-set scales for a global block of up to 64 numbers,
+    gradient steps with scales from the expected curvature over q (any number of
+    globals; a dense curvature preconditions correlated blocks of up to 64 numbers),
     quadrature over the locals and an antithetic pair in the gradient, and the reported
     globals averaged over the iterates; None: Adam steps on every global number.
     learning_rate: Adam's step size, a number or a schedule of the step: for kq.Param

@@ -111,8 +111,10 @@ class Watch:
     (3, 'loglik', 'theta')
     """
 
-    def __init__(self, names: list, max_in_row: int, in_row: int = 0, run_start: int = 0):
+    def __init__(self, names: list, max_in_row: int, in_row: int = 0, run_start: int = 0,
+                 advice=None):
         self.names, self.max_in_row = list(names), int(max_in_row)
+        self.advice = advice  # variable name or None -> the settings that drive its step
         self.in_row, self.run_start = int(in_row), int(run_start)
         self.total, self.first = 0, None
         self.stop_term: Optional[str] = None
@@ -151,10 +153,11 @@ class Watch:
                f"{self.stop_variable!r}" if self.stop_variable else "")
         return (f"{self.max_in_row} non-finite steps in a row from step {self.run_start}: "
                 f"{what}{who}. "
-                "No bad step was applied; error.result holds the last good state. Fix: a "
-                "smaller learning_rate (or a decaying schedule), tighter priors or a smaller "
-                "init_scale, or check the data for extreme values; then resume with "
-                "kq.fit(..., resume=error.result)")
+                "No bad step was applied; error.result holds the last good state. Fix: "
+                + (self.advice(self.stop_variable) if self.advice is not None else
+                   "a smaller learning_rate (or a decaying schedule)")
+                + ", tighter priors or a smaller init_scale, or check the data for extreme "
+                "values; then resume with kq.fit(..., resume=error.result)")
 
     def warn(self) -> None:
         """Warn once, at the end of a fit, when isolated steps were skipped."""
@@ -163,3 +166,36 @@ class Watch:
                           f"first at step {self.first}; result.history['skipped'] marks "
                           "them. Many of them mean the step size is too large for this model",
                           RuntimeWarning, stacklevel=3)
+
+
+def step_advice(model, config, variable: Optional[str]) -> str:
+    """The settings that drive the step of ``variable`` (None: every step) in a fit with
+    ``config`` (klqp.problem.FitConfig), for NonFiniteError's fix.
+
+    >>> import klqp as kq
+    >>> from klqp.problem import FitConfig
+    >>> with kq.Model("m") as m:
+    ...     mu = kq.Global("mu", kq.Normal(0.0, 1.0))
+    ...     _ = kq.Observed("y", kq.Normal(mu, 1.0))
+    >>> step_advice(m, FitConfig(global_step=kq.GlobalStep()), "mu")[:60]
+    "global 'mu' takes the natural-gradient step: a smaller kq.Gl"
+    """
+    from .steps import GlobalStep, LocalStep, RowAdam
+
+    spec = model.vars.get(variable) if variable is not None else None
+    global_step, local_step = config.global_step, config.local_step
+    if spec is None:
+        return ("a smaller learning_rate (Params, encoders, numbers without a positive "
+                "curvature) or a smaller kq.GlobalStep(step_size=...) for the globals")
+    if spec.role == "global" and isinstance(global_step, GlobalStep) and global_step.curvature:
+        return (f"global {variable!r} takes the natural-gradient step: a smaller "
+                "kq.GlobalStep(step_size=...) (a number or a schedule) or max_change=...; "
+                "learning_rate moves it only where its curvature is not positive")
+    if spec.role == "local" and not spec.amortized and isinstance(local_step, LocalStep):
+        return (f"local {variable!r} takes the guarded local step: a smaller "
+                "kq.LocalStep(max_change=...), or local_step=None (row-wise Adam of "
+                "learning_rate)")
+    if spec.role == "local" and not spec.amortized and isinstance(local_step, RowAdam):
+        return f"local {variable!r} takes row-wise Adam steps: a smaller learning_rate"
+    what = {"param": "point parameter", "global": "global"}.get(spec.role, "amortized local")
+    return f"{what} {variable!r} takes Adam steps: a smaller learning_rate (or a decaying schedule)"

@@ -36,7 +36,9 @@ class FitResult:
     at those globals. Training continues from ``state`` (the raw iterates).
     ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, local_gain,
     beta_global, beta_local, likelihood_weight, skipped`` (figures in full-data nats; see
-    klqp.objective; ``local_gain``: how much the local step raised the weighted
+    klqp.objective; each step's estimate at that step's batch and at the TRAINING
+    iterates, not at the averaged q the fit reports: ``elbo()`` gives the reported q's,
+    the figure to compare two fits by; ``local_gain``: how much the local step raised the weighted
     objective of the batch's rows, (N/b) sum over the batch, 0 without a local step;
     ``skipped``: 1 where the step was not applied because something in it was NaN or
     inf, see klqp.guard; ``info["skipped_steps"]`` counts them).
@@ -205,6 +207,35 @@ class FitResult:
         return az.from_dict(groups, dims=dims,
                             attrs={"/": {"klqp_backend": self.backend, "klqp_steps": self.steps}})
 
+    def elbo(self, num_samples: int = 64, seed: int = 0) -> dict:
+        """The ELBO of q AS REPORTED (``params``: the averaged globals, the locals after
+        the final pass) on all N training rows, in full-data nats at beta = T = 1:
+        ``{"elbo", "loglik", "kl_global", "kl_local"}`` (Monte-Carlo means over
+        ``num_samples`` draws of q) and ``"elbo_se"``, the mean's standard error. Computed
+        by this fit's backend with every row in one batch. Unlike ``history["elbo"]``
+        (the training iterates, one batch a step), it ranks two fits of one model.
+        Needs the training data in memory."""
+        from .api import compile as compile_objective
+
+        if self.problem.data is None:
+            raise ValueError("elbo() needs the training data in memory; this fit streamed "
+                             "its batches")
+        n, model = self.problem.total_size, self.model
+        objective = compile_objective(model, self.problem.data, backend=self.backend,
+                                      batch_size=n, total_size=n, local_step=None)
+        params = {k: dict(p) for k, p in self.params.items() if k in model.vars}
+        rng = np.random.default_rng([seed, 7])
+        rows, figures = np.arange(n), []
+        for _ in range(num_samples):
+            noise = {v.name: rng.standard_normal(((n,) if v.role == "local" else ())
+                                                 + tuple(v.shape)) for v in model.latents}
+            figures.append(objective.terms(params, indices=rows, noise=noise))
+        out = {k: float(np.mean([f[k] for f in figures]))
+               for k in ("elbo", "loglik", "kl_global", "kl_local")}
+        out["elbo_se"] = float(np.std([f["elbo"] for f in figures], ddof=1)
+                               / np.sqrt(num_samples)) if num_samples > 1 else float("nan")
+        return out
+
     def plot_history(self, path=None, smooth: int = 50):
         """Loss, loglik, the KL terms and the weights on a shared step axis (matplotlib).
 
@@ -218,7 +249,7 @@ class FitResult:
 
         h = self.history
         steps = np.arange(len(h["loss"]))
-        panels = [("loss", ["loss"]), ("full-data nats", ["elbo", "loglik"]),
+        panels = [("loss", ["loss"]), ("full-data nats\n(training iterates)", ["elbo", "loglik"]),
                   ("KL (nats)", ["kl_global", "kl_local"]),
                   ("weights", ["beta_global", "beta_local", "likelihood_weight"])]
         fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(7, 8.5))

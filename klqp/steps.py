@@ -49,8 +49,11 @@ One step on a minibatch B of b rows:
    step m <- m + rho_t * dJ/dm / c and moves its scale toward the one the objective's
    optimum has at that curvature, s = sqrt(beta_global / c) (both changes clipped to
    ``max_change``); a number whose averaged curvature is not positive takes Adam's step
-   of ``learning_rate`` and keeps its scale's Adam step. Every kq.Param takes Adam steps
-   of ``learning_rate``.
+   of ``learning_rate`` and keeps its scale's Adam step. A block of up to ``dense_max``
+   numbers also keeps the whole curvature matrix, one exact column a step, and where
+   it is correlated preconditions the mean step with it. Every kq.Param takes Adam steps
+   of ``learning_rate`` (a natural-gradient step on the diagonal of the loss's Hessian
+   in the Params was measured worse on probabilistic PCA: bench/README.md).
 
 3. **What a fit reports**: the global q averaged over the iterates with weights that
    favour recent steps (polynomial-decay averaging, Shamir & Zhang 2013, eta = 3), and
@@ -322,6 +325,14 @@ def describe(model, local_step, global_step) -> list[str]:
             lines.append("      estimated at the global draws by one scaled Hutchinson probe "
                          "(two Hessian-vector products a step), averaged over steps; a number "
                          "whose curvature is not positive takes Adam steps")
+            if global_step.uses_dense(size):
+                lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
+                             "one exact column a step; where some curvature correlation "
+                             f"exceeds {global_step.dense_threshold:g}, the mean step is "
+                             "preconditioned by the whole matrix and the scales take its diagonal")
+            else:
+                lines.append(f"      diagonal curvature only ({size} numbers > dense_max="
+                             f"{global_step.dense_max}): correlated numbers move more slowly")
         else:
             lines.append(f"    global {', '.join(globals_)} ({size} numbers): Adam steps of "
                          "learning_rate (curvature=False)")
@@ -334,7 +345,8 @@ def describe(model, local_step, global_step) -> list[str]:
             lines.append("      reported q: the average of the iterates, recent steps weighted "
                          "most (polynomial decay, eta = 3)")
     if model.params:
-        lines.append(f"    point parameters ({len(model.params)}): Adam steps of learning_rate")
+        names = ", ".join(v.name for v in model.params)
+        lines.append(f"    point parameters {names}: Adam steps of learning_rate")
     return lines
 
 

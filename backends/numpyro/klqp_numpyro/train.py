@@ -486,7 +486,8 @@ class _Run:
         self.opt_state = trainer.init_state(self.variables)
         self.step = 0
         self.history = History(HISTORY_KEYS)
-        self.watch = guard.Watch(trainer.checked_names, config.max_nonfinite)
+        self.watch = guard.Watch(trainer.checked_names, config.max_nonfinite,
+                                 advice=lambda v: guard.step_advice(problem.model, config, v))
         if config.resume is not None:
             prev = config.resume
             treedef = jax.tree.structure((self.variables, self.opt_state))

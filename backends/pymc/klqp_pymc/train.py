@@ -681,7 +681,8 @@ class _Run:
         self.compile_seconds = 0.0
         self.step = 0
         self.history = History(HISTORY_KEYS)
-        self.watch = guard.Watch(guard.checked_variables(problem.model), config.max_nonfinite)
+        self.watch = guard.Watch(guard.checked_variables(problem.model), config.max_nonfinite,
+                                 advice=lambda v: guard.step_advice(problem.model, config, v))
         self.rule = Rule.of(problem, config.local_step, config.global_step)
         self.final_pass: Optional[FinalPass] = None
         self.state = initial_state(problem, init_params(problem, config.seed, config.init_scale),
