@@ -131,3 +131,18 @@ def test_soak_benchmark_reports_memory_at_every_mark(tmp_path):
         r = report[f"numpyro/{mode}"]
         assert r["steps"] == steps and [m[0] for m in r["marks"]][-1] == steps
         assert len(r["marks"]) == 10 and all(m[1] > 0 for m in r["marks"]), r["marks"]
+
+
+def test_global_targets_benchmark_reports_every_case(tmp_path):
+    """``bench/global_targets.py --quick`` on its fast cases: a finite figure per backend."""
+    path = tmp_path / "targets.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "global_targets.py"), "--quick",
+                           "--cases", "intercepts,regression", "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    rows = json.loads(path.read_text())
+    runners = {(r["case"].split(",")[0], r["runner"]) for r in rows}
+    for case in ("intercepts G=100", "logistic D=20", "linear"):
+        assert {(case, "klqp-numpyro"), (case, "klqp-pymc")} <= runners, runners
+    for r in rows:
+        assert math.isfinite(r["end_max_mean_err_sd"]) and all(map(math.isfinite, r["end_sd_ratio"]))
