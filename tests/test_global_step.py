@@ -271,3 +271,21 @@ def test_correlated_posterior_means_converge_with_the_dense_step(backend):
             np.testing.assert_allclose(q["scale"], opt_sd, rtol=0.02)
     assert errors["dense"] < 0.1
     assert errors["diagonal"] > 0.5
+
+
+def test_nonfinite_advice_names_the_settings_that_drive_the_failing_step():
+    from klqp.guard import Watch, step_advice
+    from klqp.problem import FitConfig
+
+    model, _ = ALL["hierarchical"]()   # globals theta, sigma; free local z
+    natural = FitConfig(global_step=kq.GlobalStep(), local_step=kq.LocalStep())
+    plain = FitConfig(global_step=None, local_step=kq.RowAdam())
+    assert "kq.GlobalStep(step_size=" in step_advice(model, natural, "theta")
+    assert "learning_rate" in step_advice(model, plain, "theta")
+    assert "kq.GlobalStep" not in step_advice(model, plain, "theta")
+    assert "kq.LocalStep(max_change=" in step_advice(model, natural, "z")
+    assert "row-wise Adam" in step_advice(model, plain, "z")
+    watch = Watch(["theta", "sigma", "z"], max_in_row=1,
+                  advice=lambda v: step_advice(model, natural, v))
+    assert watch.see(5, skipped=[1], term=[0], variable=[0]) == 5
+    assert "global 'theta' takes the natural-gradient step" in watch.message()

@@ -51,6 +51,8 @@ def test_a_run_of_nonfinite_steps_raises_with_the_last_good_state(backend):
     err = info.value
     assert err.term == "loglik" and err.variable == "w"
     assert "step 1" in str(err) and "learning_rate" in str(err) and "'w'" in str(err)
+    assert "takes Adam steps" in str(err)  # global_step=None: Adam's learning_rate drives w
+    assert "takes Adam steps" in str(err)  # global_step=None: Adam drives w
     r = err.result
     assert r.steps == err.step == 1 and len(r.history["loss"]) == 1
     assert np.isfinite(r.history["loss"]).all() and _finite(r)
