@@ -260,3 +260,83 @@ def poisson_numpyro(data: dict, batch: int, seed: int = 0) -> tuple:
             numpyro.sample("u", dist.Normal(u_loc[idx], u_scale[idx]))
 
     return model, guide, (x, k)
+
+
+# -- (d) a Bayesian neural net: 10,101 global weights (steps/s where the curvature runs) --
+
+def bnn_data(rows: int, n_in: int = 200, hidden: int = 50, seed: int = 0):
+    rng = np.random.default_rng([seed, rows, n_in])
+    x = rng.normal(size=(rows, n_in))
+    w0 = rng.normal(size=(n_in, hidden)) / np.sqrt(n_in)
+    w1 = rng.normal(size=(hidden, 1)) * 2 / np.sqrt(hidden)
+    logits = (np.tanh(x @ w0) @ w1)[:, 0]
+    return {"x": x, "y": (rng.random(rows) < 1 / (1 + np.exp(-logits))).astype(float)}
+
+
+def bnn_klqp(n_in: int = 200, hidden: int = 50):
+    with kq.Model("bnn") as model:
+        x = kq.Data("x", shape=(n_in,))
+        net = kq.nn.MLP("net", [n_in, hidden, 1], activation="tanh", prior=kq.Normal(0.0, 1.0))
+        kq.Observed("y", kq.Bernoulli(logits=net(x)[..., 0]))
+    return model
+
+
+def bnn_numpyro(data: dict, batch: int, seed: int = 0):
+    """The hand-written NumPyro program (this file's conventions: softplus scales at 0.1,
+    means 0.1 * N(0, 1); ``idx`` rows from outside or the plate's subsample)."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+
+    x, y = jnp.asarray(data["x"]), jnp.asarray(data["y"])
+    rows, n_in = x.shape
+    hidden = 50
+    shapes = {"W0": (n_in, hidden), "b0": (hidden,), "W1": (hidden, 1), "b1": (1,)}
+    rng = np.random.default_rng(seed)
+    init = {k: 0.1 * rng.standard_normal(s) for k, s in shapes.items()}
+
+    def model(x, y, idx=None):
+        w = {k: numpyro.sample(k, dist.Normal(0.0, 1.0).expand(list(s)).to_event(len(s)))
+             for k, s in shapes.items()}
+        with numpyro.plate("rows", rows, subsample_size=batch) as drawn:
+            idx = drawn if idx is None else idx
+            logits = (jnp.tanh(x[idx] @ w["W0"] + w["b0"]) @ w["W1"] + w["b1"])[:, 0]
+            numpyro.sample("y", dist.Bernoulli(logits=logits), obs=y[idx])
+
+    def guide(x, y, idx=None):
+        for k, s in shapes.items():
+            loc = numpyro.param(f"{k}_loc", jnp.asarray(init[k]))
+            scale = numpyro.param(f"{k}_scale", jnp.full(s, 0.1),
+                                  constraint=constraints.softplus_positive)
+            numpyro.sample(k, dist.Normal(loc, scale).to_event(len(s)))
+
+    return model, guide, (x, y)
+
+
+def bnn_pymc(data: dict, batch: int):
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    rows, n_in = data["x"].shape
+    hidden = 50
+    with pm.Model() as model:
+        xb, yb = pm.Minibatch(data["x"], data["y"], batch_size=batch)
+        w0 = pm.Normal("W0", 0.0, 1.0, shape=(n_in, hidden))
+        b0 = pm.Normal("b0", 0.0, 1.0, shape=(hidden,))
+        w1 = pm.Normal("W1", 0.0, 1.0, shape=(hidden,))
+        b1 = pm.Normal("b1", 0.0, 1.0)
+        logits = pt.tanh(xb @ w0 + b0) @ w1 + b1
+        pm.Bernoulli("y", logit_p=logits, observed=yb, total_size=rows)
+    return model
+
+
+def bnn_case(rows: int, batch: int) -> Case:
+    data = bnn_data(rows)
+    return Case(
+        name="bnn",
+        description=f"Bayesian neural net 200-50-1 tanh, 10,101 global weights, N={rows:,}, "
+                    f"batch {batch} (globals only)",
+        rows=rows, batch=batch, data=data, klqp_model=bnn_klqp,
+        numpyro_program=lambda: bnn_numpyro(data, batch),
+        pymc_model=lambda: bnn_pymc(data, batch), sizes={"rows": rows, "batch": batch})

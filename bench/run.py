@@ -40,7 +40,8 @@ import klqp as kq  # noqa: E402
 import cases  # noqa: E402  (bench/ is sys.path[0] when this file is run)
 import runners  # noqa: E402
 
-MODELS = ("logistic", "hierarchical")
+MODELS = ("logistic", "hierarchical", "bnn")
+DEFAULT_MODELS = ("logistic", "hierarchical")
 PYMC_MODES = ("c", "jax", "numba")  # klqp_pymc.modes.MODES; pm.fit takes the same names
 BASELINE_PREFIXES = ("numpyro-hand", "pymc-hand")
 
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(unless --pymc-modes says otherwise)")
     parser.add_argument("--steps", type=int, help="optimizer steps per runner (default 5000; "
                                                   "--quick: 300)")
-    parser.add_argument("--models", default=",".join(MODELS),
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--pymc-modes", help="comma-separated PyTensor modes for klqp's PyMC "
                                              "backend and pm.fit: c, jax, numba "
@@ -176,7 +177,8 @@ def build_cases(args) -> list:
     made = {"logistic": lambda: cases.logistic_case(args.logistic_rows, args.logistic_dim,
                                                     args.logistic_batch),
             "hierarchical": lambda: cases.hierarchical_case(args.hierarchical_rows,
-                                                            args.hierarchical_batch)}
+                                                            args.hierarchical_batch),
+            "bnn": lambda: cases.bnn_case(10_000 if args.quick else 50_000, 128)}
     return [made[name]() for name in args.models]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Callable, Iterable, Optional
@@ -123,6 +124,9 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
                            scale_cost_to_minibatch=scale_cost_to_minibatch)
     local = resolve_local_step(local_step, model)
     glob = resolve_global_step(global_step)
+    if glob is not None:  # a step size that depends on the batches per epoch learns them here
+        glob = dataclasses.replace(glob, step_size=glob.step_size.bind(
+            num_batches=problem.num_batches))
     total_steps = steps  # the run's planned end, counted from step 0 of a checkpointed run
     rule = FitConfig(local_step=local, global_step=glob).rule()
     if isinstance(resume, (str, os.PathLike)):

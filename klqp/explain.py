@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .model import Model
@@ -101,6 +102,10 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
     if values["beta_global"] != values["beta_local"] and model.globals and model.locals:
         lines.append("  beta_global != beta_local: the global and the local KL are weighted apart.")
     lines.append("")
-    lines += describe(model, resolve_local_step(local_step, model), resolve_global_step(global_step))
+    glob = resolve_global_step(global_step)
+    if glob is not None:  # the step size as the fit binds it (batches per epoch)
+        glob = dataclasses.replace(glob, step_size=glob.step_size.bind(
+            num_batches=batches_per_epoch(n, b, False)))
+    lines += describe(model, resolve_local_step(local_step, model), glob)
     return Explanation(coefficients=coef, weights=values, total_size=n, batch_size=b,
                        cost_scale=s, text="\n".join(lines))

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["Schedule", "constant", "linear", "linear_warmup", "sigmoid", "cyclical", "blundell",
-           "robbins_monro", "beta_norm", "beta_from_norm"]
+           "robbins_monro", "natural_step", "beta_norm", "beta_from_norm"]
 
 
 class Schedule:
@@ -87,6 +87,20 @@ class RobbinsMonro(Schedule):
 
 
 @dataclass(frozen=True)
+class NaturalStep(Schedule):
+    start: float = 1.0
+    delay: float = 50.0
+    num_batches: Optional[int] = None
+
+    def bind(self, *, num_batches: int) -> "Schedule":
+        return self if self.num_batches is not None else replace(self, num_batches=int(num_batches))
+
+    def __call__(self, step, xp: Any = np):
+        sampled = 0.0 if self.num_batches is None else 1.0 - 1.0 / self.num_batches
+        return self.start * ((1.0 + step / self.delay) * (1.0 + sampled * step / self.delay)) ** -0.5
+
+
+@dataclass(frozen=True)
 class Blundell(Schedule):
     num_batches: Optional[int] = None
 
@@ -137,6 +151,26 @@ def cyclical(total_steps: int, cycles: int = 4, ratio: float = 0.5, end: float =
     if cycles < 1 or total_steps < cycles:
         raise ValueError(f"cyclical: need 1 <= cycles ({cycles}) <= total_steps ({total_steps})")
     return Cyclical(int(total_steps), int(cycles), float(ratio), float(end))
+
+
+def natural_step(start: float = 1.0, delay: float = 50.0,
+                 num_batches: Optional[int] = None) -> Schedule:
+    """The global step's default step size: ``start * ((1 + t/delay) (1 + f t/delay))^-1/2``
+    with f = 1 - 1/M, M batches an epoch (the compiler binds M). A full batch (f = 0)
+    decays as 1/sqrt(t): its gradient's only noise is q's draws, averaged out by the
+    iterate average. Minibatches (f -> 1) decay as 1/t, as Newton's method needs under
+    sampling noise: a step of constant size leaves a noisy iterate whose average is
+    biased wherever the objective is not quadratic (a hierarchical scale).
+
+    >>> [round(float(natural_step(1.0, 50, num_batches=1)(t)), 4) for t in (0, 150)]
+    [1.0, 0.5]
+    >>> [round(float(natural_step(1.0, 50, num_batches=400)(t)), 4) for t in (0, 150)]
+    [1.0, 0.2502]
+    """
+    if not (start > 0 and delay > 0) or (num_batches is not None and num_batches < 1):
+        raise ValueError(f"natural_step: start={start} and delay={delay} must be positive, "
+                         f"num_batches={num_batches} at least 1")
+    return NaturalStep(float(start), float(delay), num_batches)
 
 
 def robbins_monro(start: float = 1.0, delay: float = 50.0, power: float = 0.5) -> Schedule:

@@ -204,7 +204,9 @@ class GlobalStep:
         of numbers has a curvature correlation |C_jk| / sqrt(C_jj C_kk) above this (its
         step is noisier where the diagonal is nearly the whole matrix).
     step_size: rho_t of the natural-gradient step, a number or a schedule of the step
-        (default ``kq.schedules.robbins_monro(1.0, 50)``: 1 / sqrt(1 + t / 50)).
+        (default ``kq.schedules.natural_step(1.0, 50)``: 1 / sqrt(1 + t / 50) for a full
+        batch, ~1 / (1 + t / 50) for minibatches, where sampling noise must be averaged
+        away).
     curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1),
         once 1/d steps have been averaged with equal weights.
     antithetic: average the global gradient over the pair theta = m +- s * eps.
@@ -219,7 +221,7 @@ class GlobalStep:
     curvature: bool = True
     dense_max: int = 64
     dense_threshold: float = 0.5
-    step_size: Any = field(default_factory=lambda: _schedules.robbins_monro(1.0, 50))
+    step_size: Any = field(default_factory=lambda: _schedules.natural_step(1.0, 50))
     curvature_decay: float = 0.1
     antithetic: bool = True
     average: bool = True
@@ -351,6 +353,12 @@ def describe(model, local_step, global_step) -> list[str]:
 
 
 def _schedule_text(schedule) -> str:
+    if isinstance(schedule, _schedules.NaturalStep):
+        if schedule.num_batches is None:
+            return f"natural_step({schedule.start:g}, {schedule.delay:g})"
+        f = 1.0 - 1.0 / schedule.num_batches
+        return (f"{schedule.start:g} / sqrt((1 + t/{schedule.delay:g}) "
+                f"(1 + {f:.3g} t/{schedule.delay:g}))")
     if isinstance(schedule, _schedules.RobbinsMonro):
         return (f"{schedule.start:g} / (1 + t/{schedule.delay:g})^{schedule.power:g}")
     if isinstance(schedule, _schedules.Constant):
