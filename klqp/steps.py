@@ -91,6 +91,7 @@ __all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_
 
 AVERAGE_POWER = 3.0   # eta of polynomial-decay averaging: the weight of step t is ~ t^eta
 MIN_CURVATURE = 1e-30  # divides by curvature never see 0 (representable in float32 too)
+COLUMN_DECAY = 0.3     # the dense curvature's weight on a column's newest visit (at least)
 
 
 def _int_in(owner: str, name: str, value, low: int, high: Optional[int], fix: str) -> int:
@@ -508,8 +509,10 @@ def column_average(xp, previous, column, index, visits, decay):
     """The running dense curvature (D, D) with its column ``index`` averaged with the
     newest exact ``column`` (D,), -H e_index at this step's draws: the round robin visits
     each column every D steps, and column j's ``visits``-th visit (from 0) takes weight
-    max(decay, 1/(visits + 1)), as ``curvature_average``. A non-finite column leaves it
-    unchanged.
+    max(decay, COLUMN_DECAY, 1/(visits + 1)): a horizon of a few visits (a column taken
+    while q was still far off must not linger for D/decay steps: a funnel's scale
+    collapsed under one), each visit's column being exact at its draws. A non-finite
+    column leaves it unchanged.
 
     >>> import numpy as np
     >>> c = np.zeros((2, 2))
@@ -522,7 +525,7 @@ def column_average(xp, previous, column, index, visits, decay):
     is_column = xp.eq(xp.arange(size), index) if hasattr(xp, "eq") else xp.arange(size) == index
     old = previous[:, index]
     column = xp.where(xp.isfinite(column), column, old)
-    weight = xp.maximum(decay, 1.0 / (visits + 1.0))
+    weight = xp.maximum(xp.maximum(decay, COLUMN_DECAY), 1.0 / (visits + 1.0))
     new = old + weight * (column - old)
     return xp.where(is_column[None, :], new[:, None], previous)
 
