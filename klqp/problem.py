@@ -6,6 +6,7 @@ anything, and each error names the variable, the value and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
@@ -72,7 +73,12 @@ class FitConfig:
 
     def rule(self) -> dict:
         """The step rule as plain data: a resumed fit must follow the same one."""
-        return {"local_step": repr(self.local_step), "global_step": repr(self.global_step)}
+        glob = self.global_step
+        if getattr(getattr(glob, "step_size", None), "num_batches", None) is not None:
+            # the step size's batches per epoch come from the data, not from the rule
+            glob = dataclasses.replace(glob, step_size=dataclasses.replace(
+                glob.step_size, num_batches=None))
+        return {"local_step": repr(self.local_step), "global_step": repr(glob)}
 
 
 #: Steps at which a schedule's values are checked before a fit (a schedule is a pure
