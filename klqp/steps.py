@@ -85,7 +85,7 @@ __all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
            "curvature_average", "probe_curvature", "column_average", "dense_direction",
-           "strongest_correlation",
+           "coupling",
            "natural_gradient_loc", "curvature_scale", "running_average",
            "AVERAGE_POWER", "MIN_CURVATURE"]
 
@@ -201,9 +201,9 @@ class GlobalStep:
         curvature matrix, one exact column a step (round robin), and preconditions its
         mean step with it (correlated posteriors); larger blocks keep the diagonal, by
         a Hutchinson probe. 0: always the diagonal.
-    dense_threshold: the dense matrix preconditions the mean step only while some pair
-        of numbers has a curvature correlation |C_jk| / sqrt(C_jj C_kk) above this (its
-        step is noisier where the diagonal is nearly the whole matrix).
+    dense_threshold: the dense matrix preconditions the mean step only while the
+        curvature's coupling, max_j sum_{k != j} |C_jk| / sqrt(C_jj C_kk), exceeds this
+        (at most 1: the diagonal step is stable, and less noisy).
     step_size: rho_t of the natural-gradient step, a number or a schedule of the step
         (default ``kq.schedules.natural_step(1.0, 50)``: 1 / sqrt(1 + t / 50) for a full
         batch, ~1 / (1 + t / 50) for minibatches, where sampling noise must be averaged
@@ -221,7 +221,7 @@ class GlobalStep:
 
     curvature: bool = True
     dense_max: int = 64
-    dense_threshold: float = 0.5
+    dense_threshold: float = 1.0
     step_size: Any = field(default_factory=lambda: _schedules.natural_step(1.0, 50))
     curvature_decay: float = 0.1
     antithetic: bool = True
@@ -240,8 +240,7 @@ class GlobalStep:
             owner, "dense_max", self.dense_max, 0, 1024, "global blocks of up to this many "
             "numbers keep a dense curvature (a D x D matrix); e.g. dense_max=64, or 0"))
         object.__setattr__(self, "dense_threshold", _positive(
-            owner, "dense_threshold", self.dense_threshold, "a curvature correlation in (0, 1]; "
-            "e.g. 0.5", high=1.0))
+            owner, "dense_threshold", self.dense_threshold, "a curvature coupling, e.g. 1.0"))
         object.__setattr__(self, "curvature_decay", _positive(
             owner, "curvature_decay", self.curvature_decay, "the newest batch's weight in the "
             "running curvature, e.g. 0.1", high=1.0))
@@ -330,7 +329,7 @@ def describe(model, local_step, global_step) -> list[str]:
                          "whose curvature is not positive takes Adam steps")
             if global_step.uses_dense(size):
                 lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
-                             "one exact column a step; where some curvature correlation "
+                             "one exact column a step; where the curvature's coupling "
                              f"exceeds {global_step.dense_threshold:g}, the mean step is "
                              "preconditioned by the whole matrix and the scales take its diagonal")
             else:
@@ -548,13 +547,15 @@ def dense_direction(xp, curvature_matrix, ascent, relative_floor=1e-10):
     return xp.dot(vectors, xp.dot(vectors.T, ascent) / magnitude)
 
 
-def strongest_correlation(xp, curvature_matrix):
-    """max_{j != k} |C_jk| / sqrt(C_jj C_kk) of the dense curvature (0 where a diagonal
-    entry is not positive yet): how far the diagonal is from the whole matrix.
+def coupling(xp, curvature_matrix):
+    """max_j sum_{k != j} |C_jk| / sqrt(C_jj C_kk) of the dense curvature (0 until every
+    diagonal entry is positive). Below 1 the diagonal step (rho_t <= 1) is stable: the
+    largest eigenvalue of the normalized curvature is at most 1 + coupling < 2
+    (Gershgorin); above, the diagonal step overshoots along correlated directions.
 
     >>> import numpy as np
-    >>> round(float(strongest_correlation(np, np.array([[4.0, 1.0], [1.0, 1.0]]))), 6)
-    0.5
+    >>> round(float(coupling(np, np.array([[4.0, 1.0, 0.0], [1.0, 1.0, 0.3], [0.0, 0.3, 1.0]]))), 6)
+    0.8
     """
     sym = 0.5 * (curvature_matrix + curvature_matrix.T)
     diagonal = xp.diagonal(sym)
@@ -562,7 +563,7 @@ def strongest_correlation(xp, curvature_matrix):
     corr = xp.abs(sym) / (root[:, None] * root[None, :])
     size = sym.shape[-1]
     off = xp.where(xp.eye(size) > 0, 0.0, corr)
-    return xp.where(xp.all(diagonal > 0), xp.max(off), 0.0)
+    return xp.where(xp.all(diagonal > 0), xp.max(xp.sum(off, axis=1)), 0.0)
 
 
 def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback, max_change):

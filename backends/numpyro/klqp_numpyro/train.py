@@ -209,7 +209,7 @@ class Trainer:
                                              step % size, step // size, gs.curvature_decay)
                 # where the curvature is strongly correlated (every column seen): the mean
                 # step preconditioned by the whole matrix, the scales from its diagonal
-                correlated = jnp.logical_and(step >= size - 1, rule.strongest_correlation(
+                correlated = jnp.logical_and(step >= size - 1, rule.coupling(
                     jnp, matrix) > gs.dense_threshold)
                 direction = st.unflat_globals(rule.dense_direction(
                     jnp, matrix, st.flat_globals(ascent)))

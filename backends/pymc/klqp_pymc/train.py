@@ -537,7 +537,7 @@ class Trainer:
             # where the curvature is strongly correlated (every column seen): the mean step
             # preconditioned by the whole matrix, the scales from its diagonal
             correlated = pt.and_(pt.ge(self.step, size - 1), pt.gt(
-                steps_rule.strongest_correlation(pt, matrix), gs.dense_threshold))
+                steps_rule.coupling(pt, matrix), gs.dense_threshold))
             c = pt.switch(correlated, pt.diagonal(matrix), c)
             updates[self.curvature_matrix] = pt.cast(matrix, floatx)
         new_mu = steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu],
