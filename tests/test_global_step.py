@@ -183,14 +183,13 @@ def test_one_probe_curvature_is_the_same_on_both_backends(name):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_probe_curvature_averages_to_the_exact_diagonal(backend):
     """Over all 2^D Rademacher probes the scaled Hutchinson estimate is exactly -diag H
-    (E[r r^T] = I), and -diag H at the draw is the loss's second difference along each
-    global's location (the loss is -J + terms free of the locations)."""
-    model, data, params, idx, noise, _ = _probe_case("hierarchical", seed=2)
+    (E[r r^T] = I)."""
+    model, data, params, idx, noise, _ = _probe_case("counts", seed=2)
     c = kq.compile(model, data, backend=backend, batch_size=40, local_step=None, **WEIGHTS)
     names = [v.name for v in model.globals]
     sizes = [int(np.prod(v.shape, dtype=int)) for v in model.globals]
     total = sum(sizes)
-    assert total <= 6, "enumerating every probe needs a small global block"
+    assert total <= 7, "enumerating every probe needs a small global block"
     exact = c.global_curvature(params, indices=idx, noise=noise)
     mean = {k: 0.0 for k in names}
     probes = list(itertools.product([-1.0, 1.0], repeat=total))
@@ -200,18 +199,10 @@ def test_probe_curvature_averages_to_the_exact_diagonal(backend):
         sample = c.global_curvature(params, indices=idx, noise=noise, probe=probe)
         for k in names:
             mean[k] = mean[k] + sample[k] / len(probes)
-    h = 1e-4
-    for v in model.globals:
+    for v in model.globals:  # (exact = the loss's second differences: test_local_step.py)
         np.testing.assert_allclose(mean[v.name], exact[v.name], rtol=1e-9, atol=1e-9)
-        for j in range(int(np.prod(v.shape, dtype=int))):
-            def loss(shift):
-                p = {k: dict(q) for k, q in params.items()}
-                loc = np.array(p[v.name]["loc"], dtype=float)
-                loc.reshape(-1)[j] += shift
-                p[v.name]["loc"] = loc
-                return c.loss(p, indices=idx, noise=noise)
-            numeric = (loss(h) - 2 * loss(0.0) + loss(-h)) / h ** 2
-            assert numeric == pytest.approx(np.ravel(exact[v.name])[j], rel=2e-3, abs=1e-3)
+    # and one probe alone is not the diagonal (H is not diagonal here)
+    assert not all(np.allclose(sample[k], exact[k]) for k in names)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
