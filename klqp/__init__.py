@@ -22,8 +22,7 @@ from .objective import Shared, Terms
 from .problem import Problem
 from .results import FitResult
 from .steps import GlobalStep, LocalStep, RowAdam
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Model", "Data", "Global", "Local", "Observed", "Param", "column", "ModelError", "ROW_INDEX",

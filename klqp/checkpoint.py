@@ -48,6 +48,7 @@ from typing import Optional
 import numpy as np
 
 from . import schedules as _schedules
+from ._version import __version__ as _klqp_version
 from .objective import Shared, Weights
 
 __all__ = ["CheckpointError", "Checkpoint", "Writer", "read", "write", "load_result",
@@ -140,10 +141,8 @@ def _weight_from(d: dict, name: str):
 
 def describe_fit(result, *, seed: int, steps_planned: int, learning_rate) -> dict:
     """The JSON part of a checkpoint of ``result``."""
-    import klqp
-
     problem = result.problem
-    return {"format": FORMAT, "version": VERSION, "klqp_version": klqp.__version__,
+    return {"format": FORMAT, "version": VERSION, "klqp_version": _klqp_version,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "backend": result.backend, "step": int(result.state.step), "seed": int(seed),
             "steps_planned": int(steps_planned), "rule": result.state.rule,

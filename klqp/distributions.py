@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ModelError
 from .expr import Expr, as_expr
 
 __all__ = [
@@ -71,7 +72,6 @@ def _make(family: str, support: str, event_dims=(), **params) -> Distribution:
             try:
                 np.asarray(v, dtype=float)
             except (TypeError, ValueError):
-                from .model import ModelError
                 raise ModelError(f"kq.{family}: {k}={v!r} is not a number or a rectangular "
                                  "array of numbers") from None
     exprs = tuple((k, as_expr(v)) for k, v in params.items())
@@ -126,7 +126,6 @@ def check_constant_params(family: str, params) -> None:
     klqp.model.ModelError: kq.Normal: sigma=-1.0 must be > 0; give a positive number, ...
     """
     from .expr import NumpyOps, evaluate, variables_in
-    from .model import ModelError
 
     domains = PARAM_DOMAINS.get(family, {})
     for name, e in params:

@@ -7,8 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import transforms
-from .problem import Problem
+from . import backends, transforms
+from .problem import Problem, make_problem
+from .steps import resolve_local_step
 
 __all__ = ["FitResult", "FitState", "HISTORY_KEYS"]
 
@@ -215,14 +216,18 @@ class FitResult:
         by this fit's backend with every row in one batch. Unlike ``history["elbo"]``
         (the training iterates, one batch a step), it ranks two fits of one model.
         Needs the training data in memory."""
-        from .api import compile as compile_objective
-
+        # What kq.compile(model, data, backend=, batch_size=n, total_size=n,
+        # local_step=None) does, written out: klqp/api.py imports klqp/checkpoint.py,
+        # which builds FitResults, so this module does not import klqp/api.py.
         if self.problem.data is None:
             raise ValueError("elbo() needs the training data in memory; this fit streamed "
                              "its batches")
         n, model = self.problem.total_size, self.model
-        objective = compile_objective(model, self.problem.data, backend=self.backend,
-                                      batch_size=n, total_size=n, local_step=None)
+        impl = backends.get(self.backend)
+        problem = make_problem(model, self.problem.data, batch_size=n, total_size=n, beta=None,
+                               beta_global=None, beta_local=None, likelihood_weight=1.0,
+                               scale_cost_to_minibatch=False)
+        objective = impl.compile(problem, local_step=resolve_local_step(None, model))
         params = {k: dict(p) for k, p in self.params.items() if k in model.vars}
         rng = np.random.default_rng([seed, 7])
         rows, figures = np.arange(n), []
