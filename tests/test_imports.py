@@ -127,6 +127,8 @@ def test_graph_holds_every_module():
     graph = import_graph()
     assert {"klqp", "klqp.model", "klqp.spec_json", "klqp.distributions"} <= set(graph)
     assert "klqp.model" in graph["klqp"]  # from .model import ... in __init__
+    assert "klqp.spec_json" in graph["klqp.model"]  # Model's JSON methods call the codec
+    assert "klqp.model" not in graph["klqp.spec_json"]  # ... which gets Model as an argument
 
 
 def test_find_cycle():
