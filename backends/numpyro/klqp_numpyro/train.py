@@ -22,6 +22,7 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from klqp import guard, objective
+from klqp.cache import backend_cache, structure_key
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import History, checked_batches, chunk_length, epoch_order, run_callbacks
@@ -91,6 +92,20 @@ class Trainer:
         # the N-row table (O(N) a step; 10x slower at N = 5M).
         self._step = jax.jit(self._stream_step, donate_argnums=(0, 1))
         self._final = jax.jit(self._final_pass)
+
+    # -- kept across fits (klqp.cache) -------------------------------------------------
+    def adopt(self, problem: Problem) -> "Trainer":
+        """This compiled trainer for ``problem``, a problem of the same structure as the
+        one it was compiled for (equal ``trainer_key``): only its data differ, and the
+        data are arguments of the compiled programs."""
+        self.problem = self.stepper.problem = problem
+        self._data, self._orders = None, {}
+        return self
+
+    def release(self) -> "Trainer":
+        """Drop the fit's data before the trainer waits in the cache."""
+        self._data, self._orders = None, {}
+        return self
 
     # -- the update of one step -------------------------------------------------------
     def init_state(self, variables):
@@ -474,11 +489,32 @@ def _as_params(group: dict, to_array=lambda a: a) -> dict:
             for k, p in group.items()}
 
 
+#: Compiled trainers kept across fits (``klqp.cache``): a second fit of a model of the
+#: same structure and shapes starts without compiling.
+TRAINERS = backend_cache()
+
+
+def trainer_key(problem: Problem, config: FitConfig):
+    """Everything a compiled trainer reads as a constant: the model's structure, N, b,
+    the weights (schedules by value, a kq.Shared by identity: its value is an argument),
+    the data's shapes and dtypes, the step rule, the learning rate and JAX's float
+    dtype. None: not cached (a model that JSON cannot hold)."""
+    structure = structure_key(problem.model)
+    if structure is None:
+        return None
+    columns = (None if problem.data is None else
+               tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in problem.data.items()))
+    return (structure, jnp.result_type(float).name, problem.total_size, problem.batch_size,
+            problem.weights, problem.scale_cost_to_minibatch, columns, config.learning_rate,
+            config.local_step, config.global_step, config.max_nonfinite)
+
+
 class _Run:
     """The state of one fit as it goes: what a result, a callback or Ctrl-C sees."""
 
     def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer):
         self.problem, self.config, self.trainer = problem, config, trainer
+        self.counts_before = collections.Counter(trainer.trace_counts)  # a reused trainer's
         on_host = trainer.host is not None  # the row table must not pass through the device
         host_array = lambda a: np.asarray(a, dtype=jnp.result_type(float))  # noqa: E731 JAX's
         self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale),
@@ -503,7 +539,7 @@ class _Run:
         data = None if self.problem.data is None else self.trainer.device_data()
         params = self.trainer.reported_params(self.variables, self.opt_state, data, self.step,
                                               _shared_values(self.problem))
-        counts = self.trainer.trace_counts
+        counts = self.trainer.trace_counts - self.counts_before  # this fit's compiles
         return FitResult(problem=self.problem, backend=_NAME, params=params, history=hist,
                          state=FitState(step=self.step, optimizer=leaves, backend=_NAME,
                                         rule=self.config.rule()),
@@ -537,8 +573,22 @@ class _Run:
 def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
         place=None, host=None) -> FitResult:
     """``place``: a ``klqp_numpyro.sharding.Placement`` (several devices), or None;
-    ``host``: a ``klqp_numpyro.host_table.HostTable`` (the row table in host memory)."""
-    trainer = trainer or Trainer(problem, config, place, host)
+    ``host``: a ``klqp_numpyro.host_table.HostTable`` (the row table in host memory).
+    One device and a device table: the trainer compiled by an earlier fit of the same
+    structure is reused (``TRAINERS``)."""
+    key = trainer_key(problem, config) if trainer is None and place is None and host is None \
+        else None
+    cached = None if key is None else TRAINERS.take(key)
+    trainer = trainer or (cached.adopt(problem) if cached is not None else
+                          Trainer(problem, config, place, host))
+    try:
+        return _fit(problem, config, trainer)
+    finally:
+        if key is not None:
+            TRAINERS.give_back(key, trainer.release())
+
+
+def _fit(problem: Problem, config: FitConfig, trainer: Trainer) -> FitResult:
     run = _Run(problem, config, trainer)
     key = jax.random.PRNGKey(config.seed)
     bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",

@@ -26,7 +26,6 @@ import contextlib
 import signal
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -40,6 +39,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor
 from tqdm.auto import tqdm
 
 from klqp import guard, schedules
+from klqp.cache import backend_cache, structure_key
 from klqp import steps as steps_rule
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import History, checked_batches, chunk_length, epoch_order, run_callbacks
@@ -238,37 +238,31 @@ def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout, rule: 
             problem.scale_cost_to_minibatch, _as_schedule(learning_rate), rule)
 
 
-class _TrainerCache:
-    """The last compiled trainer of each kq.Model, so fitting it again (resume, another
-    seed, new data of the same shape) does not recompile.
+#: Compiled trainers kept across fits (``klqp.cache``): a second fit of a model of the
+#: same structure (this model object or one declared again) starts without compiling. A
+#: waiting trainer holds no reference to the model or the data, so the cache never keeps
+#: them alive.
+TRAINERS = backend_cache()
 
-    Weakly keyed by the model, and a trainer keeps no reference to it between fits, so
-    the cache never keeps a model alive. A trainer is taken out while a fit uses it, so
-    two fits at once never share one.
-    """
 
-    def __init__(self):
-        self._last = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-
-    def take(self, problem: Problem, learning_rate, mode: str, layout: Layout,
-             rule: Rule) -> Optional["Trainer"]:
-        key = cache_key(problem, learning_rate, mode, layout, rule)
-        with self._lock:
-            trainer = self._last.get(problem.model)
-            if trainer is None or trainer.key != key:
-                return None
-            del self._last[problem.model]
+def take_trainer(problem: Problem, learning_rate, mode: str, layout: Layout,
+                 rule: Rule) -> Optional["Trainer"]:
+    """A trainer compiled by an earlier fit with the same model structure and
+    ``cache_key``, taken out of the cache for this fit; None if there is none."""
+    structure = structure_key(problem.model)
+    if structure is None:
+        return None
+    trainer = TRAINERS.take((structure, cache_key(problem, learning_rate, mode, layout, rule)))
+    if trainer is not None:
         trainer.problem = problem
-        return trainer
-
-    def give_back(self, model, trainer: "Trainer") -> None:
-        trainer.problem = None
-        with self._lock:
-            self._last[model] = trainer
+    return trainer
 
 
-TRAINERS = _TrainerCache()
+def give_back_trainer(problem: Problem, trainer: "Trainer") -> None:
+    trainer.problem = None
+    structure = structure_key(problem.model)
+    if structure is not None:
+        TRAINERS.give_back((structure, trainer.key), trainer)
 
 
 # -- the compiled step -----------------------------------------------------------------------
@@ -697,8 +691,8 @@ class _Run:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
         current state over."""
         state = self.current_state()
-        trainer = TRAINERS.take(self.problem, self.config.learning_rate, self.mode, layout,
-                                self.rule)
+        trainer = take_trainer(self.problem, self.config.learning_rate, self.mode, layout,
+                               self.rule)
         if trainer is None:
             trainer = Trainer(self.problem, self.config.learning_rate, self.mode, layout,
                               self.rule)
@@ -713,7 +707,7 @@ class _Run:
         """Hand the trainer back to the cache (after the result has read its state)."""
         if self.trainer is not None:
             self.state, trainer, self.trainer = self.trainer.state_arrays(), self.trainer, None
-            TRAINERS.give_back(self.problem.model, trainer)
+            give_back_trainer(self.problem, trainer)
 
     def current_state(self) -> list:
         return self.trainer.state_arrays() if self.trainer is not None else self.state
