@@ -28,6 +28,7 @@ def test_explain_reads_the_model_a_file_defines(capsys):
     assert "s = b/N = 0.05" in out
 
 
+@pytest.mark.slow
 def test_run_passes_flags_to_the_example():
     out = subprocess.run([sys.executable, "-m", "klqp.cli", "run", str(EXAMPLES / "tempered_posterior.py"),
                           "--steps", "300", "--rows", "200"],

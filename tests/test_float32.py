@@ -23,6 +23,7 @@ import klqp as kq
 HERE = pathlib.Path(__file__).resolve().parent
 LOSS_TOL, GRAD_TOL = 1e-5, 1e-4
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
+pytestmark = pytest.mark.slow  # one subprocess compiles every model on every backend
 
 SCRIPT = r"""
 import json, sys

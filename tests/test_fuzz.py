@@ -710,6 +710,7 @@ def test_random_input_is_accepted_or_refused_by_klqp(case, recorder):
         assert_klqp_refusal(value, case.names + (FREE_NAMES if case.spec["free"] else ()))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BACKENDS, reason="no backend installed")
 @FITS
 @given(case=cases(bad_percent=0, small=True))
@@ -797,10 +798,18 @@ def test_a_constant_parameter_outside_its_support_is_refused(make, match):
 
 
 def test_parameters_that_read_variables_are_left_alone():
-    with kq.Model("m"):
+    """A parameter that reads a variable cannot be checked when it is declared (-w is
+    negative only where w > 0): it is kept as the expression written, not refused and not
+    evaluated."""
+    from klqp.expr import variables_in
+
+    with kq.Model("m") as m:
         w = kq.Global("w", kq.Normal(0.0, 1.0))
         kq.Observed("y", kq.Normal(0.0, -w))          # negative only if w > 0: not known here
         kq.Observed("k", kq.Binomial(kq.exp(w), logits=w))
+    assert [v.name for v in m.observed] == ["y", "k"]
+    assert repr(m["y"].dist.param_dict["sigma"]) == "-w"
+    assert {k: variables_in(e) for k, e in m["k"].dist.params} == {"n": ["w"], "logits": ["w"]}
 
 
 def _declare(fn):

@@ -39,6 +39,8 @@ from klqp.problem import init_params
 from models import draw_noise
 from reference import reference_terms
 
+pytestmark = pytest.mark.slow  # 28 fits to convergence
+
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
 KINDS = ("global", "free_local", "amortized_local", "param")
 # every combination with a latent; a model whose only unknowns are Params is refused by

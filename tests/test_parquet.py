@@ -15,6 +15,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import klqp as kq  # noqa: E402
+from klqp.problem import init_params  # noqa: E402
 from models import hierarchical  # noqa: E402
 
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
@@ -208,6 +209,9 @@ def test_klqp_imports_without_pyarrow_and_says_how_to_get_it(folder, monkeypatch
 
 
 def _fit_streamed(tmp_path, backend):
+    """A fit on a Parquet stream is the fit on the same batches handed over as a list:
+    the stream feeds exactly the batches it replays, in order, and the fit moves the
+    local rows those batches hold and no other."""
     model, data = hierarchical(n=400)
     folder = tmp_path / "h"
     folder.mkdir()
@@ -216,13 +220,23 @@ def _fit_streamed(tmp_path, backend):
         table = pa.table({"row_id": part, "x": data["x"][part], "y": data["y"][part]})
         pq.write_table(table, folder / f"part-{f}.parquet", row_group_size=50)
     stream = kq.data.parquet(folder, batch_size=40, buffer_rows=100)
-    result = kq.fit(model, stream, total_size=stream.total_size, batch_size=40,
-                    backend=backend, steps=25, progress=False)
-    assert result.steps == 25
+    kw = dict(total_size=400, batch_size=40, backend=backend, steps=25, progress=False,
+              local_step=kq.LocalStep(final_pass=0))
+    result = kq.fit(model, stream, **kw)
+    replay = kq.data.parquet(folder, batch_size=40, buffer_rows=100).batches_from(0)
+    batches = [next(replay) for _ in range(25)]
+    replay.close()
+    listed = kq.fit(model, batches, **kw)
+    assert result.steps == listed.steps == 25 and result.info["skipped_steps"] == 0
+    assert np.isfinite(result.history["loss"]).all()
     for name in ("theta", "sigma", "z"):
-        assert np.isfinite(result.params[name]["loc"]).all()
-        assert np.isfinite(result.params[name]["scale"]).all()
-    assert result.params["z"]["loc"].shape == (400,)
+        for part in ("loc", "scale"):
+            np.testing.assert_allclose(result.params[name][part], listed.params[name][part],
+                                       rtol=1e-12, atol=0, err_msg=f"{name}.{part}")
+    taken = np.unique(np.concatenate([b["row_index"] for b in batches]))
+    start = init_params(result.problem, 0, 0.1)["z"]["loc"]
+    moved = np.flatnonzero(result.params["z"]["loc"] != start)
+    np.testing.assert_array_equal(moved, taken)
 
 
 @pytest.mark.skipif("numpyro" not in BACKENDS, reason="needs the NumPyro backend")

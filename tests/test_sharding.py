@@ -22,8 +22,9 @@ from models import hierarchical
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "sharding_worker.py"
-pytestmark = pytest.mark.skipif("numpyro" not in kq.backends.available(),
-                                reason="needs the NumPyro backend")
+pytestmark = [pytest.mark.slow,  # subprocesses with 1-8 CPU devices each
+              pytest.mark.skipif("numpyro" not in kq.backends.available(),
+                                 reason="needs the NumPyro backend")]
 
 
 def _env(devices: int) -> dict:

@@ -61,6 +61,9 @@ def test_history_obeys_the_objective(backend):
                  likelihood_weight=0.8, scale_cost_to_minibatch=True)
     h = r.history
     assert all(len(h[k]) == 200 for k in h)
+    # every step applied: a skipped (non-finite) step would leave its figures NaN
+    assert r.info["skipped_steps"] == 0 and not h["skipped"].any()
+    assert all(np.isfinite(h[k]).all() for k in ("loss", "loglik", "kl_global", "kl_local"))
     s = 30 / 120
     np.testing.assert_allclose(h["loss"], s * (-h["likelihood_weight"] * h["loglik"]
                                                + h["beta_global"] * h["kl_global"]

@@ -204,6 +204,7 @@ kq.fit(model, data, backend={backend!r}, steps={steps}, batch_size=40, seed=7,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigkill_mid_run_then_resume_equals_an_unbroken_run(backend, tmp_path):
     steps = 20_000  # far more than the test waits for: the process is killed mid-run
