@@ -76,12 +76,14 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
     callbacks: functions ``callback(step, result)`` run between compiled chunks of
     steps; they may change a ``kq.Shared`` or raise ``StopIteration`` to stop early.
     progress: a progress bar (default: on in a terminal, off when ``CI`` is set).
-    resume: a previous FitResult of the same model: ``steps`` MORE steps from its step,
-    parameters and optimizer state, with the same random stream as an unbroken run. Or
-    the path of a checkpoint file (see ``checkpoint``): the run continues to ``steps``
-    steps IN ALL, so rerunning the command that was killed finishes its job, bit for bit
-    as an unbroken run on the same backend and machine; the file must come from this
-    model, data, backend, seed and step rule (``klqp.checkpoint``).
+    resume: continue a fit to ``steps`` steps IN ALL (the steps already done count), from
+    its step, parameters and optimizer state, with the same random stream, so the result
+    equals an unbroken fit of ``steps`` steps. Either a previous FitResult of the same
+    model (``kq.fit(..., steps=2000, resume=r)`` after ``r = kq.fit(..., steps=1000)``
+    runs steps 1000..1999), or the path of a checkpoint file (see ``checkpoint``):
+    rerunning the command that was killed finishes its job, bit for bit as an unbroken
+    run on the same backend and machine; the file must come from this model, data,
+    backend, seed and step rule (``klqp.checkpoint``).
     checkpoint, checkpoint_every: write the fit's state to the file ``checkpoint`` (plain
     npz + JSON, atomically) every ``checkpoint_every`` steps (default: every 1000), at
     the end, on Ctrl-C and on a NonFiniteError; ``kq.load_result(path)`` reads it back.
@@ -138,7 +140,13 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
                                             rule=rule)
         steps -= saved.step
     elif resume is not None:
-        total_steps = resume.steps + steps
+        if steps <= resume.steps:
+            raise ValueError(
+                f"steps={steps} with resume= a FitResult at step {resume.steps}: steps counts "
+                f"the run's steps IN ALL, those already done included (it used to count MORE "
+                f"steps after a FitResult); pass steps={resume.steps} + the steps to "
+                f"add, e.g. steps={resume.steps + max(steps, 1)}")
+        steps -= resume.steps
     if resume is not None:
         if resume.model is not model:
             raise ValueError("resume= must be a FitResult of the same kq.Model object")

@@ -224,7 +224,7 @@ def test_a_fit_resumes_only_under_the_rule_it_was_trained_with(backend):
     first = kq.fit(model, data, backend=backend, steps=10, batch_size=20, progress=False,
                    local_step=None)
     with pytest.raises(ValueError, match="local_step"):
-        kq.fit(model, data, backend=backend, steps=10, batch_size=20, progress=False,
+        kq.fit(model, data, backend=backend, steps=20, batch_size=20, progress=False,
                resume=first)
 
 

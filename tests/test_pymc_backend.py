@@ -206,7 +206,7 @@ def resumable():
 def test_resume_continues_an_unbroken_run_exactly(resumable):
     whole = resumable(steps=250)
     first = resumable(steps=100)
-    rest = resumable(steps=150, resume=first)
+    rest = resumable(steps=250, resume=first)  # in all
     assert rest.steps == 250 and rest.info["compiles"] == 0  # the compiled step was reused
     np.testing.assert_array_equal(rest.history["loss"], whole.history["loss"])
     assert len(rest.state.optimizer) == len(whole.state.optimizer)
@@ -223,7 +223,7 @@ def test_ctrl_c_stops_between_steps_and_resumes(resumable):
 
     cut = resumable(steps=200, callbacks=[interrupt])
     assert cut.interrupted and cut.steps == 80 and len(cut.history["loss"]) == 80
-    rest = resumable(steps=120, resume=cut)
+    rest = resumable(steps=200, resume=cut)  # in all
     whole = resumable(steps=200)
     np.testing.assert_array_equal(rest.history["loss"], whole.history["loss"])
 

@@ -98,12 +98,21 @@ def test_resume_continues_an_unbroken_run(backend):
     built = hierarchical(n=120)
     whole, *_ = _fit(backend, built=built, steps=300)
     first, *_ = _fit(backend, built=built, steps=125)
-    rest, *_ = _fit(backend, built=built, steps=175, resume=first)
+    rest, *_ = _fit(backend, built=built, steps=300, resume=first)  # in all
     assert rest.steps == 300
     np.testing.assert_allclose(rest.history["loss"], whole.history["loss"], rtol=1e-9)
     for name in whole.params:
         for p in ("loc", "scale"):
             np.testing.assert_allclose(rest.params[name][p], whole.params[name][p], rtol=1e-9)
+
+
+def test_resume_steps_count_in_all_and_the_old_meaning_is_refused():
+    built = hierarchical(n=120)
+    first, *_ = _fit("numpyro", built=built, steps=50)
+    with pytest.raises(ValueError, match=r"steps=30 with resume= a FitResult at step 50: "
+                                         r"steps counts the run's steps IN ALL.*steps=80"):
+        _fit("numpyro", built=built, steps=30, resume=first)
+    assert _fit("numpyro", built=built, steps=60, resume=first)[0].steps == 60
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
