@@ -86,7 +86,7 @@ def chunk_collectives(devices: int, local_step="auto") -> list:
                        local_step=resolve_local_step(local_step, model),
                        global_step=resolve_global_step("auto"))
     trainer = train.Trainer(problem, config, sharding.placement(devices, N, BATCH))
-    run = train._Run(problem, config, trainer)
+    run = train.Program(problem, config, trainer)
     return collectives(trainer.compiled_chunk(run, jax.random.PRNGKey(SEED), 10).as_text())
 
 

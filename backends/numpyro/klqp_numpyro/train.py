@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from tqdm.auto import tqdm
 
-from klqp import guard, objective
+from klqp import guard, loop, objective
 from klqp.cache import backend_cache, structure_key
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import History, checked_batches, chunk_length, epoch_order, run_callbacks
-from klqp.results import HISTORY_KEYS, FitResult, FitState
+from klqp.training import epoch_order
+from klqp.results import HISTORY_KEYS, FitResult
 
 from klqp import steps as rule
 
@@ -418,7 +417,7 @@ class Trainer:
         if self.host is not None:
             return self._host_chunk_arguments(run, key, n_active, rows)
         rows = self.place.replicate(rows) if self.place is not None else jnp.asarray(rows)
-        return ((run.variables, run.opt_state, jnp.asarray(run.watch.in_row)), self.device_data(),
+        return ((run.variables, run.opt_state, jnp.asarray(run.in_row)), self.device_data(),
                 key, jnp.asarray(run.step), jnp.asarray(n_active),
                 _shared_values(self.problem), rows)
 
@@ -432,7 +431,7 @@ class Trainer:
                      "rows": HostTable.gather(run.variables["rows"], unique)}
         row_state = None if row_state is None else HostTable.gather(row_state, unique)
         data = {k: jnp.asarray(np.asarray(v[unique])) for k, v in self.problem.data.items()}
-        return ((variables, (dense_state, row_state, extra), jnp.asarray(run.watch.in_row)),
+        return ((variables, (dense_state, row_state, extra), jnp.asarray(run.in_row)),
                 data, key, jnp.asarray(run.step), jnp.asarray(n_active),
                 _shared_values(self.problem), jnp.asarray(at))
 
@@ -509,65 +508,71 @@ def trainer_key(problem: Problem, config: FitConfig):
             config.local_step, config.global_step, config.max_nonfinite)
 
 
-class _Run:
-    """The state of one fit as it goes: what a result, a callback or Ctrl-C sees."""
+class Program:
+    """One fit's compiled trainer and its state (``klqp.loop.Program``): the core's loop
+    (``klqp.loop.run``) calls it chunk by chunk."""
 
-    def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer):
+    backend = _NAME
+
+    def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer, key=None):
         self.problem, self.config, self.trainer = problem, config, trainer
+        self.cache_key = key  # where the trainer goes back to (klqp.cache), or None
         self.counts_before = collections.Counter(trainer.trace_counts)  # a reused trainer's
         on_host = trainer.host is not None  # the row table must not pass through the device
         host_array = lambda a: np.asarray(a, dtype=jnp.result_type(float))  # noqa: E731 JAX's
         self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale),
                                        rows_array=host_array if on_host else jnp.asarray)
         self.opt_state = trainer.init_state(self.variables)
-        self.step = 0
-        self.history = History(HISTORY_KEYS)
-        self.watch = guard.Watch(trainer.checked_names, config.max_nonfinite,
-                                 advice=lambda v: guard.step_advice(problem.model, config, v))
+        self.step, self.in_row = 0, 0
         if config.resume is not None:
             prev = config.resume
             treedef = jax.tree.structure((self.variables, self.opt_state))
             self.variables, self.opt_state = jax.tree.unflatten(
                 treedef, [np.array(a) if on_host else jnp.array(a) for a in prev.state.optimizer])
             self.step = prev.state.step
-            self.history = History(HISTORY_KEYS, previous=prev.history)
         self.variables, self.opt_state = trainer.place_state(self.variables, self.opt_state)
+        self.key = jax.random.PRNGKey(config.seed)
+        self.noise_key = jax.random.split(self.key)[1]
 
-    def result(self, interrupted: bool = False) -> FitResult:
-        hist = self.history.arrays()
-        leaves = self.trainer.state_leaves(self.variables, self.opt_state)
+    def run_steps(self, step: int, count: int, length: int, in_row: int, stop) -> dict:
+        """``count`` steps as one compiled chunk of ``length`` (a chunk is never cut)."""
+        self.step, self.in_row = step, in_row
+        trainer = self.trainer
+        (variables, opt_state, _), figures = trainer._chunk(
+            *trainer.chunk_arguments(self, self.key, count, length), length=length)
+        self.variables, self.opt_state = trainer.chunk_result(self, variables, opt_state)
+        return figures
+
+    def run_batch(self, step: int, columns: dict, rows, size: int) -> dict:
+        place = self.trainer.place
+        indices = rows if rows is not None else np.arange(size)
+        if place is None:
+            indices, columns = jnp.asarray(indices), {k: jnp.asarray(v) for k, v in columns.items()}
+        else:
+            indices, columns = place.stream_batch(indices, columns, step=step)
+        self.variables, self.opt_state, figures = self.trainer._step(
+            self.variables, self.opt_state, columns, indices,
+            jax.random.fold_in(self.noise_key, step), jnp.asarray(step),
+            _shared_values(self.problem))
+        return figures
+
+    def state(self) -> list:
+        return self.trainer.state_leaves(self.variables, self.opt_state)
+
+    def report(self, step: int) -> dict:
         data = None if self.problem.data is None else self.trainer.device_data()
-        params = self.trainer.reported_params(self.variables, self.opt_state, data, self.step,
-                                              _shared_values(self.problem))
+        return self.trainer.reported_params(self.variables, self.opt_state, data, step,
+                                            _shared_values(self.problem))
+
+    def info(self) -> dict:
         counts = self.trainer.trace_counts - self.counts_before  # this fit's compiles
-        return FitResult(problem=self.problem, backend=_NAME, params=params, history=hist,
-                         state=FitState(step=self.step, optimizer=leaves, backend=_NAME,
-                                        rule=self.config.rule()),
-                         interrupted=interrupted,
-                         info={"compiles": counts["chunk"] + counts["stream_step"],
-                               "skipped_steps": int(hist["skipped"].sum()),
-                               "dtype": jnp.result_type(float).name,
-                               "trace_counts": dict(counts), **self.config.rule()})
+        return {"compiles": counts["chunk"] + counts["stream_step"],
+                "dtype": jnp.result_type(float).name, "trace_counts": dict(counts)}
 
-    def record(self, rec: dict, n: int | None = None) -> None:
-        """Keep the first ``n`` steps' figures; stop the fit (NonFiniteError) when they end
-        in ``max_nonfinite`` non-finite steps in a row."""
-        rec = {k: np.atleast_1d(np.array(v)) for k, v in rec.items()}  # copies: no JAX buffer kept
-        n = rec["loss"].shape[0] if n is None else n
-        stop = self.watch.see(self.step, rec["skipped"][:n], rec["nonfinite_term"][:n],
-                              rec["nonfinite_variable"][:n])
-        if stop is not None:
-            n = stop - self.step  # the last good state is the one before the run
-        self.history.append({k: rec[k][:n] for k in HISTORY_KEYS})
-        self.step += n
-        if stop is not None:
-            raise guard.NonFiniteError(self.watch.message(), result=self.result(),
-                                       step=stop, term=self.watch.stop_term,
-                                       variable=self.watch.stop_variable)
-
-    def callbacks_say_stop(self) -> bool:
-        """Run the user's callbacks; True when one raises StopIteration."""
-        return run_callbacks(self.config.callbacks, self.step, self.result)
+    def close(self) -> None:
+        if self.cache_key is not None:
+            TRAINERS.give_back(self.cache_key, self.trainer.release())
+            self.cache_key = None
 
 
 def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
@@ -581,61 +586,4 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
     cached = None if key is None else TRAINERS.take(key)
     trainer = trainer or (cached.adopt(problem) if cached is not None else
                           Trainer(problem, config, place, host))
-    try:
-        return _fit(problem, config, trainer)
-    finally:
-        if key is not None:
-            TRAINERS.give_back(key, trainer.release())
-
-
-def _fit(problem: Problem, config: FitConfig, trainer: Trainer) -> FitResult:
-    run = _Run(problem, config, trainer)
-    key = jax.random.PRNGKey(config.seed)
-    bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",
-               unit="step", dynamic_ncols=True)
-    interrupted = False
-    try:
-        if problem.data is not None:
-            _run_in_memory(run, key, run.step + config.steps, bar)
-        else:
-            _run_stream(run, key, run.step + config.steps, bar)
-    except KeyboardInterrupt:
-        interrupted = True  # the state is the last completed chunk's
-    finally:
-        bar.close()
-    run.watch.warn()
-    return run.result(interrupted)
-
-
-def _run_in_memory(run: _Run, key, end: int, bar) -> None:
-    config, trainer = run.config, run.trainer
-    chunk = chunk_length(config.steps, config.chunk_size)
-    while run.step < end:
-        n_active = min(chunk, end - run.step)
-        (variables, opt_state, _), rec = trainer._chunk(
-            *trainer.chunk_arguments(run, key, n_active, chunk), length=chunk)
-        run.variables, run.opt_state = trainer.chunk_result(run, variables, opt_state)
-        run.record(rec, n_active)
-        bar.update(n_active)
-        bar.set_postfix(elbo=f"{float(rec['elbo'][n_active - 1]):.5g}")
-        if run.callbacks_say_stop():
-            break
-
-
-def _run_stream(run: _Run, key, end: int, bar) -> None:
-    problem, trainer = run.problem, run.trainer
-    noise_key = jax.random.split(key)[1]
-    place = trainer.place
-    for cols, rows, b in checked_batches(problem, run.step, end):
-        indices = rows if rows is not None else np.arange(b)
-        if place is None:
-            indices, cols = jnp.asarray(indices), {k: jnp.asarray(v) for k, v in cols.items()}
-        else:
-            indices, cols = place.stream_batch(indices, cols, step=run.step)
-        run.variables, run.opt_state, rec = trainer._step(
-            run.variables, run.opt_state, cols, indices,
-            jax.random.fold_in(noise_key, run.step), jnp.asarray(run.step), _shared_values(problem))
-        run.record(rec)
-        bar.update(1)
-        if run.callbacks_say_stop():
-            break
+    return loop.run(problem, config, Program(problem, config, trainer, key))

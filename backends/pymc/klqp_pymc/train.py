@@ -22,9 +22,6 @@ observations still reach PyMC as observed data with ``total_size=N``.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -36,14 +33,13 @@ from pymc.pytensorf import compile as pm_compile
 from pytensor.gradient import disconnected_grad
 from pytensor.graph.replace import graph_replace
 from pytensor.tensor.subtensor import AdvancedIncSubtensor
-from tqdm.auto import tqdm
 
-from klqp import guard, schedules
+from klqp import guard, loop, schedules
 from klqp.cache import backend_cache, structure_key
 from klqp import steps as steps_rule
 from klqp.problem import FitConfig, Problem, init_params
-from klqp.training import History, checked_batches, chunk_length, epoch_order, run_callbacks
-from klqp.results import HISTORY_KEYS, FitResult, FitState
+from klqp.training import epoch_order
+from klqp.results import HISTORY_KEYS, FitResult
 
 from .lowering import (Batch, QParams, as_column, as_float, float_dtype, inv_softplus,
                        inv_softplus_pt, lower, weight_tensors)
@@ -263,6 +259,29 @@ def give_back_trainer(problem: Problem, trainer: "Trainer") -> None:
     structure = structure_key(problem.model)
     if structure is not None:
         TRAINERS.give_back((structure, trainer.key), trainer)
+
+
+def _final_pass_key(problem: Problem, mode: str, rule: "Rule"):
+    structure = structure_key(problem.model)
+    layout = Layout.of(problem.batch_size, problem.data, masked=False)
+    return None if structure is None else (structure, "final pass", cache_key(
+        problem, 0.0, mode, layout, rule))
+
+
+def take_final_pass(problem: Problem, mode: str, rule: "Rule") -> Optional["FinalPass"]:
+    """The final pass compiled by an earlier fit of the same structure, or None."""
+    key = _final_pass_key(problem, mode, rule)
+    final = None if key is None else TRAINERS.take(key)
+    if final is not None:
+        final.problem = problem
+    return final
+
+
+def give_back_final_pass(problem: Problem, mode: str, rule: "Rule", final: "FinalPass") -> None:
+    key = _final_pass_key(problem, mode, rule)
+    final.problem = None
+    if key is not None:
+        TRAINERS.give_back(key, final)
 
 
 # -- the compiled step -----------------------------------------------------------------------
@@ -662,10 +681,14 @@ class FinalPass:
         return out
 
 
-# -- the fit loop ----------------------------------------------------------------------------
+# -- one fit ---------------------------------------------------------------------------------
 
-class _Run:
-    """The state of one fit as it goes: what a result, a callback or Ctrl-C sees."""
+class Program:
+    """One fit's compiled step and its state (``klqp.loop.Program``): the core's loop
+    (``klqp.loop.run``) calls it chunk by chunk. The step is compiled on the first chunk
+    (or taken from ``TRAINERS``), so ``steps=0`` compiles nothing."""
+
+    backend = _NAME
 
     def __init__(self, problem: Problem, config: FitConfig, mode: str):
         self.problem, self.config, self.mode = problem, config, mode
@@ -673,24 +696,18 @@ class _Run:
         self.capacity: Optional[int] = None
         self.compiles = 0
         self.compile_seconds = 0.0
-        self.step = 0
-        self.history = History(HISTORY_KEYS)
-        self.watch = guard.Watch(guard.checked_variables(problem.model), config.max_nonfinite,
-                                 advice=lambda v: guard.step_advice(problem.model, config, v))
         self.rule = Rule.of(problem, config.local_step, config.global_step)
         self.final_pass: Optional[FinalPass] = None
-        self.state = initial_state(problem, init_params(problem, config.seed, config.init_scale),
-                                   self.rule)
+        self.arrays = initial_state(problem, init_params(problem, config.seed, config.init_scale),
+                                    self.rule)
         if config.resume is not None:
-            prev = config.resume
-            self.state = check_state(problem, prev.state.optimizer, self.rule)
-            self.step = int(prev.state.step)
-            self.history = History(HISTORY_KEYS, previous=prev.history)
+            self.arrays = check_state(problem, config.resume.state.optimizer, self.rule)
+        self._epoch, self._order = None, None  # the current epoch's row order
 
-    def use_trainer(self, layout: Layout) -> Trainer:
+    def use_trainer(self, layout: Layout, step: int) -> Trainer:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
         current state over."""
-        state = self.current_state()
+        state = self.state()
         trainer = take_trainer(self.problem, self.config.learning_rate, self.mode, layout,
                                self.rule)
         if trainer is None:
@@ -698,141 +715,97 @@ class _Run:
                               self.rule)
             self.compiles += 1
             self.compile_seconds += trainer.compile_seconds
-        trainer.load_state(state, self.step)
-        self.trainer = trainer
-        self.capacity = trainer.capacity
+        trainer.load_state(state, step)
+        self.trainer, self.capacity = trainer, trainer.capacity
         return trainer
 
-    def finish(self) -> None:
-        """Hand the trainer back to the cache (after the result has read its state)."""
-        if self.trainer is not None:
-            self.state, trainer, self.trainer = self.trainer.state_arrays(), self.trainer, None
-            give_back_trainer(self.problem, trainer)
+    def run_steps(self, step: int, count: int, length: int, in_row: int, stop) -> dict:
+        """``count`` compiled steps, one call each; ends early on Ctrl-C (``stop``) or
+        after ``max_nonfinite`` non-finite steps in a row."""
+        problem, seed = self.problem, self.config.seed
+        n, b, m = problem.total_size, problem.batch_size, problem.num_batches
+        trainer = self.trainer or self.use_trainer(Layout.of(b, problem.data, masked=False), step)
+        outs = []
+        for t in range(step, step + count):
+            if stop():
+                break
+            epoch, pos = divmod(t, m)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, epoch_order(seed, epoch, n)
+            indices = self._order[pos * b:(pos + 1) * b]
+            columns = [as_column(np.take(problem.data[k], indices, axis=0))
+                       for k, _ in trainer.layout.columns]
+            outs.append(trainer(indices, draw_noise(problem, seed, t, b), columns,
+                                probe=draw_probe(problem, seed, t)))
+            in_row = in_row + 1 if outs[-1][HISTORY_KEYS.index("skipped")] else 0
+            if in_row >= self.config.max_nonfinite:
+                break  # the core stops the fit; no later step may apply
+        return _figures(outs)
 
-    def current_state(self) -> list:
-        return self.trainer.state_arrays() if self.trainer is not None else self.state
+    def run_batch(self, step: int, columns: dict, rows, size: int) -> dict:
+        trainer = self._trainer_for(size, columns, step)
+        cap = trainer.capacity
+        indices = rows if rows is not None else np.arange(size, dtype=np.int64)
+        mask = as_float(np.zeros(cap))
+        mask[:size] = 1.0
+        padded = [as_column(np.ascontiguousarray(_pad(columns[k], cap)))
+                  for k, _ in trainer.layout.columns]
+        seed = self.config.seed
+        return _figures([trainer(_pad(indices, cap), draw_noise(self.problem, seed, step, cap),
+                                 padded, mask, probe=draw_probe(self.problem, seed, step))])
 
-    def record(self, out: list) -> None:
-        """Keep one step's figures (HISTORY_KEYS, then the non-finite diagnosis); stop the
-        fit (NonFiniteError) after ``max_nonfinite`` non-finite steps in a row."""
-        figures, (term, variable) = out[:len(HISTORY_KEYS)], out[len(HISTORY_KEYS):]
-        skipped = float(figures[HISTORY_KEYS.index("skipped")])
-        stop = self.watch.see(self.step, [skipped], [term], [variable])
-        if stop is None:
-            self.history.append(dict(zip(HISTORY_KEYS, figures)))
-            self.step += 1
-            return
-        # The run's steps applied nothing: the last good state is the one before it.
-        self.history.truncate(len(self.history) - (self.step - stop))
-        self.step = stop
-        self.trainer.step.set_value(np.int64(stop))
-        raise guard.NonFiniteError(self.watch.message(), result=self.result(), step=stop,
-                                   term=self.watch.stop_term, variable=self.watch.stop_variable)
+    def _trainer_for(self, b: int, cols: dict, step: int) -> Trainer:
+        """The current trainer if a batch of b rows with these row shapes fits it; otherwise
+        one compiled for it (the first batch's length sets b; a shorter batch is padded)."""
+        trainer = self.trainer
+        capacity = trainer.capacity if trainer is not None else b
+        layout = Layout.of(max(b, capacity), cols, masked=True)
+        if trainer is not None and layout == trainer.layout:
+            return trainer
+        return self.use_trainer(layout, step)
 
-    def reported_params(self, state: list) -> dict:
+    def state(self) -> list:
+        return self.trainer.state_arrays() if self.trainer is not None else self.arrays
+
+    def report(self, step: int) -> dict:
         """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
         locals after the final pass at those globals (in-memory data only)."""
-        params = params_from_state(self.problem, state, self.rule)
-        rows = self.rule.rows
-        if self.rule.local_step and rows.final_pass and self.problem.data is not None:
+        params = params_from_state(self.problem, self.state(), self.rule)
+        if self.rule.local_step and self.rule.rows.final_pass and self.problem.data is not None:
+            if self.final_pass is None:
+                self.final_pass = take_final_pass(self.problem, self.mode, self.rule)
             if self.final_pass is None:
                 start = time.perf_counter()
                 self.final_pass = FinalPass(self.problem, self.rule, self.mode)
                 self.compile_seconds += time.perf_counter() - start
-            params.update(self.final_pass(params, max(self.step - 1, 0)))
+            params.update(self.final_pass(params, max(step - 1, 0)))
         return params
 
-    def result(self, interrupted: bool = False) -> FitResult:
-        hist = self.history.arrays()
-        state = self.current_state()
-        return FitResult(problem=self.problem, backend=_NAME,
-                         params=self.reported_params(state), history=hist,
-                         state=FitState(step=self.step, optimizer=state, backend=_NAME,
-                                        rule=self.config.rule()),
-                         interrupted=interrupted,
-                         info={"compiles": self.compiles, "mode": self.mode,
-                               "dtype": float_dtype(),
-                               "compile_seconds": round(self.compile_seconds, 3),
-                               "batch_capacity": self.capacity,
-                               "skipped_steps": int(hist["skipped"].sum()), **self.config.rule()})
+    def info(self) -> dict:
+        return {"compiles": self.compiles, "mode": self.mode, "dtype": float_dtype(),
+                "compile_seconds": round(self.compile_seconds, 3),
+                "batch_capacity": self.capacity}
 
-    def callbacks_say_stop(self) -> bool:
-        """Run the user's callbacks; True when one raises StopIteration."""
-        return run_callbacks(self.config.callbacks, self.step, self.result)
+    def close(self) -> None:
+        """Hand the compiled step and final pass back to the cache."""
+        if self.trainer is not None:
+            self.arrays, trainer, self.trainer = self.trainer.state_arrays(), self.trainer, None
+            give_back_trainer(self.problem, trainer)
+        if self.final_pass is not None:
+            give_back_final_pass(self.problem, self.mode, self.rule, self.final_pass)
+            self.final_pass = None
 
 
-class _Interrupt:
-    """Ctrl-C during a fit: the handler only raises a flag, so a step is never cut in half
-    (a step's shared-variable updates land together) and the loop stops between steps."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self, signum, frame):
-        self.requested = True
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signals only reach the main thread; a KeyboardInterrupt still stops
-            return
-        previous = signal.signal(signal.SIGINT, self)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
+def _figures(outs: list) -> dict:
+    """Compiled steps' outputs (HISTORY_KEYS, then the non-finite diagnosis) as arrays."""
+    keys = [*HISTORY_KEYS, "nonfinite_term", "nonfinite_variable"]
+    return {k: np.array([out[i] for out in outs]) for i, k in enumerate(keys)}
 
 
 def fit(problem: Problem, config: FitConfig, mode: str) -> FitResult:
-    """The backend's ``fit``: init (or resume), train, and return a FitResult; Ctrl-C and
-    a StopIteration from a callback end it early with the state of the last whole step."""
-    run = _Run(problem, config, mode)
-    bar = tqdm(total=config.steps, disable=not config.progress, desc=f"klqp[{_NAME}]",
-               unit="step", dynamic_ncols=True)
-    stop = _Interrupt()
-    interrupted = False
-    try:
-        with stop.installed():
-            loop = _run_in_memory if problem.data is not None else _run_stream
-            loop(run, run.step + config.steps, bar, stop)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-        run.finish()
-    run.watch.warn()
-    return run.result(interrupted or stop.requested)
-
-
-def _after_chunk(run: _Run, bar, done: int) -> bool:
-    """Progress and callbacks between chunks; True to stop."""
-    bar.update(done)
-    if len(run.history):
-        bar.set_postfix(elbo=f"{run.history.last('elbo'):.5g}")
-    return run.callbacks_say_stop()
-
-
-def _run_in_memory(run: _Run, end: int, bar, stop: _Interrupt) -> None:
-    problem, config = run.problem, run.config
-    n, b, m = problem.total_size, problem.batch_size, problem.num_batches
-    data = problem.data
-    if run.step < end:  # steps=0 compiles nothing
-        trainer = run.use_trainer(Layout.of(b, data, masked=False))
-    chunk = chunk_length(config.steps, config.chunk_size)
-    perm_epoch, perm = None, None
-    while run.step < end:
-        chunk_end = min(run.step + chunk, end)
-        start = run.step
-        while run.step < chunk_end and not stop.requested:
-            epoch, pos = divmod(run.step, m)
-            if epoch != perm_epoch:
-                perm_epoch, perm = epoch, epoch_order(config.seed, epoch, n)
-            indices = perm[pos * b:(pos + 1) * b]
-            columns = [as_column(np.take(data[k], indices, axis=0)) for k, _ in trainer.layout.columns]
-            run.record(trainer(indices, draw_noise(problem, config.seed, run.step, b), columns,
-                               probe=draw_probe(problem, config.seed, run.step)))
-        if stop.requested or _after_chunk(run, bar, run.step - start):
-            return
+    """The backend's ``fit``: the core's loop (``klqp.loop.run``) over this backend's
+    ``Program``."""
+    return loop.run(problem, config, Program(problem, config, mode))
 
 
 def _rows_update(new, table) -> bool:
@@ -856,33 +829,3 @@ def _pad(a: np.ndarray, capacity: int) -> np.ndarray:
     if len(a) == capacity:
         return a
     return np.concatenate([a, np.repeat(a[:1], capacity - len(a), axis=0)])
-
-
-def _run_stream(run: _Run, end: int, bar, stop: _Interrupt) -> None:
-    """One step per streamed batch; progress and callbacks after each (as NumPyro's)."""
-    problem, config = run.problem, run.config
-    for cols, rows, b in checked_batches(problem, run.step, end):
-        if stop.requested:
-            break
-        trainer = _trainer_for(run, b, cols)
-        cap = trainer.capacity
-        indices = rows if rows is not None else np.arange(b, dtype=np.int64)
-        mask = as_float(np.zeros(cap))
-        mask[:b] = 1.0
-        columns = [as_column(np.ascontiguousarray(_pad(cols[k], cap)))
-                   for k, _ in trainer.layout.columns]
-        run.record(trainer(_pad(indices, cap), draw_noise(problem, config.seed, run.step, cap),
-                           columns, mask, probe=draw_probe(problem, config.seed, run.step)))
-        if _after_chunk(run, bar, 1):
-            return
-
-
-def _trainer_for(run: _Run, b: int, cols: dict) -> Trainer:
-    """The current trainer if a batch of b rows with these row shapes fits it; otherwise
-    one compiled for it (the first batch's length sets b; a shorter batch is padded)."""
-    trainer = run.trainer
-    capacity = trainer.capacity if trainer is not None else b
-    layout = Layout.of(max(b, capacity), cols, masked=True)
-    if trainer is not None and layout == trainer.layout:
-        return trainer
-    return run.use_trainer(layout)
