@@ -35,11 +35,18 @@ def _normal(x, mu, sigma):
     return -0.5 * z * z - np.log(sigma) - 0.5 * _LOG_2PI
 
 
-def _continuous_bernoulli_log_norm(logits):
-    """log C(l), C(l) = l / tanh(l / 2), which tends to 2 as l -> 0 (a series there)."""
-    a = np.abs(logits)
-    safe = np.where(a < 1e-3, 1.0, a)
-    return np.where(a < 1e-3, np.log(2.0 + a * a / 6.0), np.log(safe / np.tanh(safe / 2)))
+def continuous_bernoulli_log_norm(logits, xp=np):
+    """log C(l) of a ContinuousBernoulli with logits l (Loaiza-Ganem & Cunningham 2019):
+    C(l) = l / tanh(l / 2), which tends to 2 as l -> 0 (a series there). ``xp``: the
+    array namespace, so every backend uses this one formula.
+
+    >>> round(float(continuous_bernoulli_log_norm(0.0)), 12) == round(float(np.log(2.0)), 12)
+    True
+    """
+    a = xp.abs(logits)
+    small = a < 1e-3
+    safe = xp.where(small, 1.0, a)
+    return xp.where(small, xp.log(2.0 + a * a / 6.0), xp.log(safe / xp.tanh(safe / 2)))
 
 
 def _categorical(x, logits):
@@ -69,7 +76,7 @@ _FAMILIES = {
     "Poisson": lambda x, p: x * np.log(p["mu"]) - p["mu"] - _gammaln(x + 1),
     "Categorical": lambda x, p: _categorical(x, p["logits"]),
     "ContinuousBernoulli": lambda x, p: (x * _logits(p) - np.logaddexp(0.0, _logits(p))
-                                         + _continuous_bernoulli_log_norm(_logits(p))),
+                                         + continuous_bernoulli_log_norm(_logits(p))),
 }
 
 

@@ -81,12 +81,13 @@ import numpy as np
 
 from . import schedules as _schedules
 
-__all__ = ["LocalStep", "RowAdam", "GlobalStep", "resolve_local_step", "resolve_global_step",
+__all__ = ["LocalStep", "RowAdam", "GlobalStep", "Rule", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
            "curvature_average", "probe_curvature", "column_average", "dense_direction",
            "coupling",
-           "natural_gradient_loc", "curvature_scale", "running_average",
+           "natural_gradient_loc", "curvature_scale", "global_update", "row_adam",
+           "running_average",
            "AVERAGE_POWER", "MIN_CURVATURE"]
 
 AVERAGE_POWER = 3.0   # eta of polynomial-decay averaging: the weight of step t is ~ t^eta
@@ -261,6 +262,53 @@ class GlobalStep:
     def uses_dense(self, global_size: int) -> bool:
         """Whether a global block of ``global_size`` numbers keeps a dense curvature."""
         return self.uses_curvature(global_size) and global_size <= self.dense_max
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Which parts of the step rule a fit runs, decided once for every backend from the
+    model and the two settings (``kq.fit``'s ``local_step`` and ``global_step``).
+
+    >>> import klqp as kq
+    >>> with kq.Model("m") as m:
+    ...     mu = kq.Global("mu", kq.Normal(0.0, 1.0), shape=(3,))
+    >>> rule = Rule.of(m, None, GlobalStep())
+    >>> rule.global_size, rule.curvature, rule.dense, rule.average, rule.row_adam
+    (3, True, True, True, False)
+    """
+
+    rows: Any            # LocalStep, RowAdam, or None (no free locals / plain Adam)
+    globals: Any         # GlobalStep, or None (plain Adam)
+    global_size: int     # the number of global numbers
+    curvature: bool      # natural-gradient steps with the expected curvature
+    dense: bool          # ... and the dense curvature matrix
+    antithetic: bool     # the global draws as an antithetic pair
+    average: bool        # the reported globals averaged over the iterates
+
+    @classmethod
+    def of(cls, model, local_step, global_step) -> "Rule":
+        size = sum(int(np.prod(v.shape, dtype=int)) for v in model.globals)
+        on = global_step is not None
+        return cls(local_step, global_step, size,
+                   curvature=on and global_step.uses_curvature(size),
+                   dense=on and global_step.uses_dense(size),
+                   antithetic=on and global_step.antithetic,
+                   average=on and global_step.average and bool(model.globals))
+
+    @property
+    def local_step(self) -> bool:
+        """The free locals take the local step."""
+        return isinstance(self.rows, LocalStep)
+
+    @property
+    def row_adam(self) -> bool:
+        """The free locals take row-wise Adam steps."""
+        return isinstance(self.rows, RowAdam)
+
+    @property
+    def stl(self) -> bool:
+        """The free locals' gradient is the sticking-the-landing one (RowAdam(stl=True))."""
+        return self.row_adam and self.rows.stl
 
 
 def resolve_local_step(value, model):
@@ -586,6 +634,72 @@ def curvature_scale(xp, curvature, beta_global, scale, fallback, max_change):
     target = xp.sqrt(xp.maximum(beta_global, 1e-12) / xp.maximum(curvature, MIN_CURVATURE))
     change = xp.clip(xp.log(target) - xp.log(scale), -max_change, max_change)
     return xp.where(usable, scale * xp.exp(change), fallback)
+
+
+def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sample, running,
+                  beta_global, fallback_loc, fallback_scale, matrix=None, column=None):
+    """One global step on the flat global block (D numbers; the module docstring, 2.):
+    returns (new loc, new scale, new running curvature, new dense matrix or None).
+
+    ``sample``: this step's curvature sample (D,); ``running``: the running curvature
+    before it; ``ascent`` = dJ/dloc; ``fallback_*``: Adam's new values, kept where the
+    curvature is not positive. With a dense matrix (``matrix``: the running D x D one,
+    ``column``: this step's exact column step mod D), once every column has been seen
+    and the curvature's coupling exceeds ``rule.dense_threshold``, the mean step is
+    preconditioned by the whole matrix and the scales take its exact diagonal.
+
+    >>> import numpy as np
+    >>> loc, scale = np.zeros(2), np.ones(2)
+    >>> new = global_update(np, GlobalStep(), 0, 1.0, loc, scale, ascent=np.array([2.0, -1.0]),
+    ...                     sample=np.array([4.0, 1.0]), running=np.zeros(2), beta_global=1.0,
+    ...                     fallback_loc=loc, fallback_scale=scale)
+    >>> new[0], new[1], new[2]   # m + g / c (clipped to 1), s = sqrt(1 / c), c averaged
+    (array([ 0.5, -1. ]), array([0.5, 1. ]), array([4., 1.]))
+    """
+    running = curvature_average(xp, running, sample, rule.curvature_decay, step)
+    curvature = running
+    if matrix is not None:
+        size = loc.shape[0]
+        matrix = column_average(xp, matrix, column, step % size, step // size,
+                                rule.curvature_decay)
+        # where the curvature is strongly correlated (every column seen): the mean step
+        # preconditioned by the whole matrix, the scales from its diagonal
+        correlated = (step >= size - 1) & (coupling(xp, matrix) > rule.dense_threshold)
+        curvature = xp.where(correlated, xp.diagonal(matrix), curvature)
+    new_loc = natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback_loc,
+                                   rule.max_change)
+    if matrix is not None:
+        direction = dense_direction(xp, matrix, ascent)
+        new_loc = xp.where(correlated, loc + xp.clip(step_size * direction, -rule.max_change,
+                                                     rule.max_change), new_loc)
+    new_scale = curvature_scale(xp, curvature, beta_global, scale, fallback_scale,
+                                rule.max_change)
+    return new_loc, new_scale, running, matrix
+
+
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # Adam's constants (optax's, pm.adam's)
+
+
+def row_adam(xp, grad, first, second, count, learning_rate):
+    """Row-wise lazy Adam (``kq.RowAdam``) on a batch's rows: returns (new first moment,
+    new second moment, the step to add to the rows). ``grad``, ``first``, ``second``:
+    (b, ...) for the batch rows; ``count``: (b,) each row's steps so far, this one
+    included (a row's moments and count change only on steps that take it: dense Adam
+    would keep moving a row through its momentum after it left the batch, with a second
+    moment that decays between rare visits). The backends gather and scatter the rows.
+
+    >>> import numpy as np
+    >>> m, v, step = row_adam(np, np.array([2.0, -4.0]), np.zeros(2), np.zeros(2),
+    ...                       np.array([1.0, 1.0]), 0.1)
+    >>> np.round(step, 6)   # Adam's first step: -learning_rate * sign(grad)
+    array([-0.1,  0.1])
+    """
+    shape = (-1,) + (1,) * (grad.ndim - 1)
+    first = ADAM_B1 * first + (1 - ADAM_B1) * grad
+    second = ADAM_B2 * second + (1 - ADAM_B2) * grad * grad
+    first_hat = first / (1 - ADAM_B1 ** count).reshape(shape)
+    second_hat = second / (1 - ADAM_B2 ** count).reshape(shape)
+    return first, second, -learning_rate * first_hat / (xp.sqrt(second_hat) + ADAM_EPS)
 
 
 def running_average(xp, average, value, step):

@@ -33,6 +33,17 @@ def inverse(support: str, x):
     return np.log(x) - np.log1p(-x)
 
 
+def softplus_inverse(x, xp=np):
+    """The raw parameter whose softplus is ``x`` > 0: how every backend stores a q scale
+    (scale = softplus(raw)); ``xp``: the array namespace (NumPy, jax.numpy,
+    pytensor.tensor).
+
+    >>> round(float(np.logaddexp(0.0, softplus_inverse(0.25))), 12)
+    0.25
+    """
+    return x + xp.log(-xp.expm1(-x))
+
+
 def log_abs_det_jacobian(support: str, u):
     """log |d forward / du| at u."""
     kind = SUPPORT_TRANSFORM[support]

@@ -27,6 +27,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
+from klqp.densities import continuous_bernoulli_log_norm
 from klqp.expr import evaluate
 from klqp.objective import Terms, terms_from_rows
 from klqp.problem import Problem
@@ -73,11 +74,8 @@ class ContinuousBernoulli(dist.Distribution):
         super().__init__(batch_shape=jnp.shape(logits), validate_args=validate_args)
 
     def log_prob(self, value):
-        a = jnp.abs(self.logits)
-        small = a < 1e-3
-        safe = jnp.where(small, 1.0, a)
-        log_norm = jnp.where(small, jnp.log(2.0 + a * a / 6.0), jnp.log(safe / jnp.tanh(safe / 2)))
-        return value * self.logits - jax.nn.softplus(self.logits) + log_norm
+        return (value * self.logits - jax.nn.softplus(self.logits)
+                + continuous_bernoulli_log_norm(self.logits, jnp))
 
 
 def _family(family: str, p: dict):

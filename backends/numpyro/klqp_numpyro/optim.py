@@ -1,10 +1,6 @@
-"""The optimizer rule klqp's backends share.
-
-Globals: Adam (optax.adam). Locals: row-wise lazy Adam: a row's moments, step count
-and value change only on steps whose minibatch holds the row. Dense Adam would keep
-moving every row through its momentum after the row left the batch, with a second
-moment that decays between rare visits, so rows visited once per epoch take large,
-noisy steps; optax has no sparse Adam, hence these few lines.
+"""Row-wise lazy Adam for the free locals' N-row table (``kq.RowAdam``): the arithmetic
+is ``klqp.steps.row_adam``; this module keeps its state and gathers and scatters the
+batch's rows (optax has no sparse Adam).
 """
 
 from __future__ import annotations
@@ -14,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-B1, B2, EPS = 0.9, 0.999, 1e-8
+from klqp.steps import row_adam
 
 
 class RowAdamState(NamedTuple):
@@ -44,13 +40,10 @@ def row_adam_update(grads_rows: dict, state: RowAdamState, variables: dict, indi
     c = jnp.maximum(count_rows, 1).astype(jnp.result_type(float))
 
     def moments(g, mu, nu):
-        shape = (-1,) + (1,) * (g.ndim - 1)
         mu_rows, nu_rows = take(mu), take(nu)
-        m = jnp.where(active, B1 * mu_rows + (1 - B1) * g, mu_rows)
-        v = jnp.where(active, B2 * nu_rows + (1 - B2) * g * g, nu_rows)
-        m_hat = m / (1 - B1 ** c).reshape(shape)
-        v_hat = v / (1 - B2 ** c).reshape(shape)
-        return m, v, jnp.where(active, -learning_rate * m_hat / (jnp.sqrt(v_hat) + EPS), 0.0)
+        m, v, step = row_adam(jnp, g, mu_rows, nu_rows, c, learning_rate)
+        return (jnp.where(active, m, mu_rows), jnp.where(active, v, nu_rows),
+                jnp.where(active, step, 0.0))
 
     out = jax.tree.map(moments, grads_rows, state.mu, state.nu)
     is_triple = lambda x: isinstance(x, tuple)

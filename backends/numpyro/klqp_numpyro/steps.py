@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from klqp import steps as rule
+from klqp import steps as rule, transforms
 from klqp.objective import Terms
 from klqp.problem import Problem
 
@@ -26,7 +26,7 @@ from .lowering import build_row_densities, build_terms, q_location
 
 def softplus_inverse(x):
     """The raw parameter whose softplus is the scale ``x`` (> 0)."""
-    return x + jnp.log(-jnp.expm1(-x))
+    return transforms.softplus_inverse(x, jnp)
 
 
 def tile_rows(tree, copies: int):
@@ -53,12 +53,11 @@ class Stepper:
         self.layout = rule.local_layout(model, local_step)
         self.densities = build_row_densities(problem)
         self.terms = build_terms(problem)
-        global_size = sum(int(np.prod(v.shape, dtype=int)) for v in model.globals)
-        self.global_size = global_size
-        self.curvature = global_step is not None and global_step.uses_curvature(global_size)
-        self.dense = global_step is not None and global_step.uses_dense(global_size)
-        self.antithetic = global_step is not None and global_step.antithetic
-        self.average = global_step is not None and global_step.average and bool(model.globals)
+        self.rule = rule.Rule.of(model, local_step, global_step)
+        self.global_size = self.rule.global_size
+        # which parts of the rule run (klqp.steps.Rule, as on every backend)
+        self.curvature, self.dense = self.rule.curvature, self.rule.dense
+        self.antithetic, self.average = self.rule.antithetic, self.rule.average
         if self.layout is not None:
             self.nodes = jnp.asarray(self.layout.nodes)
             self.node_weights = jnp.asarray(self.layout.weights)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from klqp import guard, loop, objective
+from klqp import guard, loop, objective, transforms
 from klqp.cache import backend_cache, structure_key
 from klqp.objective import Shared
 from klqp.problem import FitConfig, Problem, init_params
@@ -35,10 +35,6 @@ from .sharding import RowsHere
 from .steps import Stepper, softplus_inverse
 
 _NAME = "numpyro"
-
-
-def _inv_softplus(x):
-    return x + np.log(-np.expm1(-x))
 
 
 def _weights_at(problem: Problem, step, shared_values: dict) -> dict:
@@ -123,7 +119,7 @@ class Trainer:
             # a streamed step donates its state, and a buffer may be donated only once
             extra["scale"] = {k: jax.nn.softplus(p["raw_scale"]) for k, p in globals_.items()}
         rows = None
-        if isinstance(self.rows_rule, rule.RowAdam):
+        if self.stepper.rule.row_adam:
             if self.host is not None:  # made on the host: the table may not fit the device
                 zeros = lambda: jax.tree.map(np.zeros_like, variables["rows"])  # noqa: E731
                 rows = RowAdamState(np.zeros(self.problem.total_size, np.int32), zeros(), zeros())
@@ -153,7 +149,7 @@ class Trainer:
             rows = {k: {"loc": r["loc"], "raw_scale": softplus_inverse(r["scale"])}
                     for k, r in new_rows.items()}
             gain = n / b * gain_rows.sum()
-        stl = isinstance(self.rows_rule, rule.RowAdam) and self.rows_rule.stl
+        stl = st.rule.stl
 
         def loss_of(dense, rows):
             t = st.training_terms(_as_params({**dense, **rows}), batch, noise, stl=stl)
@@ -183,7 +179,7 @@ class Trainer:
         new_dense = jax.tree.map(keep, new_dense, dense)
         new_dense_state = jax.tree.map(keep, new_dense_state, dense_state)
         new_global = jax.tree.map(keep, new_global, global_state)
-        if isinstance(self.rows_rule, rule.RowAdam):
+        if self.stepper.rule.row_adam:
             row_lr = lr * (np.sqrt(n / problem.batch_size) if self.rows_rule.scale_by_visits
                            else 1.0)
             table, row_state = row_adam_update(g_rows, row_state, variables["rows"], indices,
@@ -211,46 +207,33 @@ class Trainer:
         out = {}
         new_globals = {v.name: adam_dense[v.name] for v in model.globals}
         if st.curvature:
-            rho = gs.step_size(step, xp=jnp)
             params = _as_params({**dense, **rows})
-            ascent = {k: -g_dense[k]["loc"] / s for k in new_globals}
+            flat, unflat = st.flat_globals, st.unflat_globals
             probe = draw_probe(self.problem, key)
-            if st.dense:
-                size = st.global_size
-                sample, column = st.global_curvature(params, batch, noise, w, probe=probe,
-                                                     column=step % size)
-                matrix = rule.column_average(jnp, global_state["curvature"]["matrix"], column,
-                                             step % size, step // size, gs.curvature_decay)
-                # where the curvature is strongly correlated (every column seen): the mean
-                # step preconditioned by the whole matrix, the scales from its diagonal
-                correlated = jnp.logical_and(step >= size - 1, rule.coupling(
-                    jnp, matrix) > gs.dense_threshold)
-                direction = st.unflat_globals(rule.dense_direction(
-                    jnp, matrix, st.flat_globals(ascent)))
-                exact = st.unflat_globals(jnp.diagonal(matrix))
-            else:
-                sample = st.global_curvature(params, batch, noise, w, probe=probe)
-            diagonal = {k: rule.curvature_average(jnp, global_state["curvature"]["diagonal"][k],
-                                                  sample[k], gs.curvature_decay, step)
-                        for k in new_globals}
-            out["curvature"] = {"diagonal": diagonal}
+            curvature = global_state["curvature"]
+            sample, column = (st.global_curvature(params, batch, noise, w, probe=probe,
+                                                  column=step % st.global_size) if st.dense
+                              else (st.global_curvature(params, batch, noise, w, probe=probe),
+                                    None))
+            loc, raw = ({k: p[part] for k, p in dense.items() if k in new_globals}
+                        for part in ("loc", "raw_scale"))
+            fallback = {part: {k: adam_dense[k][part] for k in new_globals}
+                        for part in ("loc", "raw_scale")}
+            new_loc, new_scale, running, matrix = rule.global_update(
+                jnp, gs, step, gs.step_size(step, xp=jnp), flat(loc),
+                flat(jax.tree.map(jax.nn.softplus, raw)),
+                ascent=flat({k: -g_dense[k]["loc"] / s for k in new_globals}),
+                sample=flat(sample), running=flat(curvature["diagonal"]),
+                beta_global=w["beta_global"], fallback_loc=flat(fallback["loc"]),
+                fallback_scale=flat(jax.tree.map(jax.nn.softplus, fallback["raw_scale"])),
+                matrix=curvature.get("matrix"), column=column)
+            out["curvature"] = {"diagonal": unflat(running)}
             if st.dense:
                 out["curvature"]["matrix"] = matrix
-            out["dense"] = {}
-            for v in model.globals:
-                k, c = v.name, diagonal[v.name]
-                if st.dense:
-                    c = jnp.where(correlated, exact[k], c)
-                loc = rule.natural_gradient_loc(jnp, dense[k]["loc"], ascent[k], c, rho,
-                                                adam_dense[k]["loc"], gs.max_change)
-                if st.dense:
-                    loc = jnp.where(correlated, dense[k]["loc"] + jnp.clip(
-                        rho * direction[k], -gs.max_change, gs.max_change), loc)
-                scale = rule.curvature_scale(jnp, c, w["beta_global"],
-                                             jax.nn.softplus(dense[k]["raw_scale"]),
-                                             jax.nn.softplus(adam_dense[k]["raw_scale"]),
-                                             gs.max_change)
-                out["dense"][k] = new_globals[k] = {"loc": loc, "raw_scale": softplus_inverse(scale)}
+            new_loc, new_scale = unflat(new_loc), unflat(new_scale)
+            out["dense"] = {k: {"loc": new_loc[k], "raw_scale": softplus_inverse(new_scale[k])}
+                            for k in new_globals}
+            new_globals.update(out["dense"])
         if st.average:
             out["loc"] = {k: rule.running_average(jnp, global_state["loc"][k], p["loc"], step)
                           for k, p in new_globals.items()}
@@ -467,7 +450,7 @@ def _to_variables(problem: Problem, params: dict, rows_array=jnp.asarray) -> dic
     def as_var(p, array=jnp.asarray):
         if "value" in p:
             return {"value": array(p["value"])}
-        return {"loc": array(p["loc"]), "raw_scale": array(_inv_softplus(np.asarray(p["scale"])))}
+        return {"loc": array(p["loc"]), "raw_scale": array(transforms.softplus_inverse(np.asarray(p["scale"])))}
     model = problem.model
     dense = [v for v in model.vars.values() if v.role in ("global", "param")]
     return {"dense": {v.name: as_var(params[v.name]) for v in dense},

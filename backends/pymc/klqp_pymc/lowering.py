@@ -56,6 +56,8 @@ from pymc.variational.opvi import Approximation
 
 from klqp import objective
 from klqp.expr import evaluate
+from klqp.densities import continuous_bernoulli_log_norm
+from klqp.transforms import softplus_inverse
 from klqp.objective import Shared, Terms
 from klqp.problem import Problem
 
@@ -121,11 +123,7 @@ class PytensorOps:
 def continuous_bernoulli_logp(value, logits):
     """Loaiza-Ganem & Cunningham (2019), which PyMC lacks: log p(x) = x l - softplus(l)
     + log C(l), C(l) = l / tanh(l / 2), which tends to 2 as l -> 0 (a series there)."""
-    a = pt.abs(logits)
-    small = a < 1e-3
-    safe = pt.switch(small, 1.0, a)
-    log_norm = pt.switch(small, pt.log(2.0 + a * a / 6.0), pt.log(safe / pt.tanh(safe / 2)))
-    return value * logits - pt.softplus(logits) + log_norm
+    return value * logits - pt.softplus(logits) + continuous_bernoulli_log_norm(logits, pt)
 
 
 def _continuous_bernoulli(name, logits, **kwargs):
@@ -167,13 +165,12 @@ def pm_distribution(family: str, params: dict):
 
 def inv_softplus(x):
     """The rho whose softplus is x (NumPy): how q's scale is stored (MeanFieldGroup's rho)."""
-    x = np.asarray(x, dtype=float)
-    return x + np.log(-np.expm1(-x))
+    return softplus_inverse(np.asarray(x, dtype=float))
 
 
 def inv_softplus_pt(x):
     """inv_softplus for PyTensor: a given scale as MeanFieldGroup's rho."""
-    return x + pt.log(-pt.expm1(-x))
+    return softplus_inverse(x, pt)
 
 
 # -- what a lowering is made of --------------------------------------------------------------

@@ -1,10 +1,8 @@
 """The optimizer rule klqp's backends share, as PyTensor updates.
 
 Globals: PyMC's ``pm.adam`` on the global group's flat ``mu``/``rho``. Locals: row-wise
-lazy Adam, exactly as ``klqp_numpyro.optim``: a row's moments, step count and value change
-only on steps whose minibatch holds the row. Dense Adam would keep moving every row
-through its momentum after the row left the batch, with a second moment that decays
-between rare visits, so rows visited once per epoch would take large, noisy steps.
+lazy Adam (``kq.RowAdam``), whose arithmetic is ``klqp.steps.row_adam``: a row's
+moments, step count and value change only on steps whose minibatch holds the row.
 
 The locals' gradients arrive for the BATCH rows (b of them, see ``lowering.QParams``);
 the updates below scatter them into the N-row shared arrays with ``inc_subtensor`` /
@@ -20,7 +18,7 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 
-B1, B2, EPS = 0.9, 0.999, 1e-8
+from klqp.steps import row_adam
 
 __all__ = ["RowAdam", "KlqpOptimizer"]
 
@@ -65,11 +63,7 @@ class RowAdam:
             col = (slice(None),) + (None,) * (g.ndim - 1)
             keep = None if mask is None else mask[col]
             mu_rows, nu_rows = slot.mu[indices], slot.nu[indices]
-            m = B1 * mu_rows + (1 - B1) * g
-            v = B2 * nu_rows + (1 - B2) * g * g
-            m_hat = m / (1 - B1**c)[col]
-            v_hat = v / (1 - B2**c)[col]
-            step = -self.learning_rate * m_hat / (pt.sqrt(v_hat) + EPS)
+            m, v, step = row_adam(pt, g, mu_rows, nu_rows, c, self.learning_rate)
             if keep is None:
                 updates[slot.mu] = pt.set_subtensor(mu_rows, m)
                 updates[slot.nu] = pt.set_subtensor(nu_rows, v)

@@ -37,6 +37,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor
 from klqp import guard, loop, schedules
 from klqp.cache import backend_cache, structure_key
 from klqp import steps as steps_rule
+from klqp.steps import Rule
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import epoch_order
 from klqp.results import HISTORY_KEYS, FitResult
@@ -69,34 +70,6 @@ def row_layout(problem: Problem) -> list[tuple[str, tuple]]:
     n = problem.total_size
     return [(f"{v.name}_{p}", (n,) + tuple(v.shape))
             for v in problem.model.free_locals for p in ("loc", "rho")]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Which parts of ``klqp.steps`` a fit runs, as this backend's state needs to know."""
-
-    rows: object            # klqp.steps.LocalStep, RowAdam, or None (no free locals)
-    globals: object         # klqp.steps.GlobalStep or None
-    curvature: bool
-    average: bool
-    dense: bool = False
-
-    @classmethod
-    def of(cls, problem: Problem, local_step, global_step) -> "Rule":
-        spec = problem.model
-        size = sum(_size(v.shape) for v in spec.globals)
-        curvature = global_step is not None and global_step.uses_curvature(size)
-        average = global_step is not None and global_step.average and bool(spec.globals)
-        dense = global_step is not None and global_step.uses_dense(size)
-        return cls(local_step, global_step, curvature, average, dense)
-
-    @property
-    def row_adam(self) -> bool:
-        return isinstance(self.rows, steps_rule.RowAdam)
-
-    @property
-    def local_step(self) -> bool:
-        return isinstance(self.rows, steps_rule.LocalStep)
 
 
 def state_layout(problem: Problem, rule: "Rule") -> list[tuple[str, tuple, str]]:
@@ -362,7 +335,7 @@ class Trainer:
                         {v.name: stand_ins[f"{v.name}_loc"] for v in spec.free_locals},
                         {v.name: stand_ins[f"{v.name}_rho"] for v in spec.free_locals}, point)
             lowered_batch = batch
-        stl = rule.row_adam and rule.rows.stl
+        stl = rule.stl
         self.lowered = lower(problem, lowered_batch, q, noise, self.step, weights=weights,
                              antithetic=rule.globals is not None and rule.globals.antithetic,
                              stl=stl)
@@ -538,30 +511,16 @@ class Trainer:
                                row_weights, weights, antithetic=gs.antithetic,
                                column=column if self.rule.dense else None)
         sample, column_values = out if self.rule.dense else (out, None)
-        c = steps_rule.curvature_average(pt, self.curvature, sample, gs.curvature_decay,
-                                         self.step)
-        running = c
-        rho_t = pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), float_dtype())
-        ascent = -grad_mu / self.lowered.cost_scale
         floatx = float_dtype()
+        new_mu, scale, running, matrix = steps_rule.global_update(
+            pt, gs, self.step, pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), floatx),
+            mu, pt.softplus(rho), ascent=-grad_mu / self.lowered.cost_scale, sample=sample,
+            running=self.curvature, beta_global=weights["beta_global"],
+            fallback_loc=updates[mu], fallback_scale=pt.softplus(updates[rho]),
+            matrix=self.curvature_matrix if self.rule.dense else None, column=column_values)
         if self.rule.dense:
-            matrix = steps_rule.column_average(pt, self.curvature_matrix, column_values, column,
-                                               self.step // size, gs.curvature_decay)
-            # where the curvature is strongly correlated (every column seen): the mean step
-            # preconditioned by the whole matrix, the scales from its diagonal
-            correlated = pt.and_(pt.ge(self.step, size - 1), pt.gt(
-                steps_rule.coupling(pt, matrix), gs.dense_threshold))
-            c = pt.switch(correlated, pt.diagonal(matrix), c)
             updates[self.curvature_matrix] = pt.cast(matrix, floatx)
-        new_mu = steps_rule.natural_gradient_loc(pt, mu, ascent, c, rho_t, updates[mu],
-                                                 gs.max_change)
-        if self.rule.dense:
-            direction = steps_rule.dense_direction(pt, matrix, ascent)
-            new_mu = pt.switch(correlated, mu + pt.clip(rho_t * direction, -gs.max_change,
-                                                        gs.max_change), new_mu)
         updates[mu] = pt.cast(new_mu, floatx)
-        scale = steps_rule.curvature_scale(pt, c, weights["beta_global"], pt.softplus(rho),
-                                           pt.softplus(updates[rho]), gs.max_change)
         updates[rho] = pt.cast(inv_softplus_pt(scale), floatx)
         updates[self.curvature] = pt.cast(running, floatx)
 
@@ -696,7 +655,7 @@ class Program:
         self.capacity: Optional[int] = None
         self.compiles = 0
         self.compile_seconds = 0.0
-        self.rule = Rule.of(problem, config.local_step, config.global_step)
+        self.rule = Rule.of(problem.model, config.local_step, config.global_step)
         self.final_pass: Optional[FinalPass] = None
         self.arrays = initial_state(problem, init_params(problem, config.seed, config.init_scale),
                                     self.rule)
