@@ -23,9 +23,9 @@ import pytensor
 import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
 
-from klqp import steps as steps_rule
+from klqp.compiled import TERM_KEYS, CompiledObjective
 from klqp.expr import evaluate
-from klqp.problem import FitConfig, Problem, init_params
+from klqp.problem import FitConfig, Problem
 from klqp.results import FitResult
 
 from . import modes
@@ -37,13 +37,9 @@ from .train import fit as _fit
 
 __all__ = ["PyMCBackend", "PyMCObjective"]
 
-_TERM_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local")
 
-
-class PyMCObjective:
-    """The compiled objective of one problem: loss, gradient and terms as functions of the
-    parameters (q's loc/scale, point parameters' values) for a given minibatch
-    (``indices``) and noise.
+class PyMCObjective(CompiledObjective):
+    """The compiled objective on PyMC (``klqp.compiled.CompiledObjective``).
 
     The graph is built by the same ``lowering.lower`` the training step uses, with the
     parameters, the indices, the noise and the step as function inputs. A function is
@@ -52,31 +48,25 @@ class PyMCObjective:
     """
 
     def __init__(self, problem: Problem, mode: str, local_step=None):
-        self.problem = problem
+        super().__init__(problem, local_step)
         self.mode = mode
-        self.local_rule = local_step
-        self.layout = steps_rule.local_layout(problem.model, local_step)
         self.compiles = collections.Counter()
         self.compile_seconds = 0.0
         self._functions: dict[tuple, tuple] = {}
-        self._step_functions: dict[tuple, tuple] = {}
 
-    @property
-    def dtype(self) -> str:
-        """The float dtype the objective computes in: PyTensor's floatX."""
+    def _float_dtype(self) -> str:
         return float_dtype()
-
-    def init_params(self, seed: int = 0, init_scale: float = 0.1) -> dict:
-        return init_params(self.problem, seed, init_scale)
 
     def lowered(self, b: int) -> Lowered:
         """The PyMC model, approximation and operator for batches of ``b`` rows."""
         return self._function(b)[1]
 
-    def _function(self, b: int):
-        key = (b, float_dtype())
+    def _function(self, b: int, steps: bool = False):
+        """The function for batches of ``b`` rows in the current floatX, compiled on first
+        use: the terms and gradient, or (``steps``) the step rule's pieces."""
+        key = (steps, b, float_dtype())
         if key not in self._functions:
-            self._functions[key] = self._compile(*key)
+            self._functions[key] = (self._compile_steps if steps else self._compile)(*key[1:])
         return self._functions[key]
 
     def _inputs(self, b: int, floatx: str):
@@ -113,8 +103,7 @@ class PyMCObjective:
                     local_rho={v.name: rho[v.name][indices] for v in spec.free_locals},
                     point=point)
         batch = Batch(indices, columns, b)
-        stl = isinstance(self.local_rule, steps_rule.RowAdam) and self.local_rule.stl
-        lowered = lower(self.problem, batch, q, noise, step, stl=stl)
+        lowered = lower(self.problem, batch, q, noise, step, stl=self.stl)
         loss = lowered.loss()
         records = lowered.records(loss)
         order = [(k, p) for k, ps in wrt.items() for p in ps]
@@ -122,14 +111,13 @@ class PyMCObjective:
         inputs = ([indices, step] + [wrt[k][p] for k, p in order] + list(noise.values())
                   + list(columns.values()))
         start = time.perf_counter()
-        fn = pm_compile(inputs, [records[k] for k in _TERM_KEYS] + grads,
+        fn = pm_compile(inputs, [records[k] for k in TERM_KEYS] + grads,
                         **modes.compile_kwargs(self.mode))
         self.compile_seconds += time.perf_counter() - start
         self.compiles[b] += 1
         return fn, lowered, order, list(noise)
 
     def _evaluate(self, params, indices, noise, step) -> list:
-        indices = np.asarray(indices, dtype=np.int64)
         fn, lowered, order, noise_names = self._function(len(indices))
         lowered.refresh_shared_weights()
         args = [indices, np.int64(step)]
@@ -139,31 +127,17 @@ class PyMCObjective:
         with modes.quiet_int64_truncation():
             return fn(*args)
 
-    def terms(self, params, *, indices, noise, step: int = 0) -> dict:
-        """loss, elbo, loglik, kl_global, kl_local for this minibatch and noise."""
-        out = self._evaluate(params, indices, noise, step)
-        return {k: float(v) for k, v in zip(_TERM_KEYS, out)}
+    def _terms(self, params, indices, noise, step) -> dict:
+        return dict(zip(TERM_KEYS, self._evaluate(params, indices, noise, step)))
 
-    def loss(self, params, *, indices, noise, step: int = 0) -> float:
-        return self.terms(params, indices=indices, noise=noise, step=step)["loss"]
-
-    def grad(self, params, *, indices, noise, step: int = 0) -> dict:
-        """d loss / d params, with the structure of ``params`` (scale in its own space;
-        free-local rows outside ``indices`` get exactly zero)."""
-        grads = self._evaluate(params, indices, noise, step)[len(_TERM_KEYS):]
-        order = self._function(len(indices))[2]
+    def _grad(self, params, indices, noise, step) -> dict:
+        grads = self._evaluate(params, indices, noise, step)[len(TERM_KEYS):]
         out: dict = {}
-        for (k, p), g in zip(order, grads):
-            out.setdefault(k, {})[p] = np.asarray(g, dtype=float)
+        for (k, p), g in zip(self._function(len(indices))[2], grads):
+            out.setdefault(k, {})[p] = g
         return out
 
     # -- the step rule's pieces (klqp.steps), deterministic for given rows ---------------------
-    def _step_function(self, b: int):
-        key = (b, float_dtype())
-        if key not in self._step_functions:
-            self._step_functions[key] = self._compile_steps(*key)
-        return self._step_functions[key]
-
     def _compile_steps(self, b: int, floatx: str):
         """One function of the parameters, rows and noise: the local step's new rows and
         gain, the expectations it reads, and the global curvature the global step reads."""
@@ -224,8 +198,7 @@ class PyMCObjective:
         return fn, names, order, list(noise), shared
 
     def _run_steps(self, params, indices, noise, step, probe=None) -> dict:
-        indices = np.asarray(indices, dtype=np.int64)
-        fn, names, order, noise_names, shared = self._step_function(len(indices))
+        fn, names, order, noise_names, shared = self._function(len(indices), steps=True)
         for weight, holder in shared:
             holder.set_value(as_float(weight.value, holder.dtype))
         spec = self.problem.model
@@ -242,51 +215,27 @@ class PyMCObjective:
             out = fn(*args)
         return {name: np.asarray(o, dtype=float) for name, o in zip(names, out)}
 
-    def _need_local_step(self):
-        if self.layout is None:
-            raise ValueError("this objective has no local step: the model has no free local "
-                             "latent, or kq.compile(..., local_step=None) turned it off")
-
-    def local_step(self, params, *, indices, step: int = 0) -> dict:
-        """``params`` with the rows ``indices`` of every free local moved by one local step
-        (``klqp.steps``; the globals held at their q location). No randomness."""
-        self._need_local_step()
+    def _local_step(self, params, indices, step) -> dict:
         out = self._run_steps(params, indices, None, step)
-        new = {k: {q: np.array(a, dtype=float) for q, a in p.items()} for k, p in params.items()}
-        for k in self.layout.names:
-            new[k]["loc"][np.asarray(indices)] = out[("loc", k)]
-            new[k]["scale"][np.asarray(indices)] = out[("scale", k)]
-        return new
+        return {k: {"loc": out[("loc", k)], "scale": out[("scale", k)]}
+                for k in self.layout.names}
 
-    def local_expectations(self, params, *, indices, step: int = 0) -> dict:
-        """What the local step reads for each row of ``indices``: ``value`` = E[l] (b,),
-        ``grad`` = E[l'] and ``hess`` = the diagonal of E[l''] ({free local: (b, *shape)}),
-        l the row's weighted log joint, E over q(z_i) by the step's quadrature."""
-        self._need_local_step()
+    def _local_expectations(self, params, indices, step) -> tuple:
         out = self._run_steps(params, indices, None, step)
-        return {"value": out[("value", None)],
-                "grad": {k: out[("grad", k)] for k in self.layout.names},
-                "hess": {k: out[("hess", k)] for k in self.layout.names}}
+        return (out[("value", None)], {k: out[("grad", k)] for k in self.layout.names},
+                {k: out[("hess", k)] for k in self.layout.names})
 
-    def global_curvature(self, params, *, indices, noise, probe=None, step: int = 0) -> dict:
-        """The global step's curvature sample for each global ({name: array}): with
-        ``probe`` ({global: array of +-1}, the step's Rademacher probe r), -(r / s) * H (s
-        * r); without, the exact -diag H (one call per global number). H = d^2 J / d
-        theta^2 at the global draw theta = m + s * eps (eps: ``noise``'s globals), J the
-        weighted full-data log joint the global step estimates from the rows ``indices``
-        (after the local step, when there is one). One draw: training averages it over an
-        antithetic pair."""
+    def _global_curvature(self, params, indices, noise, probe, step) -> dict:
+        """Without ``probe``, the exact -diag H takes one call per global number."""
         spec = self.problem.model
         if probe is not None:
-            flat_probe = np.concatenate([np.asarray(probe[v.name], dtype=float).reshape(-1)
-                                         for v in spec.globals])
+            flat_probe = np.concatenate([probe[v.name].reshape(-1) for v in spec.globals])
             flat = self._run_steps(params, indices, noise, step, flat_probe)[("curvature", None)]
         else:
             d = sum(int(np.prod(v.shape, dtype=int)) for v in spec.globals)
             flat = np.array([self._run_steps(params, indices, noise, step, np.eye(d)[j])[
                 ("curvature", None)][j] for j in range(d)])
-        return {k: np.asarray(a, dtype=float) for k, a in
-                split_flat(self.problem, flat).items()}
+        return split_flat(self.problem, flat)
 
 
 def _concat(parts: list):
