@@ -4,8 +4,9 @@
 ``checkpoint_every`` steps (at the next boundary of a compiled chunk), when the fit
 ends, when Ctrl-C stops it and when a ``kq.NonFiniteError`` stops it:
 
-- the optimizer's state (q's raw iterates, Adam's moments, the step rule's running
-  curvature and averages): ``FitState.optimizer``, the arrays a resume continues from;
+- the fit's state by name (q's raw iterates, Adam's moments, the step rule's running
+  curvature and averages): ``FitState.optimizer``, the arrays a resume continues from,
+  matched by name and shape;
 - the step, the seed (with the step, the position of every random stream: batches and
   noise depend on (seed, step) only), the step rule, each weight (a ``kq.Shared``'s
   value, a schedule's definition) and the learning rate's schedule;
@@ -55,7 +56,7 @@ __all__ = ["CheckpointError", "Checkpoint", "Writer", "read", "write", "load_res
            "resumed_result", "data_fingerprint", "FORMAT", "VERSION"]
 
 FORMAT = "klqp-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the state stored by name (version 1 stored it by position)
 
 
 class CheckpointError(ValueError):
@@ -64,12 +65,12 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint file holds: ``meta`` (the JSON part), the optimizer's state
-    arrays in the backend's order, the history and q's reported parameters."""
+    """What a checkpoint file holds: ``meta`` (the JSON part), the fit's state arrays by
+    name, the history and q's reported parameters."""
 
     path: str
     meta: dict
-    optimizer: list
+    optimizer: dict
     history: dict
     params: dict
 
@@ -156,7 +157,7 @@ def describe_fit(result, *, seed: int, steps_planned: int, learning_rate) -> dic
             "scale_cost_to_minibatch": bool(problem.scale_cost_to_minibatch),
             "weights": {name: _weight_dict(w) for name, w in problem.weights.items()},
             "learning_rate": _plain(learning_rate.to_dict()),
-            "optimizer_dtypes": [np.asarray(a).dtype.str for a in result.state.optimizer],
+            "state_dtypes": {k: np.asarray(a).dtype.str for k, a in result.state.optimizer.items()},
             "history_keys": sorted(result.history),
             "params": {k: sorted(p) for k, p in result.params.items()}}
 
@@ -168,8 +169,8 @@ def write(path, result, *, seed: int, steps_planned: int, learning_rate) -> None
     meta = describe_fit(result, seed=seed, steps_planned=steps_planned,
                         learning_rate=learning_rate)
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-    for i, a in enumerate(result.state.optimizer):
-        arrays[f"optimizer/{i:05d}"] = np.asarray(a)
+    for name, a in result.state.optimizer.items():
+        arrays[f"state/{name}"] = np.asarray(a)
     for k, h in result.history.items():
         arrays[f"history/{k}"] = np.asarray(h, dtype=float)
     for k, p in result.params.items():
@@ -211,21 +212,26 @@ def read(path) -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not a klqp checkpoint (format "
                               f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") == 1:
+        raise CheckpointError(f"{path!r} is a version 1 checkpoint, which stored the fit's state "
+                              "by position; this klqp stores and matches it by name (version "
+                              f"{VERSION}) and cannot resume or load it: fit again with "
+                              "checkpoint= to write a new one")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path!r} is a version {meta.get('version')!r} checkpoint; this "
                               f"klqp reads version {VERSION}")
-    optimizer = [entries[k] for k in sorted(k for k in entries if k.startswith("optimizer/"))]
+    optimizer = {k.split("/", 1)[1]: v for k, v in entries.items() if k.startswith("state/")}
     history = {k.split("/", 1)[1]: v for k, v in entries.items() if k.startswith("history/")}
     params: dict = {}
     for k, v in entries.items():
         if k.startswith("params/"):
             _, name, q = k.split("/")
             params.setdefault(name, {})[q] = v
-    want = len(meta.get("optimizer_dtypes", []))
-    if len(optimizer) != want or sorted(history) != meta.get("history_keys") or \
+    want = sorted(meta.get("state_dtypes", {}))
+    if sorted(optimizer) != want or sorted(history) != meta.get("history_keys") or \
             {k: sorted(p) for k, p in params.items()} != meta.get("params"):
         raise CheckpointError(f"{path!r} is incomplete: its arrays do not match its meta "
-                              f"({len(optimizer)} of {want} optimizer arrays)")
+                              f"({len(optimizer)} of {len(want)} state arrays)")
     return Checkpoint(path, meta, optimizer, history, params)
 
 
@@ -268,7 +274,7 @@ def resumed_result(ckpt: Checkpoint, problem, *, backend: str, seed: int, rule: 
                      "Resume with the weights the run was started with.", path)
     history = {k: np.asarray(ckpt.history[k], dtype=float) for k in ckpt.history}
     return FitResult(problem=problem, backend=backend, params=ckpt.params, history=history,
-                     state=FitState(step=ckpt.step, optimizer=list(ckpt.optimizer),
+                     state=FitState(step=ckpt.step, optimizer=dict(ckpt.optimizer),
                                     backend=backend, rule=meta["rule"]),
                      interrupted=bool(meta.get("interrupted")),
                      info={"checkpoint": path})
@@ -296,7 +302,7 @@ def load_result(path):
                       scale_cost_to_minibatch=meta["scale_cost_to_minibatch"])
     return FitResult(problem=problem, backend=meta["backend"], params=ckpt.params,
                      history={k: np.asarray(v, dtype=float) for k, v in ckpt.history.items()},
-                     state=FitState(step=ckpt.step, optimizer=list(ckpt.optimizer),
+                     state=FitState(step=ckpt.step, optimizer=dict(ckpt.optimizer),
                                     backend=meta["backend"], rule=meta["rule"]),
                      interrupted=bool(meta.get("interrupted")),
                      info={"checkpoint": os.fspath(path), "dtype": meta.get("dtype"),

@@ -32,7 +32,39 @@ from .problem import FitConfig, Problem
 from .results import HISTORY_KEYS, FitResult, FitState
 from .training import History, checked_batches, chunk_length, run_callbacks
 
-__all__ = ["Program", "Run", "run"]
+__all__ = ["Program", "Run", "run", "resume_arrays"]
+
+
+def resume_arrays(saved: dict, expected: dict, backend: str) -> dict:
+    """The arrays of a saved state (``FitState.optimizer``: {name: array}) checked by name
+    and shape against the state this fit expects ({name: shape}); an error names what
+    differs. Returns {name: array} in ``expected``'s order.
+
+    >>> import numpy as np
+    >>> resume_arrays({"q/mu": np.zeros(2)}, {"q/mu": (3,)}, "numpyro")
+    Traceback (most recent call last):
+    ...
+    ValueError: resume= array 'q/mu' has shape (2,), this fit's numpyro state expects (3,); resume a FitResult or checkpoint of the same model, data size and step rule
+    """
+    if not isinstance(saved, dict):
+        raise ValueError("resume= holds its state by position (klqp before named state); "
+                         "resume a FitResult or checkpoint written by this klqp")
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"resume= holds the state arrays {sorted(saved)}, this fit's {backend} "
+                         f"state has {list(expected)} (missing {missing}, unexpected "
+                         f"{unexpected}); resume a FitResult or checkpoint of the same model, "
+                         "backend and step rule")
+    out = {}
+    for name, shape in expected.items():
+        a = np.asarray(saved[name])
+        if a.shape != tuple(shape):
+            raise ValueError(f"resume= array {name!r} has shape {a.shape}, this fit's {backend} "
+                             f"state expects {tuple(shape)}; resume a FitResult or checkpoint "
+                             "of the same model, data size and step rule")
+        out[name] = a
+    return out
 
 
 class Program(Protocol):
@@ -58,8 +90,8 @@ class Program(Protocol):
         """A stream: step ``step`` on one checked batch of ``size`` rows (``rows``: the
         rows' numbers, None without locals)."""
 
-    def state(self) -> list:
-        """The state to resume from, as host arrays (``FitState.optimizer``)."""
+    def state(self) -> dict:
+        """The state to resume from, as named host arrays (``FitState.optimizer``)."""
 
     def report(self, step: int) -> dict:
         """q as the fit reports it after ``step`` steps (``klqp.steps``)."""

@@ -22,7 +22,7 @@ class FitState:
     """Where training stands: enough to resume exactly (plain arrays, no pickles)."""
 
     step: int
-    optimizer: list  # the optimizer state's leaves, as NumPy arrays, in the backend's order
+    optimizer: dict  # {name: NumPy array}: q's iterates and the optimizers' and rule's state
     backend: str
     rule: dict = field(default_factory=dict)  # the step rule (klqp.steps) it was trained with
 

@@ -5,6 +5,7 @@ that belong to another fit."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def test_isolated_nonfinite_steps_are_skipped_counted_and_warned(backend):
     seen = {}
 
     def overflow_for_a_while(step, result):
-        seen[step] = [np.array(a) for a in result.state.optimizer]
+        seen[step] = [np.array(a) for a in result.state.optimizer.values()]
         weight.value = 1e308 if step == 10 else 1.0  # T * loglik overflows on steps 10..19
 
     with warnings.catch_warnings(record=True) as caught:
@@ -108,8 +109,10 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(a.params[k][q], b.params[k][q], err_msg=f"{k}.{q}")
     for k in a.history:
         np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
-    for x, y in zip(a.state.optimizer, b.state.optimizer):
-        np.testing.assert_array_equal(x, y)
+    assert list(a.state.optimizer) == list(b.state.optimizer)  # the same names, in order
+    for name in a.state.optimizer:
+        np.testing.assert_array_equal(a.state.optimizer[name], b.state.optimizer[name],
+                                      err_msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -175,6 +178,15 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
             kq.load_result(tmp_path / name)
         with pytest.raises(kq.CheckpointError):
             kq.fit(model, data, steps=40, batch_size=20, resume=tmp_path / name)
+    # a version 1 file (its state stored by position) is refused with the reason
+    with np.load(path, allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    meta = json.loads(entries["meta"].tobytes().decode())
+    entries["meta"] = np.frombuffer(json.dumps({**meta, "version": 1}).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **entries)
+    with pytest.raises(kq.CheckpointError, match="version 1 checkpoint, which stored the fit's "
+                                                 "state by position"):
+        kq.fit(model, data, steps=40, batch_size=20, resume=tmp_path / "old.npz")
     # the good file still loads, and no temporary file was left beside it
     assert kq.load_result(path).steps == 20
     assert sorted(p.name for p in tmp_path.iterdir() if ".tmp" in p.name) == []

@@ -13,6 +13,7 @@ unbroken one.
 from __future__ import annotations
 
 import collections
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,35 @@ def _weights_at(problem: Problem, step, shared_values: dict) -> dict:
 def _shared_values(problem: Problem) -> dict:
     return {name: jnp.asarray(w.value) for name, w in problem.weights.items()
             if isinstance(w, Shared)}
+
+
+class OptState(NamedTuple):
+    """The optimizers' state of a fit, by name (checkpoints store it by these names)."""
+
+    adam: Any         # optax's scale_by_adam state of the "dense" variables (globals, Params)
+    row_adam: Any     # kq.RowAdam's RowAdamState of the free locals' N-row table, or None
+    global_step: dict  # the global step's running curvature and averages ({} when off)
+
+
+def state_names(variables, opt_state) -> list[str]:
+    """Each state array's name: its path in {"q": variables, **opt_state's fields} as
+    "a/b/c" (dict keys, NamedTuple fields), e.g. "q/dense/theta/loc", "adam/mu/theta/loc",
+    "global_step/curvature/diagonal/theta"."""
+    def part(key) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+    tree = {"q": variables, **opt_state._asdict()}
+    return ["/".join(part(k) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def named_state(variables, opt_state, to_array) -> dict:
+    """{name: array} of the state (``state_names``)."""
+    tree = {"q": variables, **opt_state._asdict()}
+    return dict(zip(state_names(variables, opt_state),
+                    (to_array(a) for a in jax.tree.leaves(tree))))
 
 
 def draw_noise(problem: Problem, key, b: int) -> dict:
@@ -125,7 +155,7 @@ class Trainer:
                 rows = RowAdamState(np.zeros(self.problem.total_size, np.int32), zeros(), zeros())
             else:
                 rows = row_adam_init(variables["rows"], self.problem.total_size)
-        return self.optimizer.init(variables["dense"]), rows, extra
+        return OptState(self.optimizer.init(variables["dense"]), rows, extra)
 
     def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
         """One step on one minibatch (``klqp.steps``): the local step on the batch's rows,
@@ -194,8 +224,8 @@ class Trainer:
                   "local_gain": gain, "skipped": jnp.logical_and(active, ~ok), **w}
         record = {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS}
         record.update(nonfinite_term=bad_term, nonfinite_variable=bad_variable)
-        return ({"dense": new_dense, "rows": table}, (new_dense_state, row_state, new_global),
-                record)
+        return ({"dense": new_dense, "rows": table},
+                OptState(new_dense_state, row_state, new_global), record)
 
     def _global_step(self, dense, adam_dense, g_dense, global_state, rows, batch, noise, w, s,
                      step, key) -> dict:
@@ -260,7 +290,7 @@ class Trainer:
         params = {**_as_params(variables["dense"], self.to_host),
                   **(_as_params(variables["rows"], host_rows) if self.host is None
                      else _host_params(variables["rows"]))}
-        global_state = opt_state[2]
+        global_state = opt_state.global_step
         if st.average:
             for k in global_state["loc"]:
                 params[k] = {"loc": np.asarray(global_state["loc"][k], dtype=float),
@@ -309,30 +339,30 @@ class Trainer:
         if self.host is not None:
             dense_state, row_state, extra = opt_state
             return ({"dense": variables["dense"], "rows": self.host.adopt(variables["rows"])},
-                    (dense_state, None if row_state is None else self.host.adopt(row_state),
-                     extra))
+                    OptState(dense_state, None if row_state is None else
+                             self.host.adopt(row_state), extra))
         if self.place is None:
             return variables, opt_state
         tables, one = self.place.table, self.place.replicate
         dense_state, row_state, extra = opt_state
         placed = {"dense": jax.tree.map(one, variables["dense"]),
                   "rows": jax.tree.map(tables, variables["rows"])}
-        return placed, (jax.tree.map(one, dense_state),
-                        None if row_state is None else jax.tree.map(tables, row_state),
-                        jax.tree.map(one, extra))
+        return placed, OptState(jax.tree.map(one, dense_state),
+                                None if row_state is None else jax.tree.map(tables, row_state),
+                                jax.tree.map(one, extra))
 
-    def state_leaves(self, variables, opt_state) -> list:
-        """The state as host arrays with N-row tables (the same on any number of devices,
-        so a checkpoint resumes on another)."""
+    def state_arrays(self, variables, opt_state) -> dict:
+        """The state as named host arrays ({"q/dense/theta/loc": ..., "adam/mu/...": ...})
+        with N-row tables (the same on any number of devices, so a checkpoint resumes on
+        another)."""
         if self.place is None:  # copies: a host table's memmaps go on changing
-            return [np.array(a) for a in jax.tree.leaves((variables, opt_state))]
+            return named_state(variables, opt_state, np.array)
         dense_state, row_state, extra = opt_state
         host = lambda t, rows=False: jax.tree.map(lambda a: self.place.to_host(a)[
             :self.problem.total_size] if rows else self.place.to_host(a), t)
-        tree = ({"dense": host(variables["dense"]), "rows": host(variables["rows"], True)},
-                (host(dense_state), None if row_state is None else host(row_state, True),
-                 host(extra)))
-        return [np.asarray(a) for a in jax.tree.leaves(tree)]
+        return named_state({"dense": host(variables["dense"]), "rows": host(variables["rows"], True)},
+                           OptState(host(dense_state), None if row_state is None else
+                                    host(row_state, True), host(extra)), np.asarray)
 
     def _final_pass(self, dense_params, table, data, step, shared_values):
         """The local step over all N rows, b at a time, at the reported globals."""
@@ -414,7 +444,7 @@ class Trainer:
                      "rows": HostTable.gather(run.variables["rows"], unique)}
         row_state = None if row_state is None else HostTable.gather(row_state, unique)
         data = {k: jnp.asarray(np.asarray(v[unique])) for k, v in self.problem.data.items()}
-        return ((variables, (dense_state, row_state, extra), jnp.asarray(run.in_row)),
+        return ((variables, OptState(dense_state, row_state, extra), jnp.asarray(run.in_row)),
                 data, key, jnp.asarray(run.step), jnp.asarray(n_active),
                 _shared_values(self.problem), jnp.asarray(at))
 
@@ -427,9 +457,9 @@ class Trainer:
         dense_state, row_state, extra = opt_state
         HostTable.write_back(run.variables["rows"], unique, count, variables["rows"])
         if row_state is not None:
-            HostTable.write_back(run.opt_state[1], unique, count, row_state)
+            HostTable.write_back(run.opt_state.row_adam, unique, count, row_state)
         return ({"dense": variables["dense"], "rows": run.variables["rows"]},
-                (dense_state, run.opt_state[1], extra))
+                OptState(dense_state, run.opt_state.row_adam, extra))
 
     def compiled_chunk(self, run, key, length: int):
         """The chunk of ``length`` steps as XLA compiled it (``.as_text()`` is its HLO):
@@ -507,11 +537,16 @@ class Program:
                                        rows_array=host_array if on_host else jnp.asarray)
         self.opt_state = trainer.init_state(self.variables)
         self.step, self.in_row = 0, 0
-        if config.resume is not None:
+        if config.resume is not None:  # the saved arrays, by name, in this state's places
             prev = config.resume
-            treedef = jax.tree.structure((self.variables, self.opt_state))
-            self.variables, self.opt_state = jax.tree.unflatten(
-                treedef, [np.array(a) if on_host else jnp.array(a) for a in prev.state.optimizer])
+            tree = {"q": self.variables, **self.opt_state._asdict()}
+            names = state_names(self.variables, self.opt_state)
+            saved = loop.resume_arrays(prev.state.optimizer, dict(zip(names, (
+                np.shape(a) for a in jax.tree.leaves(tree)))), _NAME)
+            tree = jax.tree.unflatten(jax.tree.structure(tree), [
+                np.array(saved[k]) if on_host else jnp.array(saved[k]) for k in names])
+            self.variables = tree.pop("q")
+            self.opt_state = OptState(**tree)
             self.step = prev.state.step
         self.variables, self.opt_state = trainer.place_state(self.variables, self.opt_state)
         self.key = jax.random.PRNGKey(config.seed)
@@ -540,7 +575,7 @@ class Program:
         return figures
 
     def state(self) -> list:
-        return self.trainer.state_leaves(self.variables, self.opt_state)
+        return self.trainer.state_arrays(self.variables, self.opt_state)
 
     def report(self, step: int) -> dict:
         data = None if self.problem.data is None else self.trainer.device_data()

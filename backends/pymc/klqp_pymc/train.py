@@ -143,20 +143,12 @@ def params_from_state(problem: Problem, state: list, rule: "Rule") -> dict:
     return {v.name: out[v.name] for v in spec.vars.values() if v.name in out}
 
 
-def check_state(problem: Problem, state: list, rule: "Rule") -> list[np.ndarray]:
-    """State arrays from a FitResult, checked against this problem's layout."""
+def check_state(problem: Problem, state: dict, rule: "Rule") -> list[np.ndarray]:
+    """State arrays from a FitResult ({name: array}), checked by name and shape against
+    this problem's layout; returned in the layout's order."""
     layout = state_layout(problem, rule)
-    if len(state) != len(layout):
-        raise ValueError(f"resume= holds {len(state)} optimizer arrays, but this model's PyMC "
-                         f"state has {len(layout)}; resume a FitResult of the same model")
-    out = []
-    for (name, shape, dtype), a in zip(layout, state):
-        a = np.asarray(a)
-        if a.shape != shape:
-            raise ValueError(f"resume= array {name!r} has shape {a.shape}, expected {shape}; "
-                             "resume a FitResult of the same model and data size")
-        out.append(a.astype(dtype))
-    return out
+    arrays = loop.resume_arrays(state, {name: shape for name, shape, _ in layout}, _NAME)
+    return [arrays[name].astype(dtype) for name, _, dtype in layout]
 
 
 # -- host-side randomness: a function of (seed, step) only ----------------------------------
@@ -666,7 +658,7 @@ class Program:
     def use_trainer(self, layout: Layout, step: int) -> Trainer:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
         current state over."""
-        state = self.state()
+        state = self.arrays_now()
         trainer = take_trainer(self.problem, self.config.learning_rate, self.mode, layout,
                                self.rule)
         if trainer is None:
@@ -723,13 +715,18 @@ class Program:
             return trainer
         return self.use_trainer(layout, step)
 
-    def state(self) -> list:
+    def arrays_now(self) -> list:
+        """The state arrays in ``state_layout``'s order."""
         return self.trainer.state_arrays() if self.trainer is not None else self.arrays
+
+    def state(self) -> dict:
+        return {name: a for (name, _, _), a in zip(state_layout(self.problem, self.rule),
+                                                    self.arrays_now())}
 
     def report(self, step: int) -> dict:
         """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
         locals after the final pass at those globals (in-memory data only)."""
-        params = params_from_state(self.problem, self.state(), self.rule)
+        params = params_from_state(self.problem, self.arrays_now(), self.rule)
         if self.rule.local_step and self.rule.rows.final_pass and self.problem.data is not None:
             if self.final_pass is None:
                 self.final_pass = take_final_pass(self.problem, self.mode, self.rule)
