@@ -44,7 +44,6 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 

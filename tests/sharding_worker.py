@@ -78,7 +78,7 @@ def collectives(hlo: str) -> list:
 def chunk_collectives(devices: int, local_step="auto") -> list:
     from klqp.problem import FitConfig, make_problem
     from klqp.steps import resolve_global_step, resolve_local_step
-    from klqp_numpyro import sharding, train
+    from klqp_numpyro import program, sharding, train
 
     model, data = mixed()
     problem = make_problem(model, data, batch_size=BATCH)
@@ -86,7 +86,7 @@ def chunk_collectives(devices: int, local_step="auto") -> list:
                        local_step=resolve_local_step(local_step, model),
                        global_step=resolve_global_step("auto"))
     trainer = train.Trainer(problem, config, sharding.placement(devices, N, BATCH))
-    run = train.Program(problem, config, trainer)
+    run = program.Program(problem, config, trainer)
     return collectives(trainer.compiled_chunk(run, jax.random.PRNGKey(SEED), 10).as_text())
 
 

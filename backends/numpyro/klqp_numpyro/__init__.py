@@ -20,7 +20,8 @@ from .lowering import build_guide, build_model, build_terms
 from .steps import Stepper
 from .host_table import host_table
 from .sharding import placement
-from .train import _shared_values, _weights_at, fit as _fit
+from .program import fit as _fit
+from .train import _shared_values, _weights_at
 
 __all__ = ["NumPyroBackend", "NumPyroObjective"]
 

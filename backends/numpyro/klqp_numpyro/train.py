@@ -1,13 +1,15 @@
-"""Training on NumPyro/JAX: one jitted update, run by a fused ``lax.scan`` over chunks.
+"""The compiled step on NumPyro/JAX: one jitted update, run by a fused ``lax.scan`` over
+chunks (``klqp_numpyro.program`` drives it for one fit; ``klqp_numpyro.storage`` says
+where the row table and the data live).
 
-In-memory data lives on the device. Each step takes its minibatch as a slice of its
-epoch's row order (``klqp.training.epoch_order``: one NumPy shuffle per epoch, made on
-the host and handed to each chunk; the PyMC backend takes the same rows), draws the
-noise from ``fold_in(key, step)``, evaluates every weight's schedule at the traced
-step, and applies Adam; a chunk of steps is one compiled call, and the progress bar,
-callbacks and Ctrl-C are handled between chunks. Because the minibatch and the noise
-depend only on (seed, step), a resumed run continues the random stream of an
-unbroken one.
+Each step takes its minibatch as a slice of its epoch's row order
+(``klqp.training.epoch_order``: one NumPy shuffle per epoch, made on the host and handed
+to each chunk; the PyMC backend takes the same rows), draws the noise from
+``fold_in(key, step)``, evaluates every weight's schedule at the traced step, and
+applies the step rule (``klqp.steps``); a chunk of steps is one compiled call, and the
+core's loop (``klqp.loop``) handles progress, callbacks and Ctrl-C between chunks.
+Because the minibatch and the noise depend only on (seed, step), a resumed run
+continues the random stream of an unbroken one.
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ import numpy as np
 import optax
 from jax import lax
 
-from klqp import guard, loop, objective, transforms
-from klqp.cache import backend_cache, structure_key
+from klqp import guard, objective, transforms
 from klqp.objective import Shared
-from klqp.problem import FitConfig, Problem, init_params
+from klqp.problem import FitConfig, Problem
 from klqp.training import epoch_order
-from klqp.results import HISTORY_KEYS, FitResult
+from klqp.results import HISTORY_KEYS
 
 from klqp import steps as rule
 
-from .host_table import HostTable, compact_rows
-from .optim import RowAdamState, row_adam_init, row_adam_update
-from .sharding import RowsHere
+from .optim import RowAdamState, row_adam_update
+from .storage import storage_for
 from .steps import Stepper, softplus_inverse
 
 _NAME = "numpyro"
@@ -100,9 +100,10 @@ class Trainer:
 
     def __init__(self, problem: Problem, config: FitConfig, place=None, host=None):
         self.problem = problem
-        self.place = place  # klqp_numpyro.sharding.Placement, or None: one device
-        self.host = host    # klqp_numpyro.host_table.HostTable: the row table in host memory
-        self.rows = place.rows if place is not None else RowsHere()
+        # where the N-row table and the data live (klqp_numpyro.storage): one device, a
+        # mesh (place: a sharding.Placement) or host memory (host: a host_table.HostTable)
+        self.storage = storage_for(place, host)
+        self.rows = self.storage.rows
         self.learning_rate = config.learning_rate  # a schedule: evaluated at the traced step
         self.rows_rule = config.local_step
         self.global_rule = config.global_step
@@ -149,12 +150,12 @@ class Trainer:
             # a streamed step donates its state, and a buffer may be donated only once
             extra["scale"] = {k: jax.nn.softplus(p["raw_scale"]) for k, p in globals_.items()}
         rows = None
-        if self.stepper.rule.row_adam:
-            if self.host is not None:  # made on the host: the table may not fit the device
-                zeros = lambda: jax.tree.map(np.zeros_like, variables["rows"])  # noqa: E731
-                rows = RowAdamState(np.zeros(self.problem.total_size, np.int32), zeros(), zeros())
-            else:
-                rows = row_adam_init(variables["rows"], self.problem.total_size)
+        if self.stepper.rule.row_adam:  # made where the table lives (own buffers each)
+            table = self.storage.new_table
+            zeros = lambda: jax.tree.map(lambda a: table(np.zeros(a.shape, a.dtype)),  # noqa: E731
+                                         variables["rows"])
+            rows = RowAdamState(table(np.zeros(self.problem.total_size, np.int32)), zeros(),
+                                zeros())
         return OptState(self.optimizer.init(variables["dense"]), rows, extra)
 
     def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
@@ -273,23 +274,18 @@ class Trainer:
         return out
 
     def device_data(self) -> dict:
-        """The in-memory columns on the device (moved once per trainer)."""
-        if self.host is not None:
-            return self.problem.data  # on the host: each chunk moves its rows
+        """The in-memory columns where the compiled chunk reads them (moved once a fit)."""
         if getattr(self, "_data", None) is None:
-            place = self.place.table if self.place is not None else jnp.asarray
-            self._data = {k: place(v) for k, v in self.problem.data.items()}
+            self._data = self.storage.data(self.problem.data)
         return self._data
 
     # -- what a fit reports ---------------------------------------------------------------
     def reported_params(self, variables, opt_state, data, step: int, shared_values) -> dict:
         """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
         locals after the final pass at those globals (in-memory data only)."""
-        st = self.stepper
-        host_rows = lambda a: self.to_host(a, rows=True)
-        params = {**_as_params(variables["dense"], self.to_host),
-                  **(_as_params(variables["rows"], host_rows) if self.host is None
-                     else _host_params(variables["rows"]))}
+        st, n = self.stepper, self.problem.total_size
+        params = {**_as_params(variables["dense"], self.storage.to_host),
+                  **self.storage.row_params(variables["rows"], n)}
         global_state = opt_state.global_step
         if st.average:
             for k in global_state["loc"]:
@@ -299,70 +295,30 @@ class Trainer:
             dense = {k: jax.tree.map(jnp.asarray, p) for k, p in params.items()
                      if k not in st.layout.names}
             at = jnp.asarray(max(step - 1, 0))
-            final = (self._final(dense, variables["rows"], data, at, shared_values)
-                     if self.host is None else
-                     self._final_on_host(dense, variables["rows"], data, at, shared_values))
+            final = self.storage.final_pass(
+                lambda d, table, columns: self._final(d, table, columns, at, shared_values),
+                dense, variables["rows"], data, n, self.problem.batch_size)
             for k, p in final.items():
-                params[k] = {q: self.to_host(a, rows=True) for q, a in p.items()}
+                params[k] = {q: self.storage.to_host(a, n) for q, a in p.items()}
         return params
 
-    def _final_on_host(self, dense_params, table, data, step, shared_values,
-                       block_batches: int = 64) -> dict:
-        """The final pass of a host-resident table: blocks of rows moved to the device
-        (one block size, so one compile), their new q written to host arrays."""
-        n, b = self.problem.total_size, self.problem.batch_size
-        block = min(n, b * block_batches)
-        out = None
-        for lo in range(0, n, block):
-            idx = np.minimum(np.arange(lo, lo + block), n - 1)
-            new = self._final(dense_params, HostTable.gather(table, idx),
-                              {k: jnp.asarray(np.asarray(v[idx])) for k, v in data.items()},
-                              step, shared_values)
-            if out is None:
-                out = jax.tree.map(lambda a: np.empty((n,) + a.shape[1:]), new)
-            hi = min(lo + block, n)
-            jax.tree.map(lambda full, a: full.__setitem__(slice(lo, hi), np.asarray(a)[:hi - lo]),
-                         out, new)
-        return out
-
-    # -- where the state lives ------------------------------------------------------------
-    def to_host(self, a, rows: bool = False) -> np.ndarray:
-        """A device array as float host NumPy (gathered from every process when sharded);
-        ``rows``: an N-row table, its padding cut."""
-        a = self.place.to_host(a) if self.place is not None else np.asarray(a)
-        a = a[:self.problem.total_size] if rows else a
-        return a.astype(float) if np.issubdtype(a.dtype, np.floating) else a
-
+    # -- where the state lives (klqp_numpyro.storage) -------------------------------------
     def place_state(self, variables, opt_state):
-        """(variables, optimizer state) on the mesh: row tables row-sharded, the rest
-        replicated. One device: as they are."""
-        if self.host is not None:
-            dense_state, row_state, extra = opt_state
-            return ({"dense": variables["dense"], "rows": self.host.adopt(variables["rows"])},
-                    OptState(dense_state, None if row_state is None else
-                             self.host.adopt(row_state), extra))
-        if self.place is None:
-            return variables, opt_state
-        tables, one = self.place.table, self.place.replicate
-        dense_state, row_state, extra = opt_state
-        placed = {"dense": jax.tree.map(one, variables["dense"]),
-                  "rows": jax.tree.map(tables, variables["rows"])}
-        return placed, OptState(jax.tree.map(one, dense_state),
-                                None if row_state is None else jax.tree.map(tables, row_state),
-                                jax.tree.map(one, extra))
+        """(variables, optimizer state) where the storage keeps them: row tables on the
+        host, row-sharded on a mesh, the rest replicated; one device: as they are."""
+        placed = self.storage.place({"dense": variables["dense"], "rows": variables["rows"],
+                                     **opt_state._asdict()}, tables={"rows", "row_adam"})
+        return ({"dense": placed.pop("dense"), "rows": placed.pop("rows")}, OptState(**placed))
 
     def state_arrays(self, variables, opt_state) -> dict:
         """The state as named host arrays ({"q/dense/theta/loc": ..., "adam/mu/...": ...})
         with N-row tables (the same on any number of devices, so a checkpoint resumes on
         another)."""
-        if self.place is None:  # copies: a host table's memmaps go on changing
-            return named_state(variables, opt_state, np.array)
-        dense_state, row_state, extra = opt_state
-        host = lambda t, rows=False: jax.tree.map(lambda a: self.place.to_host(a)[
-            :self.problem.total_size] if rows else self.place.to_host(a), t)
+        n, copy = self.problem.total_size, self.storage.copy_to_host
+        host = lambda t, rows=False: jax.tree.map(lambda a: copy(a, n if rows else None), t)  # noqa: E731
         return named_state({"dense": host(variables["dense"]), "rows": host(variables["rows"], True)},
-                           OptState(host(dense_state), None if row_state is None else
-                                    host(row_state, True), host(extra)), np.asarray)
+                           OptState(host(opt_state.adam), host(opt_state.row_adam, True),
+                                    host(opt_state.global_step)), np.asarray)
 
     def _final_pass(self, dense_params, table, data, step, shared_values):
         """The local step over all N rows, b at a time, at the reported globals."""
@@ -425,41 +381,16 @@ class Trainer:
 
     def chunk_arguments(self, run, key, n_active: int, length: int) -> tuple:
         """The arguments of ``_chunk`` for the run's next chunk (also what
-        ``compiled_chunk`` lowers)."""
-        rows = self.chunk_rows(run.config.seed, run.step, length)
-        if self.host is not None:
-            return self._host_chunk_arguments(run, key, n_active, rows)
-        rows = self.place.replicate(rows) if self.place is not None else jnp.asarray(rows)
-        return ((run.variables, run.opt_state, jnp.asarray(run.in_row)), self.device_data(),
-                key, jnp.asarray(run.step), jnp.asarray(n_active),
-                _shared_values(self.problem), rows)
-
-    def _host_chunk_arguments(self, run, key, n_active: int, rows: np.ndarray) -> tuple:
-        """A host-resident table's chunk: the rows it touches, gathered into a compact
-        table of fixed size, and its row numbers renumbered into it."""
-        unique, count, at = compact_rows(rows, min(rows.size, self.problem.total_size))
-        self._moved = (unique, count)
-        dense_state, row_state, extra = run.opt_state
-        variables = {"dense": run.variables["dense"],
-                     "rows": HostTable.gather(run.variables["rows"], unique)}
-        row_state = None if row_state is None else HostTable.gather(row_state, unique)
-        data = {k: jnp.asarray(np.asarray(v[unique])) for k, v in self.problem.data.items()}
-        return ((variables, OptState(dense_state, row_state, extra), jnp.asarray(run.in_row)),
-                data, key, jnp.asarray(run.step), jnp.asarray(n_active),
-                _shared_values(self.problem), jnp.asarray(at))
+        ``compiled_chunk`` lowers), as the storage hands them over."""
+        variables, opt_state, data, rows = self.storage.chunk_inputs(
+            run.variables, run.opt_state, self.device_data(),
+            self.chunk_rows(run.config.seed, run.step, length), self.problem.total_size)
+        return ((variables, opt_state, jnp.asarray(run.in_row)), data, key,
+                jnp.asarray(run.step), jnp.asarray(n_active), _shared_values(self.problem), rows)
 
     def chunk_result(self, run, variables, opt_state) -> tuple:
-        """(variables, optimizer state) after a chunk: a host-resident table gets its
-        compact rows written back."""
-        if self.host is None:
-            return variables, opt_state
-        unique, count = self._moved
-        dense_state, row_state, extra = opt_state
-        HostTable.write_back(run.variables["rows"], unique, count, variables["rows"])
-        if row_state is not None:
-            HostTable.write_back(run.opt_state.row_adam, unique, count, row_state)
-        return ({"dense": variables["dense"], "rows": run.variables["rows"]},
-                OptState(dense_state, run.opt_state.row_adam, extra))
+        """(variables, optimizer state) after a chunk (a host table gets its rows back)."""
+        return self.storage.chunk_outputs(run.variables, run.opt_state, variables, opt_state)
 
     def compiled_chunk(self, run, key, length: int):
         """The chunk of ``length`` steps as XLA compiled it (``.as_text()`` is its HLO):
@@ -487,121 +418,8 @@ def _to_variables(problem: Problem, params: dict, rows_array=jnp.asarray) -> dic
             "rows": {v.name: as_var(params[v.name], rows_array) for v in model.free_locals}}
 
 
-def _host_params(group: dict) -> dict:
-    """A host-resident table's variables as params, computed on the host."""
-    return {k: {"loc": np.array(p["loc"], dtype=float),
-                "scale": np.logaddexp(0.0, np.asarray(p["raw_scale"], dtype=float))}
-            for k, p in group.items()}
-
-
 def _as_params(group: dict, to_array=lambda a: a) -> dict:
     """Optimizer variables -> the params structure of the objective (scale, not raw)."""
     return {k: ({"value": to_array(p["value"])} if "value" in p else
                 {"loc": to_array(p["loc"]), "scale": to_array(jax.nn.softplus(p["raw_scale"]))})
             for k, p in group.items()}
-
-
-#: Compiled trainers kept across fits (``klqp.cache``): a second fit of a model of the
-#: same structure and shapes starts without compiling.
-TRAINERS = backend_cache()
-
-
-def trainer_key(problem: Problem, config: FitConfig):
-    """Everything a compiled trainer reads as a constant: the model's structure, N, b,
-    the weights (schedules by value, a kq.Shared by identity: its value is an argument),
-    the data's shapes and dtypes, the step rule, the learning rate and JAX's float
-    dtype. None: not cached (a model that JSON cannot hold)."""
-    structure = structure_key(problem.model)
-    if structure is None:
-        return None
-    columns = (None if problem.data is None else
-               tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in problem.data.items()))
-    return (structure, jnp.result_type(float).name, problem.total_size, problem.batch_size,
-            problem.weights, problem.scale_cost_to_minibatch, columns, config.learning_rate,
-            config.local_step, config.global_step, config.max_nonfinite)
-
-
-class Program:
-    """One fit's compiled trainer and its state (``klqp.loop.Program``): the core's loop
-    (``klqp.loop.run``) calls it chunk by chunk."""
-
-    backend = _NAME
-
-    def __init__(self, problem: Problem, config: FitConfig, trainer: Trainer, key=None):
-        self.problem, self.config, self.trainer = problem, config, trainer
-        self.cache_key = key  # where the trainer goes back to (klqp.cache), or None
-        self.counts_before = collections.Counter(trainer.trace_counts)  # a reused trainer's
-        on_host = trainer.host is not None  # the row table must not pass through the device
-        host_array = lambda a: np.asarray(a, dtype=jnp.result_type(float))  # noqa: E731 JAX's
-        self.variables = _to_variables(problem, init_params(problem, config.seed, config.init_scale),
-                                       rows_array=host_array if on_host else jnp.asarray)
-        self.opt_state = trainer.init_state(self.variables)
-        self.step, self.in_row = 0, 0
-        if config.resume is not None:  # the saved arrays, by name, in this state's places
-            prev = config.resume
-            tree = {"q": self.variables, **self.opt_state._asdict()}
-            names = state_names(self.variables, self.opt_state)
-            saved = loop.resume_arrays(prev.state.optimizer, dict(zip(names, (
-                np.shape(a) for a in jax.tree.leaves(tree)))), _NAME)
-            tree = jax.tree.unflatten(jax.tree.structure(tree), [
-                np.array(saved[k]) if on_host else jnp.array(saved[k]) for k in names])
-            self.variables = tree.pop("q")
-            self.opt_state = OptState(**tree)
-            self.step = prev.state.step
-        self.variables, self.opt_state = trainer.place_state(self.variables, self.opt_state)
-        self.key = jax.random.PRNGKey(config.seed)
-        self.noise_key = jax.random.split(self.key)[1]
-
-    def run_steps(self, step: int, count: int, length: int, in_row: int, stop) -> dict:
-        """``count`` steps as one compiled chunk of ``length`` (a chunk is never cut)."""
-        self.step, self.in_row = step, in_row
-        trainer = self.trainer
-        (variables, opt_state, _), figures = trainer._chunk(
-            *trainer.chunk_arguments(self, self.key, count, length), length=length)
-        self.variables, self.opt_state = trainer.chunk_result(self, variables, opt_state)
-        return figures
-
-    def run_batch(self, step: int, columns: dict, rows, size: int) -> dict:
-        place = self.trainer.place
-        indices = rows if rows is not None else np.arange(size)
-        if place is None:
-            indices, columns = jnp.asarray(indices), {k: jnp.asarray(v) for k, v in columns.items()}
-        else:
-            indices, columns = place.stream_batch(indices, columns, step=step)
-        self.variables, self.opt_state, figures = self.trainer._step(
-            self.variables, self.opt_state, columns, indices,
-            jax.random.fold_in(self.noise_key, step), jnp.asarray(step),
-            _shared_values(self.problem))
-        return figures
-
-    def state(self) -> list:
-        return self.trainer.state_arrays(self.variables, self.opt_state)
-
-    def report(self, step: int) -> dict:
-        data = None if self.problem.data is None else self.trainer.device_data()
-        return self.trainer.reported_params(self.variables, self.opt_state, data, step,
-                                            _shared_values(self.problem))
-
-    def info(self) -> dict:
-        counts = self.trainer.trace_counts - self.counts_before  # this fit's compiles
-        return {"compiles": counts["chunk"] + counts["stream_step"],
-                "dtype": jnp.result_type(float).name, "trace_counts": dict(counts)}
-
-    def close(self) -> None:
-        if self.cache_key is not None:
-            TRAINERS.give_back(self.cache_key, self.trainer.release())
-            self.cache_key = None
-
-
-def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
-        place=None, host=None) -> FitResult:
-    """``place``: a ``klqp_numpyro.sharding.Placement`` (several devices), or None;
-    ``host``: a ``klqp_numpyro.host_table.HostTable`` (the row table in host memory).
-    One device and a device table: the trainer compiled by an earlier fit of the same
-    structure is reused (``TRAINERS``)."""
-    key = trainer_key(problem, config) if trainer is None and place is None and host is None \
-        else None
-    cached = None if key is None else TRAINERS.take(key)
-    trainer = trainer or (cached.adopt(problem) if cached is not None else
-                          Trainer(problem, config, place, host))
-    return loop.run(problem, config, Program(problem, config, trainer, key))
