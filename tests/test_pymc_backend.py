@@ -241,7 +241,7 @@ def test_stream_pads_ragged_batches_and_grows_once():
     With q held still (the plain rule: one draw, tiny Adam steps), each step's terms equal
     the NumPy reference on that step's rows, noise included (the noise is a function of
     (seed, step))."""
-    from klqp_pymc.train import draw_noise as backend_noise
+    from klqp_pymc.state import draw_noise as backend_noise
 
     model, data = hierarchical(n=60)
     bounds = [0, 20, 45, 55]

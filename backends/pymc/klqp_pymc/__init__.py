@@ -29,11 +29,12 @@ from klqp.problem import FitConfig, Problem
 from klqp.results import FitResult
 
 from . import modes
-from .lowering import (Batch, Lowered, PytensorOps, QParams, as_column, as_float, float_dtype,
-                       inv_softplus_pt, lower, weight_tensors)
+from .lowering import Lowered, lower, weight_tensors
+from .program import fit as _fit
 from .steps import (LocalSolver, RowModel, amortized_locations, global_curvature, split_flat,
                     tile_rows)
-from .train import fit as _fit
+from .tensors import (Batch, PytensorOps, QParams, as_column, as_float, float_dtype,
+                      inv_softplus_pt)
 
 __all__ = ["PyMCBackend", "PyMCObjective"]
 

@@ -4,7 +4,7 @@ Globals: PyMC's ``pm.adam`` on the global group's flat ``mu``/``rho``. Locals: r
 lazy Adam (``kq.RowAdam``), whose arithmetic is ``klqp.steps.row_adam``: a row's
 moments, step count and value change only on steps whose minibatch holds the row.
 
-The locals' gradients arrive for the BATCH rows (b of them, see ``lowering.QParams``);
+The locals' gradients arrive for the BATCH rows (b of them, see ``tensors.QParams``);
 the updates below scatter them into the N-row shared arrays with ``inc_subtensor`` /
 ``set_subtensor``, so a step costs O(b), not O(N).
 """

@@ -27,7 +27,8 @@ from klqp import steps as rule
 from klqp.expr import evaluate
 from klqp.problem import Problem
 
-from .lowering import Batch, PytensorOps, as_float, build_pm_model, float_dtype
+from .lowering import build_pm_model
+from .tensors import Batch, PytensorOps, as_float, float_dtype
 
 __all__ = ["RowModel", "LocalSolver", "tile_rows", "global_curvature", "split_flat"]
 
