@@ -94,6 +94,26 @@ def test_changing_weights_never_recompiles(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_second_fit_of_the_same_structure_reuses_the_compiled_step(backend):
+    """klqp.cache: a model declared again, with new data of the same shapes and another
+    seed, runs on the program the first fit compiled, and gives the numbers a freshly
+    compiled program gives."""
+    import klqp.cache
+
+    kw = dict(backend=backend, steps=60, batch_size=30, chunk_size=30)
+    first, *_ = _fit(**kw)
+    again, *_ = _fit(built=hierarchical(n=120, seed=5), seed=3, **kw)  # new model and data
+    assert first.info["compiles"] >= 1 and again.info["compiles"] == 0
+    klqp.cache.clear()
+    fresh, *_ = _fit(built=hierarchical(n=120, seed=5), seed=3, **kw)
+    assert fresh.info["compiles"] >= 1
+    np.testing.assert_array_equal(again.history["loss"], fresh.history["loss"])
+    for name, p in fresh.params.items():
+        for q, a in p.items():
+            np.testing.assert_array_equal(again.params[name][q], a, err_msg=f"{name}.{q}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_continues_an_unbroken_run(backend):
     built = hierarchical(n=120)
     whole, *_ = _fit(backend, built=built, steps=300)
