@@ -119,6 +119,19 @@ def test_semi_amortized_benchmark_runs():
     assert "amortized (kq.fit's)" in proc.stdout and "semi-amortized" in proc.stdout
 
 
+def test_compile_once_benchmark_reports_first_and_second_calls():
+    """``bench/compile_once.py --quick``: every runner's two calls, and the ratios (the
+    figures themselves are the benchmark's, not asserted here)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "compile_once.py"), "--quick"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("logistic")]
+    assert [r[1] for r in rows] == ["klqp-numpyro", "klqp-pymc", "numpyro-hand-scan",
+                                    "pymc-hand"]
+    assert all(float(r[2]) > 0 and float(r[3]) >= 0 for r in rows)
+    assert "klqp-numpyro / numpyro-hand-scan" in proc.stdout
+
+
 def test_soak_benchmark_reports_memory_at_every_mark(tmp_path):
     """``bench/soak.py`` on a few steps: ten RSS marks per fit, in memory and streamed."""
     path = tmp_path / "soak.json"
