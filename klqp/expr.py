@@ -170,48 +170,41 @@ def variables_in(expr: Expr) -> list[str]:
     return list(seen)
 
 
-class NumpyOps:
-    """The array namespace a backend hands to :func:`evaluate` (this one: NumPy).
+class ArrayOps:
+    """The array namespace :func:`evaluate` computes in: ``exp``, ``log``, ``tanh``,
+    ``sigmoid``, ``softplus``, ``log_sigmoid``, ``relu``, ``sum(x, axis)``,
+    ``mean(x, axis)``, ``concat(parts, axis)`` and ``const(value)``, built from an array
+    module ``xp`` (NumPy, ``jax.numpy``, ``pytensor.tensor``); arithmetic, ``@`` and
+    indexing come from its arrays' operators. A backend passes its own functions where
+    its library has better ones (``jax.nn.softplus``, ``pt.sigmoid``).
 
-    A backend's own namespace needs the same names; arithmetic, ``@`` and indexing
-    come from its arrays' operators.
+    >>> ops = ArrayOps(np)
+    >>> float(ops.softplus(0.0)) == float(np.log(2.0)), ops.sum(np.ones((2, 3)), 0).tolist()
+    (True, [2.0, 2.0, 2.0])
     """
 
-    exp = staticmethod(np.exp)
-    log = staticmethod(np.log)
-    tanh = staticmethod(np.tanh)
+    def __init__(self, xp, *, sigmoid=None, softplus=None, log_sigmoid=None, relu=None,
+                 const=None):
+        self.xp = xp
+        self.exp, self.log, self.tanh = xp.exp, xp.log, xp.tanh
+        self.sigmoid = sigmoid or (lambda x: 0.5 * (1.0 + xp.tanh(0.5 * x)))
+        self.softplus = softplus or (lambda x: xp.logaddexp(0.0, x))
+        self.log_sigmoid = log_sigmoid or (lambda x: -xp.logaddexp(0.0, -x))
+        self.relu = relu or (lambda x: xp.maximum(x, 0.0))
+        self.const = const or (lambda value: xp.asarray(value))
 
-    @staticmethod
-    def sigmoid(x):
-        return 0.5 * (1.0 + np.tanh(0.5 * x))
+    def sum(self, x, axis):
+        return self.xp.sum(x, axis=axis)
 
-    @staticmethod
-    def softplus(x):
-        return np.logaddexp(0.0, x)
+    def mean(self, x, axis):
+        return self.xp.mean(x, axis=axis)
 
-    @staticmethod
-    def log_sigmoid(x):
-        return -np.logaddexp(0.0, -x)
+    def concat(self, parts, axis):
+        return self.xp.concatenate(parts, axis=axis)
 
-    @staticmethod
-    def relu(x):
-        return np.maximum(x, 0.0)
 
-    @staticmethod
-    def sum(x, axis):
-        return np.sum(x, axis=axis)
-
-    @staticmethod
-    def mean(x, axis):
-        return np.mean(x, axis=axis)
-
-    @staticmethod
-    def concat(parts, axis):
-        return np.concatenate(parts, axis=axis)
-
-    @staticmethod
-    def const(value):
-        return np.asarray(value, dtype=float)
+#: NumPy's namespace: what results and the CLI evaluate with.
+NumpyOps = ArrayOps(np, const=lambda value: np.asarray(value, dtype=float))
 
 
 def evaluate(expr: Expr, env: Mapping[str, Any], ops: Any = NumpyOps) -> Any:

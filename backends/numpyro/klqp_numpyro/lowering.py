@@ -28,7 +28,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from klqp.densities import continuous_bernoulli_log_norm
-from klqp.expr import evaluate
+from klqp.expr import ArrayOps, evaluate
 from klqp.objective import Terms, terms_from_rows
 from klqp.problem import Problem
 
@@ -38,28 +38,9 @@ _SUPPORT = {"real": constraints.real, "positive": constraints.positive,
             "unit_interval": constraints.unit_interval}
 
 
-class JaxOps:
-    """klqp.expr's array namespace for JAX."""
-
-    exp, log, tanh = jnp.exp, jnp.log, jnp.tanh
-    sigmoid, softplus = staticmethod(jax.nn.sigmoid), staticmethod(jax.nn.softplus)
-    log_sigmoid, relu = staticmethod(jax.nn.log_sigmoid), staticmethod(jax.nn.relu)
-
-    @staticmethod
-    def sum(x, axis):
-        return jnp.sum(x, axis=axis)
-
-    @staticmethod
-    def mean(x, axis):
-        return jnp.mean(x, axis=axis)
-
-    @staticmethod
-    def concat(parts, axis):
-        return jnp.concatenate(parts, axis=axis)
-
-    @staticmethod
-    def const(value):
-        return jnp.asarray(value)
+#: klqp.expr's array namespace for JAX.
+JaxOps = ArrayOps(jnp, sigmoid=jax.nn.sigmoid, softplus=jax.nn.softplus,
+                  log_sigmoid=jax.nn.log_sigmoid, relu=jax.nn.relu)
 
 
 class ContinuousBernoulli(dist.Distribution):

@@ -21,6 +21,7 @@ import pytensor.tensor as pt
 from pymc.distributions.transforms import logodds
 
 from klqp.densities import continuous_bernoulli_log_norm
+from klqp.expr import ArrayOps
 from klqp.transforms import softplus_inverse
 
 __all__ = ["float_dtype", "as_float", "as_column", "PytensorOps", "pm_distribution",
@@ -46,35 +47,10 @@ def as_column(a: np.ndarray) -> np.ndarray:
     return a if a.dtype.kind in "iu" else as_float(a)
 
 
-class PytensorOps:
-    """klqp.expr's array namespace for PyTensor."""
-
-    exp, log, tanh = staticmethod(pt.exp), staticmethod(pt.log), staticmethod(pt.tanh)
-    sigmoid, softplus = staticmethod(pt.sigmoid), staticmethod(pt.softplus)
-
-    @staticmethod
-    def log_sigmoid(x):
-        return -pt.softplus(-x)
-
-    @staticmethod
-    def relu(x):
-        return pt.maximum(x, 0.0)
-
-    @staticmethod
-    def sum(x, axis):
-        return pt.sum(x, axis=axis)
-
-    @staticmethod
-    def mean(x, axis):
-        return pt.mean(x, axis=axis)
-
-    @staticmethod
-    def concat(parts, axis):
-        return pt.concatenate(parts, axis=axis)
-
-    @staticmethod
-    def const(value):
-        return pt.as_tensor(as_float(value))
+#: klqp.expr's array namespace for PyTensor.
+PytensorOps = ArrayOps(pt, sigmoid=pt.sigmoid, softplus=pt.softplus,
+                       log_sigmoid=lambda x: -pt.softplus(-x),
+                       const=lambda value: pt.as_tensor(as_float(value)))
 
 
 # -- distributions ---------------------------------------------------------------------------
