@@ -1,7 +1,7 @@
 """How long a fit takes to start, the first time and again: klqp against hand-written code.
 
     .venv/bin/python bench/compile_once.py            # both cases, every runner (~3 min)
-    .venv/bin/python bench/compile_once.py --quick    # the logistic case only
+    .venv/bin/python bench/compile_once.py --quick    # a smoke run (one process)
 
 Each runner runs in a fresh Python process, twice in that process: the second time with
 the model declared again (a new kq.Model, a new NumPyro program, a new pm.Model), new
@@ -62,20 +62,27 @@ def time_once(runner: str, case) -> float:
     return t.first_call_s
 
 
-def child(runner: str, case_name: str) -> None:
-    """Run ``runner`` twice in this process and print its two first-call figures as JSON."""
+def twice(runner: str, case_name: str) -> dict:
+    """``runner``'s first-call seconds, run twice in this process."""
     import pytensor
 
     pytensor.config.floatX = "float64"
     warnings.filterwarnings("ignore")
     first = time_once(runner, make_case(case_name, seed=0))
     second = time_once(runner, make_case(case_name, seed=1))
-    print(json.dumps({"first": first, "second": second}))
+    return {"first": first, "second": second}
+
+
+def child(runner: str, case_name: str) -> None:
+    """Run ``runner`` twice in this process and print its two first-call figures as JSON."""
+    print(json.dumps(twice(runner, case_name)))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the logistic case only")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: the logistic case only, every runner in this process "
+                             "(first calls after the first runner's are then not cold)")
     parser.add_argument("--child", nargs=2, metavar=("RUNNER", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -92,11 +99,14 @@ def main(argv=None) -> None:
             if runner == "pymc-hand" and name == "hierarchical":
                 print(f"{name:<13} {runner:<18} {'n/a: pm.fit has no per-row latents':>40}")
                 continue
-            out = subprocess.run([sys.executable, __file__, "--child", runner, name],
-                                 capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                raise SystemExit(f"{runner} on {name} failed:\n{out.stderr[-3000:]}")
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            if args.quick:  # a smoke run: every runner in this one process
+                figures = twice(runner, name)
+            else:
+                out = subprocess.run([sys.executable, __file__, "--child", runner, name],
+                                     capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    raise SystemExit(f"{runner} on {name} failed:\n{out.stderr[-3000:]}")
+                figures = json.loads(out.stdout.strip().splitlines()[-1])
             seconds[name, runner] = figures
             print(f"{name:<13} {runner:<18} {figures['first']:>12.2f} {figures['second']:>14.2f} "
                   f"{figures['second'] / figures['first']:>12.3f}", flush=True)

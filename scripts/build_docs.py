@@ -11,6 +11,7 @@ pymdownx.snippets, and `mkdocs build --strict` fails on a missing one.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import pathlib
 import subprocess
@@ -52,8 +53,12 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="only run the examples")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, (full, quick) in EXAMPLES.items():
-        run_example(name, quick if args.quick else full, args.backend)
+    # the examples are separate processes: run as many at once as there are CPUs
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        runs = [pool.submit(run_example, name, quick if args.quick else full, args.backend)
+                for name, (full, quick) in EXAMPLES.items()]
+        for run in runs:
+            run.result()  # an example's failure stops the build
     if not args.no_build:
         subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
                         str(ROOT / "site")], cwd=ROOT, check=True,

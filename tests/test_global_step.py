@@ -69,6 +69,7 @@ def eight_schools_optimum():
     return res.x[:10], np.exp(res.x[10:])
 
 
+@pytest.mark.slow  # a fit to convergence
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("way", ["local", "global"])
 def test_eight_schools_reaches_its_mean_field_optimum(backend, way, eight_schools_optimum):
@@ -86,6 +87,7 @@ def test_eight_schools_reaches_its_mean_field_optimum(backend, way, eight_school
     np.testing.assert_allclose(scale, opt_sd, rtol=0.12)
 
 
+@pytest.mark.slow  # a fit to convergence
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hundred_group_intercepts_reach_the_exact_optimum(backend):
     """Linear-Gaussian varying intercepts with known noise: the mean-field optimum is
@@ -124,6 +126,7 @@ def poisson_rate(counts):
     return model, {"k": counts}
 
 
+@pytest.mark.slow  # a fit to convergence
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scale_is_the_expected_curvatures_fixed_point(backend):
     """Poisson counts with a Normal(0, 3) prior on the log rate: the mean-field optimum
@@ -205,6 +208,7 @@ def test_probe_curvature_averages_to_the_exact_diagonal(backend):
     assert not all(np.allclose(sample[k], exact[k]) for k in names)
 
 
+@pytest.mark.slow  # a fit to convergence
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_reported_elbo_is_the_reported_qs(backend):
     """result.elbo() evaluates q as reported (the averaged globals): for a normal mean
@@ -245,6 +249,7 @@ def correlated_regression(n=1000, seed=0):
     return model, {"x": x, "y": y}, opt_mean, 1 / np.sqrt(np.diag(precision)), corr
 
 
+@pytest.mark.slow  # a fit to convergence
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_correlated_posterior_means_converge_with_the_dense_step(backend):
     """With a diagonal preconditioner the means crawl along a 0.995-correlated direction
