@@ -8,7 +8,7 @@
 10.0
 """
 
-from . import backends, checkpoint, data, guard, nn, schedules, steps
+from . import backends, cache, checkpoint, data, guard, loop, nn, schedules, steps
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, ContinuousBernoulli,
                             Distribution, Exponential, Gamma, HalfNormal, LogNormal, Normal,
