@@ -17,7 +17,8 @@ from .explain import Explanation, explain
 from .checkpoint import CheckpointError, load_result
 from .guard import NonFiniteError
 from .expr import concat, exp, log, mean, relu, sigmoid, softplus, sum, tanh
-from .model import ROW_INDEX, Data, Global, Local, Model, ModelError, Observed, Param, column
+from .model import (ROW_INDEX, Data, Deterministic, Global, Local, Model, ModelError, Observed,
+                    Param, column)
 from .objective import Shared, Terms
 from .problem import Problem
 from .results import FitResult
@@ -25,7 +26,7 @@ from .steps import GlobalStep, LocalStep, RowAdam
 from ._version import __version__
 
 __all__ = [
-    "Model", "Data", "Global", "Local", "Observed", "Param", "column", "ModelError", "ROW_INDEX",
+    "Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "column", "ModelError", "ROW_INDEX",
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "Distribution",
     "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean", "concat", "nn",

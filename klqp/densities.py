@@ -1,5 +1,6 @@
-"""NumPy log densities of klqp's families, elementwise, for results read after a fit
-(per-row log-likelihoods for LOO/WAIC). Training never uses them: each backend has its
+"""NumPy log densities of klqp's families, and draws from them, elementwise, for results
+read after a fit (per-row log-likelihoods for LOO/WAIC, posterior predictive draws,
+held-out log predictive densities). Training never uses them: each backend has its
 library's own densities, held to tests/reference.py's scipy.stats by the agreement tests.
 
 ``logpdf(family, x, params)`` takes the parameter names of ``klqp.distributions``.
@@ -10,13 +11,15 @@ Families with a gamma function need SciPy (ArviZ, which the ArviZ export needs, 
 -0.918939
 >>> round(float(logpdf("Bernoulli", 1, {"probs": 0.25})), 6)
 -1.386294
+>>> sample("Poisson", {"mu": np.array([1.0, 50.0])}, np.random.default_rng(0)).shape
+(2,)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["logpdf"]
+__all__ = ["logpdf", "sample", "FAMILIES"]
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
@@ -87,3 +90,68 @@ def logpdf(family: str, x, params: dict) -> np.ndarray:
     x = np.asarray(x, dtype=int if family == "Categorical" else float)
     params = {k: np.asarray(v, dtype=float) for k, v in params.items()}
     return np.asarray(_FAMILIES[family](x, params))
+
+
+def _probs(p: dict):
+    if "probs" in p:
+        return p["probs"]
+    return 0.5 * (1.0 + np.tanh(0.5 * p["logits"]))  # sigmoid, stable at both ends
+
+
+def _categorical_draw(logits, rng):
+    """Gumbel-max: argmax(logits + Gumbel noise) is a draw of Categorical(logits)."""
+    return np.argmax(logits + rng.gumbel(size=logits.shape), axis=-1)
+
+
+def _continuous_bernoulli_draw(logits, rng):
+    """Inverse CDF: x = log1p(u expm1(l)) / l (u uniform), the uniform at l = 0."""
+    u = rng.uniform(size=np.shape(logits))
+    safe = np.where(np.abs(logits) < 1e-6, 1e-6, logits)
+    # for l < 0 write it with exp(l) <= 1 so nothing overflows
+    x = np.where(safe > 0, 1.0 + np.log(u + (1.0 - u) * np.exp(-safe)) / safe,
+                 np.log1p(u * np.expm1(safe)) / safe)
+    return np.clip(np.where(np.abs(logits) < 1e-6, u, x), 0.0, 1.0)
+
+
+_DRAWS = {
+    "Normal": lambda p, rng: rng.normal(p["mu"], p["sigma"]),
+    "HalfNormal": lambda p, rng: np.abs(rng.normal(0.0, p["sigma"])),
+    "LogNormal": lambda p, rng: np.exp(rng.normal(p["mu"], p["sigma"])),
+    "Exponential": lambda p, rng: rng.exponential(1.0 / p["lam"]),
+    "Gamma": lambda p, rng: rng.gamma(p["alpha"], 1.0 / p["beta"]),
+    "Beta": lambda p, rng: rng.beta(p["alpha"], p["beta"]),
+    "StudentT": lambda p, rng: p["mu"] + p["sigma"] * rng.standard_t(
+        np.broadcast_to(p["nu"], np.broadcast_shapes(*(np.shape(v) for v in p.values())))),
+    "Bernoulli": lambda p, rng: (rng.uniform(size=np.shape(_probs(p))) < _probs(p)).astype(np.int64),
+    "Binomial": lambda p, rng: rng.binomial(np.asarray(p["n"], dtype=np.int64), _probs(p)),
+    "Poisson": lambda p, rng: rng.poisson(p["mu"]),
+    "Categorical": lambda p, rng: _categorical_draw(p["logits"], rng),
+    "ContinuousBernoulli": lambda p, rng: _continuous_bernoulli_draw(
+        p["logits"] if "logits" in p else np.log(p["probs"]) - np.log1p(-p["probs"]), rng),
+}
+
+#: The families with both a NumPy density (``logpdf``) and a NumPy sampler (``sample``).
+FAMILIES = tuple(sorted(_FAMILIES))
+assert set(_DRAWS) == set(_FAMILIES)
+
+
+def sample(family: str, params: dict, rng: np.random.Generator, shape=None) -> np.ndarray:
+    """One draw of a klqp family for each element of its broadcast parameters (NumPy).
+
+    ``shape``: the draw's shape when the parameters broadcast to less (e.g. the rows of an
+    observation whose parameters are one number). Integer families give int64 arrays.
+    The stream of ``rng`` is the only randomness, so a seeded ``rng`` repeats the draws.
+    """
+    if family not in _DRAWS:
+        raise NotImplementedError(f"no NumPy sampler for {family!r}; families: {sorted(_DRAWS)}")
+    params = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    if shape is not None:
+        event = {"Categorical": 1}.get(family, 0)
+        params = {k: np.broadcast_to(v, tuple(shape) + (v.shape[-event:] if event else ()))
+                  for k, v in params.items()}
+    else:
+        event = {"Categorical": 1}.get(family, 0)
+        target = np.broadcast_shapes(*(v.shape[:v.ndim - event] for v in params.values()))
+        params = {k: np.broadcast_to(v, target + (v.shape[v.ndim - event:] if event else ()))
+                  for k, v in params.items()}
+    return np.asarray(_DRAWS[family](params, rng))

@@ -28,7 +28,8 @@ from .distributions import Distribution
 from .errors import ModelError
 from .expr import Expr, NumpyOps, evaluate, variables_in
 
-__all__ = ["Model", "Data", "Global", "Local", "Observed", "Param", "column", "VarSpec",
+__all__ = ["Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "column",
+           "VarSpec",
            "ModelError", "ROW_INDEX", "current_model"]
 
 #: Key of a streamed batch's row numbers (0..N-1), needed when a model has Local latents.
@@ -44,10 +45,12 @@ class VarSpec:
 
     role: "data" (a per-row input column), "global" (one copy, prior + q),
     "local" (one copy per row, prior + q), "observed" (per-row likelihood),
-    "param" (a point parameter: no prior, optimized).
+    "param" (a point parameter: no prior, optimized), "deterministic" (a named
+    expression of the others, kept in results; the objective never sees it).
     shape: the variable's own shape; for per-row roles the shape of ONE row.
     encoder: for an amortized local, (loc, scale) expressions of the row's columns.
     init: for a param, how to initialise it ("glorot", "zeros", a number or an array).
+    expr: for a deterministic, its expression; row_wise: it reads a per-row variable.
     """
 
     name: str
@@ -57,6 +60,8 @@ class VarSpec:
     dtype: str = "float"
     encoder: Optional[tuple] = None
     init: Any = None
+    expr: Optional[Expr] = None
+    row_wise: bool = False
 
     @property
     def amortized(self) -> bool:
@@ -64,7 +69,7 @@ class VarSpec:
 
     @property
     def per_row(self) -> bool:
-        return self.role in ("data", "local", "observed")
+        return self.role in ("data", "local", "observed") or self.row_wise
 
     @property
     def support(self) -> str:
@@ -79,6 +84,8 @@ class VarSpec:
             d["encoder"] = {"loc": self.encoder[0].to_dict(), "scale": self.encoder[1].to_dict()}
         if self.init is not None:
             d["init"] = np.asarray(self.init).tolist() if not isinstance(self.init, str) else self.init
+        if self.expr is not None:
+            d["expr"] = self.expr.to_dict()
         return d
 
 
@@ -101,7 +108,10 @@ class Model:
                              "(the number of rows N) or None to use the data's length")
         self.name = name
         self.total_size = None if total_size is None else int(total_size)
-        self.vars: dict[str, VarSpec] = {}
+        self.vars: dict[str, VarSpec] = {}  # what the objective reads
+        # kq.Deterministic: named expressions of the variables, kept for results only
+        # (apart, so a backend lowering ``vars`` never meets one)
+        self.deterministic_vars: dict[str, VarSpec] = {}
 
     def __enter__(self) -> "Model":
         _STACK.append(self)
@@ -135,6 +145,10 @@ class Model:
         return self._role("param")
 
     @property
+    def deterministics(self) -> list[VarSpec]:
+        return list(self.deterministic_vars.values())
+
+    @property
     def free_locals(self) -> list[VarSpec]:
         """Locals with their own q parameters per row (not amortized)."""
         return [v for v in self.locals if not v.amortized]
@@ -145,22 +159,23 @@ class Model:
 
     def __getitem__(self, name: str) -> VarSpec:
         try:
-            return self.vars[name]
+            return self.vars[name] if name in self.vars else self.deterministic_vars[name]
         except KeyError:
             raise KeyError(f"model {self.name!r} has no variable {name!r}; "
-                           f"it has {list(self.vars)}") from None
+                           f"it has {list(self.vars) + list(self.deterministic_vars)}") from None
 
     def __repr__(self) -> str:
         lines = [f"Model({self.name!r}, total_size={self.total_size})"]
-        for v in self.vars.values():
-            rhs = f" ~ {v.dist!r}" if v.dist is not None else ""
+        for v in list(self.vars.values()) + self.deterministics:
+            rhs = (f" ~ {v.dist!r}" if v.dist is not None else
+                   f" = {v.expr!r}" if v.expr is not None else "")
             shape = str(((("rows",) if v.per_row else ()) + tuple(v.shape))).replace("'", "")
             lines.append(f"  {v.role:<8} {v.name}{rhs}  shape={shape}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"klqp_spec": spec_json.SPEC_VERSION, "name": self.name, "total_size": self.total_size,
-                "variables": [v.to_dict() for v in self.vars.values()]}
+                "variables": [v.to_dict() for v in list(self.vars.values()) + self.deterministics]}
 
     # -- saving and loading (the codec: klqp/spec_json.py) ---------------------------------
     def to_json(self, indent: Optional[int] = None) -> str:
@@ -181,7 +196,10 @@ class Model:
 
     # -- declaration ---------------------------------------------------------------
     def _add(self, spec: VarSpec) -> Expr:
-        self.vars[spec.name] = spec
+        if spec.role == "deterministic":
+            self.deterministic_vars[spec.name] = spec
+        else:
+            self.vars[spec.name] = spec
         return Expr("var", (), (("name", spec.name),))
 
     def _check_name(self, kind: str, name: str) -> None:
@@ -189,9 +207,9 @@ class Model:
             raise ModelError(f"{kind} name {name!r} must be a Python identifier, e.g. 'theta'")
         if name == ROW_INDEX:
             raise ModelError(f"{kind} name {name!r} is reserved for the row numbers of a streamed batch")
-        if name in self.vars:
+        if name in self.vars or name in self.deterministic_vars:
             raise ModelError(f"{kind} {name!r}: model {self.name!r} already has a "
-                             f"{self.vars[name].role} variable with that name; pick another name")
+                             f"{self[name].role} variable with that name; pick another name")
 
     def dummy_value(self, spec: VarSpec, rows: int = _DUMMY_ROWS) -> np.ndarray:
         """A placeholder of the right shape (per-row variables get ``rows`` rows)."""
@@ -393,6 +411,36 @@ def Param(name: str, shape=(), init="glorot") -> Expr:
     return model._add(VarSpec(name, "param", shape, None, init=init))
 
 
+def Deterministic(name: str, expr) -> Expr:
+    """A named quantity computed from the model's variables (PyMC's ``pm.Deterministic``):
+    ``mu = kq.Deterministic("mu", a[county] + b * floor)``. It returns ``expr`` itself,
+    so using ``mu`` later is using the expression; the objective never changes. Results
+    keep it: ``result.sample("mu")``, ``result.mean("mu")``, ``result.predict(...)`` and
+    ``to_inference_data`` give its draws under q (one per row when it reads a per-row
+    variable).
+
+    >>> import klqp as kq
+    >>> with kq.Model("m") as m:
+    ...     x = kq.Data("x")
+    ...     w = kq.Global("w", kq.Normal(0.0, 1.0))
+    ...     mu = kq.Deterministic("mu", w * x)
+    ...     kq.Observed("y", kq.Normal(mu, 1.0))
+    >>> m["mu"].role, m["mu"].per_row
+    ('deterministic', True)
+    """
+    from .distributions import Distribution
+    from .expr import as_expr
+
+    model = current_model()
+    model._check_name("Deterministic", name)
+    expr = as_expr(expr)
+    # the checks of a distribution's parameter: declared names, the data axis, indexing
+    row_wise, shape = model._param_shapes("Deterministic", name,
+                                          Distribution("Deterministic", (("value", expr),), "real"))
+    model._add(VarSpec(name, "deterministic", shape, None, expr=expr, row_wise=row_wise))
+    return expr
+
+
 def column(name: str) -> Expr:
     """A reference to the batch's column ``name`` (Data or Observed) for an encoder: an
     amortized q may read the observations themselves, which a prior may not."""
@@ -415,7 +463,7 @@ def Observed(name: str, dist: Distribution) -> None:
 #: Each role's declaration function, handed to ``spec_json.model_from_dict`` (which
 #: imports no klqp.model, so the loader gets the model's functions from here).
 DECLARE = {"data": Data, "global": Global, "local": Local, "observed": Observed,
-           "param": Param}
+           "param": Param, "deterministic": Deterministic}
 
 
 def from_dict(d) -> Model:

@@ -115,8 +115,10 @@ def _columns(model: Model) -> list[VarSpec]:
 
 
 def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
-                total_size: Optional[int] = None) -> dict:
-    """Check and convert one mapping of columns; returns float/int NumPy arrays."""
+                total_size: Optional[int] = None, optional=()) -> dict:
+    """Check and convert one mapping of columns; returns float/int NumPy arrays.
+    ``optional``: columns that may be missing (a prediction needs no observations);
+    those given are checked all the same."""
     if not isinstance(batch, Mapping):
         raise TypeError(f"{where}: expected a dict of arrays, got {type(batch).__name__}")
     ordered = [v.name for v in _columns(model)]
@@ -127,7 +129,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
         raise ValueError(f"{where}: unknown data name(s) {unknown}; model {model.name!r} reads "
                          f"Data {[v.name for v in model.data_vars]} and Observed "
                          f"{[v.name for v in model.observed]}. Rename or drop the column.")
-    missing = sorted(names - set(batch))
+    missing = sorted(names - set(batch) - set(optional))
     if need_rows and ROW_INDEX not in batch:
         missing.append(ROW_INDEX)
     if missing:
@@ -136,7 +138,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
         raise ValueError(f"{where}: missing data for {missing}; pass data={{'name': array, ...}} "
                          f"with every Data and Observed column.{hint}")
     out, length = {}, None
-    for name in ordered + ([ROW_INDEX] if ROW_INDEX in batch else []):
+    for name in [n for n in ordered if n in batch] + ([ROW_INDEX] if ROW_INDEX in batch else []):
         try:
             arr = np.asarray(batch[name])
         except ValueError as err:  # nested lists of unequal lengths

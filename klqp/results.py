@@ -88,21 +88,35 @@ class FitResult:
         q = self.q(name)
         return self.model[name].support, q["loc"], q["scale"]
 
+    def _deterministic(self, name: str) -> bool:
+        return name in self.model.deterministic_vars
+
     def mean(self, name: str) -> np.ndarray:
-        """Mean of q for ``name`` in the variable's own (constrained) space."""
+        """Mean of q for ``name`` in the variable's own (constrained) space (a
+        kq.Deterministic: the mean of 1,000 draws, ``sample(name)``'s with seed 0)."""
+        if self._deterministic(name):
+            return self.sample(name).mean(axis=0)
         support, loc, scale = self._q(name)
         return transforms.moments(support, loc, scale)[0]
 
     def std(self, name: str) -> np.ndarray:
-        """Standard deviation of q for ``name`` in the variable's own space."""
+        """Standard deviation of q for ``name`` in the variable's own space (a
+        kq.Deterministic: over 1,000 draws, as ``mean``)."""
+        if self._deterministic(name):
+            return self.sample(name).std(axis=0)
         support, loc, scale = self._q(name)
         return transforms.moments(support, loc, scale)[1]
 
     def sample(self, name: str, num_samples: int = 1000, seed: int = 0) -> np.ndarray:
-        """Draws from q for ``name``, shape (num_samples, *shape).
+        """Draws from q for ``name``, shape (num_samples, *shape) (a local or a
+        per-row kq.Deterministic: (num_samples, N, *shape), on the training rows).
 
         Each latent has its own stream of ``seed`` (q is mean-field: latents are
-        independent), so draws of several latents with one seed are joint draws from q."""
+        independent), so draws of several latents with one seed are joint draws from q,
+        and a Deterministic's draws are its expression at those same draws."""
+        if self._deterministic(name):
+            from .predict import evaluate_expr
+            return evaluate_expr(self, self.model[name].expr, None, num_samples, seed)
         support, loc, scale = self._q(name)
         position = [v.name for v in self.model.latents].index(name)
         rng = np.random.default_rng([seed, position])
@@ -136,76 +150,143 @@ class FitResult:
         return out
 
     def evaluate(self, expr, data: Optional[dict] = None, num_samples: int = 0, seed: int = 0,
-                 locals_at_mean: bool = True) -> np.ndarray:
-        """Evaluate a model expression (``net(x)``, a distribution's parameter) with NumPy,
-        for new ``data`` columns.
+                 locals: Optional[str] = None) -> np.ndarray:
+        """Evaluate a model expression (``net(x)``, a distribution's parameter) with NumPy
+        on the rows of ``data`` (None: the training rows, or no rows for an expression of
+        globals and Params alone).
 
-        Point params take their fitted values. Globals take q draws when ``num_samples``
-        > 0 (result shape (num_samples, ...)), else q's mean in their own space. An
-        amortized local takes its encoder's mean on ``data`` (``locals_at_mean``); a free
-        local is only defined on the training rows and cannot be evaluated for new rows.
+        Point params take their fitted values. With ``num_samples`` > 0 the latents take
+        joint draws from q (result shape (num_samples, ...); ``sample``'s streams), else
+        q's mean in their own space (an amortized local: its encoder's loc pushed through
+        its transform). Locals on new rows come from ``locals`` (see ``predict``); by
+        default a free local is fitted to the rows' observations (``fit_locals``) and an
+        amortized one takes its encoder's q. ``data`` is checked as kq.fit checks it; it
+        needs only the columns the expression reads.
 
         >>> # logits on test inputs, averaged over 100 draws of a BNN's weights:
         >>> # probs = softmax(result.evaluate(logits_expr, {"x": X_test}, 100)).mean(0)
         """
-        from .expr import NumpyOps, evaluate, variables_in
+        from .predict import evaluate_expr
+        return evaluate_expr(self, expr, data, num_samples, seed, locals)
 
-        data = {k: np.asarray(v) for k, v in (data or {}).items()}
-        model = self.model
-        base = {v.name: self.params[v.name]["value"] for v in model.params}
-        base.update(data)
+    def predict(self, data: Optional[dict] = None, num_samples: int = 1000, seed: int = 0,
+                locals: Optional[str] = None) -> dict:
+        """Posterior predictive draws for the rows of ``data``: ``{name: array
+        (num_samples, n, ...)}`` for every kq.Observed and kq.Deterministic, globals and
+        Params from q, observations drawn from the likelihood (NumPy samplers of every
+        family, ``klqp.densities.sample``).
 
-        def env_for(draw: Optional[int]):
-            env = dict(base)
-            for v in model.globals:
-                env[v.name] = (self.mean(v.name) if draw is None else draws[v.name][draw])
-            for v in model.locals:
-                if v.amortized and locals_at_mean:
-                    loc = evaluate(v.encoder[0], env, NumpyOps)
-                    env[v.name] = transforms.forward(v.support, loc)
-            return env
+        The locals of the rows: ``data=None``: the training rows' q. Otherwise
+        ``locals="fit"`` (default): q(z_i) fitted to each new row's observations by the
+        local step at q(globals), which it never changes (an amortized local: its
+        encoder's q, refined); ``"encoder"``: an amortized local's encoder's q as is;
+        ``"prior"``: z_i drawn from p(z_i | globals, x_i), for rows with no
+        observations yet (a new group). The Observed columns are needed only to fit
+        or encode locals. Same seed, same draws; on either backend for the same q.
 
-        needs = set(variables_in(expr))
-        free = [v.name for v in model.free_locals if v.name in needs]
-        if free:
-            raise ValueError(f"cannot evaluate {expr!r} for new rows: it reads free local(s) "
-                             f"{free}, which exist only for the training rows")
-        if num_samples <= 0:
-            return np.asarray(evaluate(expr, env_for(None), NumpyOps))
-        draws = {v.name: self.sample(v.name, num_samples, seed) for v in model.globals}
-        return np.stack([np.asarray(evaluate(expr, env_for(i), NumpyOps))
-                         for i in range(num_samples)])
+        >>> # draws = result.predict({"x": x_new}, num_samples=500)
+        >>> # draws["y"].mean(0), np.percentile(draws["y"], [5, 95], axis=0)
+        """
+        from .predict import predict
+        return predict(self, data, num_samples, seed, locals)
+
+    def fit_locals(self, data: dict, refine: bool = True) -> dict:
+        """q(z_i) for the rows of ``data`` from their observations, ``{local: {"loc",
+        "scale"}}`` in unconstrained space (as ``q``), the globals untouched: free
+        locals by the local step to convergence; amortized ones by their encoder,
+        refined by the local step when ``refine`` (needs the fit's backend)."""
+        from .predict import fit_locals
+        return fit_locals(self, data, refine=refine)
+
+    def log_predictive_density(self, data: Optional[dict] = None, num_samples: int = 1000,
+                               seed: int = 0, locals: Optional[str] = None):
+        """Per-row log p(y_i | training data) for the rows of ``data`` (held-out rows;
+        None: the training rows), ``(value, mc_se)`` arrays of shape (n,): the mean over
+        ``num_samples`` joint draws of q of p(y_i | theta, z_i) p(z_i | theta) /
+        q(z_i), i.e. the locals integrated out with their q as importance proposal
+        (``locals`` as in ``predict``; "prior": no weights), with each estimate's
+        Monte-Carlo standard error. Unscaled: no N/b, beta or T."""
+        from .predict import log_predictive_density
+        return log_predictive_density(self, data, num_samples, seed, locals)
+
+    def elpd(self, data: Optional[dict] = None, num_samples: int = 1000, seed: int = 0,
+             locals: Optional[str] = None):
+        """The held-out expected log predictive density of the rows of ``data``: the sum of
+        ``log_predictive_density`` with its Monte-Carlo error and the rows' s.e.
+        (:class:`klqp.predict.ELPD`). Compare two models on the same held-out rows."""
+        from .predict import elpd
+        return elpd(self, data, num_samples, seed, locals)
 
     def to_inference_data(self, num_samples: int = 1000, seed: int = 0,
-                          log_likelihood: bool = False):
-        """Draws from q as an ArviZ data tree (``posterior`` and ``observed_data`` groups;
-        with ``log_likelihood=True`` also ``log_likelihood``: ``log_likelihood()`` at the
-        same draws, one value per row, ready for ``az.loo`` / ``az.waic``).
+                          log_likelihood: bool = False, posterior_predictive: bool = False,
+                          predictions: Optional[dict] = None,
+                          predictions_locals: Optional[str] = None):
+        """Draws from q as an ArviZ data tree, in ArviZ's layout.
+
+        Groups: ``posterior`` (every latent and kq.Deterministic), ``observed_data`` and
+        ``constant_data`` (the training rows' Observed and Data columns, when in memory);
+        with ``log_likelihood=True`` also ``log_likelihood`` (``log_likelihood()`` at the
+        same draws, one value per row: ``az.loo``); with ``posterior_predictive=True``
+        ``posterior_predictive`` (``predict()`` on the training rows, at the same draws:
+        ``az.plot_ppc_dist``); with ``predictions=data`` the groups ``predictions``
+        (``predict(data, locals=predictions_locals)``) and ``predictions_constant_data``
+        (its Data columns).
 
         Names, dims and shapes depend only on the model, so both backends give the same
-        structure: a local latent has dims ``(chain, draw, "row", ...)``; other axes are
-        ``<name>_dim_<k>``. Needs ``arviz``.
+        structure: per-row variables have dims ``(chain, draw, "row", ...)``; other
+        axes are ``<name>_dim_<k>``. A per-row Deterministic is left out of
+        ``posterior`` when the fit streamed its batches. Needs ``arviz``.
         """
         import arviz as az
 
-        posterior, dims = {}, {}
-        for v in self.model.latents:
-            posterior[v.name] = self.sample(v.name, num_samples, seed)[None]
-            own = [f"{v.name}_dim_{k}" for k in range(len(v.shape))]
-            dims[v.name] = (["row"] if v.role == "local" else []) + own
-        observed = {}
-        if self.problem.data is not None:
-            for v in self.model.observed:
-                arr = self.problem.data[v.name]
-                observed[v.name] = arr
-                dims[v.name] = ["row"] + [f"{v.name}_dim_{k}" for k in range(arr.ndim - 1)]
+        model, data = self.model, self.problem.data
+        dims = {}
+
+        def put(group: dict, name: str, array, per_row: bool, draws: bool = True):
+            array = np.asarray(array)
+            own = array.ndim - (1 if draws else 0) - (1 if per_row else 0)
+            group[name] = array[None] if draws else array
+            dims[name] = (["row"] if per_row else []) + [f"{name}_dim_{k}" for k in range(own)]
+
+        posterior = {}
+        for v in model.latents:
+            put(posterior, v.name, self.sample(v.name, num_samples, seed), v.role == "local")
+        for v in model.deterministics:
+            if v.row_wise and data is None:
+                continue
+            put(posterior, v.name, self.sample(v.name, num_samples, seed), v.row_wise)
         groups = {"posterior": posterior}
-        if observed:
-            groups["observed_data"] = observed
+        if data is not None:
+            groups["observed_data"], groups["constant_data"] = {}, {}
+            for v in model.observed:
+                put(groups["observed_data"], v.name, data[v.name], True, draws=False)
+            for v in model.data_vars:
+                put(groups["constant_data"], v.name, data[v.name], True, draws=False)
+            if not groups["constant_data"]:
+                del groups["constant_data"]
         if log_likelihood:
             groups["log_likelihood"] = {k: a[None] for k, a in
                                         self.log_likelihood(num_samples, seed).items()}
-        return az.from_dict(groups, dims=dims,
+        if posterior_predictive:
+            draws = self.predict(None, num_samples, seed)
+            groups["posterior_predictive"] = {v.name: draws[v.name][None] for v in model.observed}
+        pred_dims = {}
+        if predictions is not None:
+            from .predict import rows_for
+
+            draws = self.predict(predictions, num_samples, seed, predictions_locals)
+            groups["predictions"] = {}
+            for v in model.observed + [v for v in model.deterministics if v.row_wise]:
+                put(groups["predictions"], v.name, draws[v.name], True)
+            columns, _ = rows_for(self, predictions, where="to_inference_data(predictions=...)")
+            constant = {}
+            for v in model.data_vars:
+                if v.name in columns:
+                    put(constant, v.name, columns[v.name], True, draws=False)
+            if constant:
+                groups["predictions_constant_data"] = constant
+            pred_dims = {k: dims[k] for k in list(groups["predictions"]) + list(constant)}
+        return az.from_dict(groups, dims=dims, pred_dims=pred_dims,
                             attrs={"/": {"klqp_backend": self.backend, "klqp_steps": self.steps}})
 
     def elbo(self, num_samples: int = 64, seed: int = 0) -> dict:

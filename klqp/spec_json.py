@@ -396,11 +396,19 @@ def _declare_param(entry: dict, path: str, cache: dict, make: Callable, model) -
     make(entry["name"], _shape(entry.get("shape", []), f"{path}.shape"), init)
 
 
+def _declare_deterministic(entry: dict, path: str, cache: dict, make: Callable, model) -> None:
+    """``kq.Deterministic`` from a saved ``"deterministic"`` entry; ``expr`` is its
+    expression, the shape follows from it."""
+    _keys(entry, path, ("name", "role", "expr"), ("shape", "dtype"))
+    make(entry["name"], expr_from_dict(entry["expr"], f"{path}.expr", cache))
+
+
 #: Every variable role a spec may hold: role -> how to declare it again, called as
 #: ``(entry, path, cache, make, model)`` with ``make`` the role's declaration function.
 ROLES: dict[str, Callable[[dict, str, dict, Callable, Any], None]] = {
     "data": _declare_data, "global": _declare_global, "local": _declare_local,
     "observed": _declare_observed, "param": _declare_param,
+    "deterministic": _declare_deterministic,
 }
 
 
@@ -457,7 +465,8 @@ def model_from_dict(d, model_class: Callable[[str, Optional[int]], M],
     ...     mu = kq.Global("mu", kq.Normal(0.0, 10.0))
     ...     kq.Observed("y", kq.Normal(mu, 1.0))
     >>> declare = {"data": kq.Data, "global": kq.Global, "local": kq.Local,
-    ...            "observed": kq.Observed, "param": kq.Param}
+    ...            "observed": kq.Observed, "param": kq.Param,
+    ...            "deterministic": kq.Deterministic}
     >>> model_from_dict(m.to_dict(), kq.Model, declare)
     Model('m', total_size=None)
       global   mu ~ Normal(mu=0.0, sigma=10.0)  shape=()
