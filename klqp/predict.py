@@ -105,7 +105,12 @@ def rows_for(result, data, *, where: str, need: Optional[set] = None) -> tuple[d
     if need is None:
         need = {v.name for v in model.data_vars}
     optional = [n for n in columns if n not in need]
-    return check_batch(model, data, where=where, need_rows=False, optional=optional), False
+    out = check_batch(model, data, where=where, need_rows=False, optional=optional)
+    if not out:
+        raise ValueError(f"{where}: data has no columns, so it says nothing about how many rows "
+                         f"to predict; pass the rows' Data columns {sorted(need) or ''} (a model "
+                         "without Data: its Observed column, whose values are then unused)")
+    return out, False
 
 
 def columns_read(model: Model, names) -> set:
@@ -175,16 +180,18 @@ def _without_encoders(model: Model) -> Model:
     return Model.from_dict(d)
 
 
-def fit_locals(result, data, *, refine: bool = True, max_iterations: int = 100,
+def fit_locals(result, data, *, refine: bool = True, max_iterations: int = 200,
                tol: Optional[float] = None) -> dict:
     """q(z_i) for the rows of ``data``, given their observations: ``{local: {"loc",
     "scale"}}`` in unconstrained space, one row per row of ``data``.
 
     A free local is fitted by the local step (guarded Newton iterations on each row's
     part of the ELBO at beta = T = 1, the globals at their reported q, the Params at
-    their values), from loc 0 until no row moves by more than ``tol`` (default 1e-7 in
-    float64, 1e-4 in float32) or ``max_iterations``. An amortized local takes its
-    encoder's q, refined the same way when ``refine``. The globals never change.
+    their values; no row's objective ever falls), from loc 0 until no row's objective
+    rises by more than ``tol`` nats in an iteration (default 1e-3 in float64, 1e-2 in
+    float32) or after ``max_iterations`` (a RuntimeWarning then says how far it was).
+    An amortized local takes its encoder's q, refined the same way when ``refine``. The
+    globals never change.
     """
     where = "fit_locals(data=...)"
     model = result.model
@@ -206,21 +213,25 @@ def fit_locals(result, data, *, refine: bool = True, max_iterations: int = 100,
             params[name] = {k: np.asarray(a, dtype=float) for k, a in result.params[name].items()}
     for name, q in out.items():
         params[name] = q
-    tol = tol if tol is not None else (1e-7 if objective.dtype == "float64" else 1e-4)
+    tol = tol if tol is not None else (1e-3 if objective.dtype == "float64" else 1e-2)
     rows = np.arange(n)
-    for iteration in range(1, max_iterations + 1):
-        new = objective.local_step(params, indices=rows)
-        change = max(float(np.max(np.abs(new[v.name]["loc"] - params[v.name]["loc"])
-                                  + np.abs(np.log(new[v.name]["scale"])
-                                           - np.log(params[v.name]["scale"]))))
-                     for v in targets)
-        params = new
-        if change <= tol:
+
+    def row_objective(p):  # f_i = E[l_i] + sum log s_i, what the local step raises
+        value = objective.local_expectations(p, indices=rows)["value"]
+        return value + sum(_per_row(np.log(p[v.name]["scale"]), n) for v in targets)
+
+    current = row_objective(params)
+    for _ in range(max_iterations):
+        params = objective.local_step(params, indices=rows)
+        new = row_objective(params)
+        gain, current = float(np.max(new - current)), new
+        if gain <= tol:
             break
     else:
         warnings.warn(f"fit_locals: the local step had not settled after {max_iterations} "
-                      f"iterations (largest change {change:.2g} > tol {tol:.2g}); pass a larger "
-                      "max_iterations", RuntimeWarning, stacklevel=3)
+                      f"iterations (a row's objective still rose {gain:.2g} nats > tol "
+                      f"{tol:.2g} in the last); pass a larger max_iterations", RuntimeWarning,
+                      stacklevel=3)
     out.update({v.name: {"loc": params[v.name]["loc"], "scale": params[v.name]["scale"]}
                 for v in targets})
     return out
