@@ -37,7 +37,7 @@ from .model import Model
 from .problem import check_batch, make_problem
 from .steps import LocalStep
 
-__all__ = ["LOCALS", "rows_for", "columns_read", "fit_locals", "draws", "predict", "evaluate_expr",
+__all__ = ["LOCALS", "rows_for", "new_levels", "columns_read", "fit_locals", "draws", "predict", "evaluate_expr",
            "log_predictive_density", "elpd", "LogPredictiveDensity", "ELPD"]
 
 #: How ``predict``, ``log_predictive_density`` and ``elpd`` get the locals of new rows.
@@ -90,11 +90,13 @@ class ELPD:
 
 
 # -- the rows ---------------------------------------------------------------------------
-def rows_for(result, data, *, where: str, need: Optional[set] = None) -> tuple[dict, bool]:
+def rows_for(result, data, *, where: str, need: Optional[set] = None,
+             new_groups: bool = False) -> tuple[dict, bool]:
     """(columns, training?) for ``data``: the training data when ``data`` is None, else
     ``data`` checked as kq.fit checks a batch (unknown names, shapes, NaN, index ranges,
     supports), with the columns outside ``need`` optional (None: every Data column needed,
-    the Observed optional)."""
+    the Observed optional). With ``new_groups``, the index columns of ``new_levels``
+    may point past the end (see ``new_levels``)."""
     model = result.model
     if data is None:
         if result.problem.data is None:
@@ -105,12 +107,59 @@ def rows_for(result, data, *, where: str, need: Optional[set] = None) -> tuple[d
     if need is None:
         need = {v.name for v in model.data_vars}
     optional = [n for n in columns if n not in need]
-    out = check_batch(model, data, where=where, need_rows=False, optional=optional)
+    beyond = new_levels(model) if new_groups else {}
+    out = check_batch(model, data, where=where, need_rows=False, optional=optional,
+                      beyond=beyond)
     if not out:
         raise ValueError(f"{where}: data has no columns, so it says nothing about how many rows "
                          f"to predict; pass the rows' Data columns {sorted(need) or ''} (a model "
                          "without Data: its Observed column, whose values are then unused)")
     return out, False
+
+
+def _index_nodes(model: Model):
+    """(base, column) of every ``base[column]`` in the model's priors, likelihoods and
+    Deterministics."""
+    exprs = [e for v in model.vars.values() if v.dist is not None for _, e in v.dist.params]
+    exprs += [v.expr for v in model.deterministics]
+    stack = list(exprs)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.args)
+        if node.op == "index" and len(node.args) == 2 and node.args[1].op == "var":
+            yield node.args[0], node.args[1].attr("name")
+
+
+def new_levels(model: Model) -> dict:
+    """{index column: [Globals it indexes]} for columns every use of which indexes a
+    Global whose prior is the same for each entry along its first axis (``a ~ N(mu,
+    tau)`` of shape (G,), ``a_raw ~ N(0, 1)``): a row whose index is G or more belongs to
+    a group the fit never saw, whose entry a prediction draws from that prior."""
+    uses: dict = {}
+    for base, column in _index_nodes(model):
+        uses.setdefault(column, []).append(base)
+    out = {}
+    for column, bases in uses.items():
+        names = []
+        for base in bases:
+            spec = model.vars.get(base.attr("name")) if base.op == "var" else None
+            if spec is None or spec.role != "global" or not _same_for_each_level(model, spec):
+                break
+            names.append(spec.name)
+        else:
+            out[column] = sorted(set(names))
+    return out
+
+
+def _same_for_each_level(model: Model, spec) -> bool:
+    ndim = len(spec.shape)
+    for _, e in spec.dist.params:
+        env = {n: model.dummy_value(model.vars[n]) for n in variables_in(e)}
+        with np.errstate(all="ignore"):
+            shape = np.shape(evaluate(e, env, NumpyOps))
+        if len(shape) == ndim and shape[0] != 1:
+            return False
+    return True
 
 
 def columns_read(model: Model, names) -> set:
@@ -284,20 +333,36 @@ class Draw(NamedTuple):
 
 
 def draws(result, columns: dict, local_q: dict, num_samples: int, seed: int,
-          with_locals: bool = True) -> Iterator[Draw]:
+          with_locals: bool = True, new_groups: bool = False) -> Iterator[Draw]:
     """``num_samples`` joint draws: the globals from q, the locals from ``local_q``
     (their q for these rows) or, when absent there, from their prior (none at all
-    without ``with_locals``)."""
+    without ``with_locals``). With ``new_groups``, a Global indexed past its end by
+    these rows (``new_levels``) gets its new entries drawn from its prior, one set per
+    draw (stream ``[seed, position, 2]``), shared by the rows of each new group."""
     model = result.model
     n = _rows(columns)
     latents = [v.name for v in model.latents]
     glob = {v.name: result.sample(v.name, num_samples, seed) for v in model.globals}
+    extra = {}  # Global -> how many new entries these rows need
+    for column, names in (new_levels(model).items() if new_groups else ()):
+        if column in columns:
+            for name in names:
+                count = int(columns[column].max()) + 1 - model[name].shape[0]
+                extra[name] = max(extra.get(name, 0), count)
+    extra = {v.name: extra[v.name] for v in model.globals if extra.get(v.name, 0) > 0}
+    level_streams = {k: np.random.default_rng([seed, latents.index(k), 2]) for k in extra}
     streams = {v.name: np.random.default_rng([seed, latents.index(v.name)]
                                              + ([] if v.name in local_q else [1]))
                for v in model.locals}
     base = {**columns, **{v.name: result.params[v.name]["value"] for v in model.params}}
     for d in range(num_samples):
         env = {**base, **{k: a[d] for k, a in glob.items()}}
+        for name, count in extra.items():  # in model order: a prior reads earlier Globals
+            spec = model[name]
+            p = {k: evaluate(e, env, NumpyOps) for k, e in spec.dist.params}
+            new = densities.sample(spec.dist.family, p, level_streams[name],
+                                   shape=(count,) + tuple(spec.shape[1:]))
+            env[name] = np.concatenate([env[name], new])
         log_ratio = np.zeros(n)
         for v in model.locals if with_locals else ():
             rng = streams[v.name]
@@ -326,20 +391,21 @@ def _observed_params(spec, env) -> dict:
 
 
 def predict(result, data=None, num_samples: int = 1000, seed: int = 0,
-            locals: Optional[str] = None) -> dict:
+            locals: Optional[str] = None, new_groups: bool = False) -> dict:
     """Posterior predictive draws for the rows of ``data`` (the training rows when
     None): ``{name: array (num_samples, n, ...)}`` for every Observed and every
     Deterministic (a Deterministic that reads no per-row variable: (num_samples, ...))."""
     where = "result.predict(data=...)"
     model = result.model
     _check_count(num_samples, where)
-    columns, training = rows_for(result, data, where=where, need=_needed(model, locals, data))
+    columns, training = rows_for(result, data, where=where, need=_needed(model, locals, data),
+                                 new_groups=new_groups)
     local_q = _locals_q(result, columns, training, locals, where)
     n = _rows(columns)
     obs_streams = {v.name: np.random.default_rng([seed, len(model.latents) + k, 1])
                    for k, v in enumerate(model.observed)}
     out = {v.name: [] for v in model.observed + model.deterministics}
-    for draw in draws(result, columns, local_q, num_samples, seed):
+    for draw in draws(result, columns, local_q, num_samples, seed, new_groups=new_groups):
         for v in model.observed:
             family = v.dist.family
             out[v.name].append(densities.sample(family, _observed_params(v, draw.env),
@@ -359,7 +425,7 @@ def _needed(model: Model, locals: Optional[str], data) -> set:
 
 
 def evaluate_expr(result, expr, data=None, num_samples: int = 0, seed: int = 0,
-                  locals: Optional[str] = None) -> np.ndarray:
+                  locals: Optional[str] = None, new_groups: bool = False) -> np.ndarray:
     """``expr`` under q on the rows of ``data`` (see ``FitResult.evaluate``)."""
     where = "result.evaluate(data=...)"
     model = result.model
@@ -376,17 +442,21 @@ def evaluate_expr(result, expr, data=None, num_samples: int = 0, seed: int = 0,
     if data is None and not any(model.vars[n].per_row for n in names):
         columns, training = {}, False
     else:
-        columns, training = rows_for(result, data, where=where, need=need)
+        columns, training = rows_for(result, data, where=where, need=need,
+                                     new_groups=new_groups)
     if reads_locals and locals is None and not training and all(
             v.amortized for v in model.locals):
         locals = "encoder"  # an encoder needs no fit: new rows take its q, as before
     local_q = _locals_q(result, columns, training, locals, where) if reads_locals else {}
     if num_samples <= 0:
+        if new_groups:
+            raise ValueError(f"{where}: new_groups=True draws the new groups' entries from "
+                             "their prior, which has no single value; pass num_samples > 0")
         return _at_means(result, expr, columns, local_q, reads_locals, where)
     rows = columns or {"": np.zeros(1)}  # globals and Params only: one placeholder row
     return np.stack([np.asarray(evaluate(expr, d.env, NumpyOps))
                      for d in draws(result, rows, local_q, num_samples, seed,
-                                    with_locals=reads_locals)])
+                                    with_locals=reads_locals, new_groups=new_groups)])
 
 
 def _at_means(result, expr, columns, local_q, reads_locals, where) -> np.ndarray:
@@ -417,17 +487,18 @@ def _check_count(num_samples, where: str) -> None:
 
 # -- held-out scores ---------------------------------------------------------------------
 def _log_weights(result, data, num_samples: int, seed: int, locals: Optional[str],
-                 where: str) -> tuple[np.ndarray, str]:
+                 where: str, new_groups: bool = False) -> tuple[np.ndarray, str]:
     """(num_samples, n) log w_di = log p(y_i | theta_d, z_di) + log p(z_di | theta_d) -
     log q(z_di): importance weights of p(y_i | training data) = E_q[w_i]."""
     model = result.model
     _check_count(num_samples, where)
     need = {v.name for v in model.data_vars + model.observed}
-    columns, training = rows_for(result, data, where=where, need=need)
+    columns, training = rows_for(result, data, where=where, need=need, new_groups=new_groups)
     local_q = _locals_q(result, columns, training, locals, where)
     n = _rows(columns)
     out = np.empty((num_samples, n))
-    for d, draw in enumerate(draws(result, columns, local_q, num_samples, seed)):
+    for d, draw in enumerate(draws(result, columns, local_q, num_samples, seed,
+                                   new_groups=new_groups)):
         total = draw.log_ratio.copy()
         for v in model.observed:
             y = columns[v.name]
@@ -443,11 +514,12 @@ def _logmeanexp(a: np.ndarray) -> np.ndarray:
 
 
 def log_predictive_density(result, data=None, num_samples: int = 1000, seed: int = 0,
-                           locals: Optional[str] = None) -> LogPredictiveDensity:
+                           locals: Optional[str] = None,
+                           new_groups: bool = False) -> LogPredictiveDensity:
     """Per-row log p(y_i | training data) ~= log (1/S) sum_d w_di, with its Monte-Carlo
     standard error (the delta method: sd_d(w_di / mean w_i) / sqrt(S))."""
     log_w, _ = _log_weights(result, data, num_samples, seed, locals,
-                            "result.log_predictive_density(data=...)")
+                            "result.log_predictive_density(data=...)", new_groups)
     value = _logmeanexp(log_w)
     ratio = np.exp(log_w - value)
     se = ratio.std(axis=0, ddof=1) / np.sqrt(num_samples) if num_samples > 1 else np.full_like(
@@ -456,10 +528,10 @@ def log_predictive_density(result, data=None, num_samples: int = 1000, seed: int
 
 
 def elpd(result, data=None, num_samples: int = 1000, seed: int = 0,
-         locals: Optional[str] = None) -> ELPD:
+         locals: Optional[str] = None, new_groups: bool = False) -> ELPD:
     """sum_i log p(y_i | training data) over the rows of ``data`` (see :class:`ELPD`)."""
     log_w, label = _log_weights(result, data, num_samples, seed, locals,
-                                "result.elpd(data=...)")
+                                "result.elpd(data=...)", new_groups)
     per_row = _logmeanexp(log_w)
     ratio = np.exp(log_w - per_row)  # mean 1 over draws for each row
     n = len(per_row)

@@ -115,10 +115,11 @@ def _columns(model: Model) -> list[VarSpec]:
 
 
 def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
-                total_size: Optional[int] = None, optional=()) -> dict:
+                total_size: Optional[int] = None, optional=(), beyond=()) -> dict:
     """Check and convert one mapping of columns; returns float/int NumPy arrays.
     ``optional``: columns that may be missing (a prediction needs no observations);
-    those given are checked all the same."""
+    those given are checked all the same. ``beyond``: index columns that may point past
+    the end of what they index (new groups, drawn from their prior by a prediction)."""
     if not isinstance(batch, Mapping):
         raise TypeError(f"{where}: expected a dict of arrays, got {type(batch).__name__}")
     ordered = [v.name for v in _columns(model)]
@@ -228,7 +229,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 raise ValueError(f"{where}: column {name!r} has values in [{low:g}, {high:g}], "
                                  f"outside the support of {spec.dist} ({support}: {shown})")
             out[name] = arr.astype(np.float64, copy=False)
-    _check_upper_limits(model, out, where)
+    _check_upper_limits(model, out, where, beyond)
     return out
 
 
@@ -278,11 +279,11 @@ def _integer_limits(model: Model) -> list:
     return limits
 
 
-def _check_upper_limits(model: Model, out: dict, where: str) -> None:
+def _check_upper_limits(model: Model, out: dict, where: str, beyond=()) -> None:
     from .expr import NumpyOps, evaluate, variables_in
 
     for col, high, why in _integer_limits(model):
-        arr = out.get(col)
+        arr = out.get(col) if col not in beyond else None
         if arr is not None and arr.size and arr.max() > high:
             at = tuple(int(i) for i in np.argwhere(arr > high)[0])
             raise ValueError(f"{where}: column {col!r} holds {int(arr[at])} at index {at}, but "

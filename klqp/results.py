@@ -150,7 +150,7 @@ class FitResult:
         return out
 
     def evaluate(self, expr, data: Optional[dict] = None, num_samples: int = 0, seed: int = 0,
-                 locals: Optional[str] = None) -> np.ndarray:
+                 locals: Optional[str] = None, new_groups: bool = False) -> np.ndarray:
         """Evaluate a model expression (``net(x)``, a distribution's parameter) with NumPy
         on the rows of ``data`` (None: the training rows, or no rows for an expression of
         globals and Params alone).
@@ -161,16 +161,16 @@ class FitResult:
         its transform). Locals on new rows come from ``locals`` (see ``predict``); by
         default a free local is fitted to the rows' observations (``fit_locals``) and an
         amortized one takes its encoder's q. ``data`` is checked as kq.fit checks it; it
-        needs only the columns the expression reads.
+        needs only the columns the expression reads; ``new_groups`` as in ``predict``.
 
         >>> # logits on test inputs, averaged over 100 draws of a BNN's weights:
         >>> # probs = softmax(result.evaluate(logits_expr, {"x": X_test}, 100)).mean(0)
         """
         from .predict import evaluate_expr
-        return evaluate_expr(self, expr, data, num_samples, seed, locals)
+        return evaluate_expr(self, expr, data, num_samples, seed, locals, new_groups)
 
     def predict(self, data: Optional[dict] = None, num_samples: int = 1000, seed: int = 0,
-                locals: Optional[str] = None) -> dict:
+                locals: Optional[str] = None, new_groups: bool = False) -> dict:
         """Posterior predictive draws for the rows of ``data``: ``{name: array
         (num_samples, n, ...)}`` for every kq.Observed and kq.Deterministic, globals and
         Params from q, observations drawn from the likelihood (NumPy samplers of every
@@ -182,13 +182,20 @@ class FitResult:
         encoder's q, refined); ``"encoder"``: an amortized local's encoder's q as is;
         ``"prior"``: z_i drawn from p(z_i | globals, x_i), for rows with no
         observations yet (a new group). The Observed columns are needed only to fit
-        or encode locals. Same seed, same draws; on either backend for the same q.
+        or encode locals. ``new_groups=True``: a row whose group index is past the end
+        of the Global it indexes (``a[county]`` with county = G for a G-entry ``a``)
+        belongs to a group the fit never saw; its entry is drawn from that Global's
+        prior at each draw of the hyperparameters (a new county; PyMC's new
+        coordinates, Bambi's ``sample_new_groups``). Allowed for index columns that
+        index only Globals whose prior is the same for every entry; otherwise such a
+        row is refused as in kq.fit. Same seed, same draws; on either backend for the
+        same q.
 
         >>> # draws = result.predict({"x": x_new}, num_samples=500)
         >>> # draws["y"].mean(0), np.percentile(draws["y"], [5, 95], axis=0)
         """
         from .predict import predict
-        return predict(self, data, num_samples, seed, locals)
+        return predict(self, data, num_samples, seed, locals, new_groups)
 
     def fit_locals(self, data: dict, refine: bool = True) -> dict:
         """q(z_i) for the rows of ``data`` from their observations, ``{local: {"loc",
@@ -199,23 +206,25 @@ class FitResult:
         return fit_locals(self, data, refine=refine)
 
     def log_predictive_density(self, data: Optional[dict] = None, num_samples: int = 1000,
-                               seed: int = 0, locals: Optional[str] = None):
+                               seed: int = 0, locals: Optional[str] = None,
+                               new_groups: bool = False):
         """Per-row log p(y_i | training data) for the rows of ``data`` (held-out rows;
         None: the training rows), ``(value, mc_se)`` arrays of shape (n,): the mean over
         ``num_samples`` joint draws of q of p(y_i | theta, z_i) p(z_i | theta) /
         q(z_i), i.e. the locals integrated out with their q as importance proposal
         (``locals`` as in ``predict``; "prior": no weights), with each estimate's
-        Monte-Carlo standard error. Unscaled: no N/b, beta or T."""
+        Monte-Carlo standard error. Unscaled: no N/b, beta or T. ``new_groups``: as
+        in ``predict`` (a new group's entries from their prior)."""
         from .predict import log_predictive_density
-        return log_predictive_density(self, data, num_samples, seed, locals)
+        return log_predictive_density(self, data, num_samples, seed, locals, new_groups)
 
     def elpd(self, data: Optional[dict] = None, num_samples: int = 1000, seed: int = 0,
-             locals: Optional[str] = None):
+             locals: Optional[str] = None, new_groups: bool = False):
         """The held-out expected log predictive density of the rows of ``data``: the sum of
         ``log_predictive_density`` with its Monte-Carlo error and the rows' s.e.
         (:class:`klqp.predict.ELPD`). Compare two models on the same held-out rows."""
         from .predict import elpd
-        return elpd(self, data, num_samples, seed, locals)
+        return elpd(self, data, num_samples, seed, locals, new_groups)
 
     def to_inference_data(self, num_samples: int = 1000, seed: int = 0,
                           log_likelihood: bool = False, posterior_predictive: bool = False,

@@ -344,3 +344,95 @@ def test_a_new_group_is_predicted_from_the_group_prior():
     assert abs(new.mean() - float(r.mean("mu"))) < 0.1
     assert new.std() == pytest.approx(np.sqrt(float(np.mean(r.sample("tau", 4000) ** 2)) + 0.09),
                                       rel=0.05)
+
+
+# -- new groups ------------------------------------------------------------------------------
+def intercepts(groups=5, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    data = {"g": g, "y": 1.0 + 0.8 * rng.normal(size=groups)[g] + 0.5 * rng.normal(size=n)}
+    with kq.Model("intercepts") as model:
+        group = kq.Data("g", dtype="int")
+        mu_a = kq.Global("mu_a", kq.Normal(0.0, 5.0))
+        sigma_a = kq.Global("sigma_a", kq.HalfNormal(1.0))
+        a_raw = kq.Global("a_raw", kq.Normal(0.0, 1.0), shape=(groups,))
+        kq.Deterministic("mu", mu_a + sigma_a * a_raw[group])
+        kq.Observed("y", kq.Normal(mu_a + sigma_a * a_raw[group], 0.5))
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def intercepts_fit():
+    model, data = intercepts()
+    return kq.fit(model, data, backend=BACKENDS[0], steps=800, batch_size=100, progress=False)
+
+
+def test_a_new_group_draws_its_entries_from_the_prior(intercepts_fit):
+    """Rows of group 5 (of 0..4): a_raw_5 ~ N(0, 1) at each draw, so mu = mu_a +
+    sigma_a a_raw_5 has mean E[mu_a] and variance Var[mu_a] + E[sigma_a^2]; the rows of
+    one new group share the draw, two new groups do not."""
+    r = intercepts_fit
+    rows = {"g": np.array([5, 5, 6, 0])}
+    with pytest.raises(ValueError, match="column 'g' holds 5 at index"):
+        r.predict(rows, num_samples=10)
+    mu = r.predict(rows, num_samples=20_000, seed=1, new_groups=True)["mu"]
+    np.testing.assert_array_equal(mu[:, 0], mu[:, 1])
+    assert abs(np.corrcoef(mu[:, 0], mu[:, 2])[0, 1]) < 0.2  # only mu_a, sigma_a shared
+    sigma2 = np.mean(r.sample("sigma_a", 20_000, seed=1) ** 2)
+    assert abs(mu[:, 0].mean() - float(r.mean("mu_a"))) <= 4 * mu[:, 0].std() / np.sqrt(20_000)
+    assert mu[:, 0].var() == pytest.approx(float(r.std("mu_a")) ** 2 + sigma2, rel=0.05)
+    # a known group keeps its own q: its draws are the Deterministic's at q
+    np.testing.assert_allclose(mu[:2000, 3], r.evaluate(r.model["mu"].expr, {"g": np.array([0])},
+                                                        2000, seed=1, new_groups=True)[:, 0])
+    held = r.elpd({"g": np.array([5, 5]), "y": np.array([1.0, 1.2])}, 500, new_groups=True)
+    assert np.isfinite(held.elpd) and held.mc_se > 0
+
+
+def test_only_globals_with_one_prior_for_every_entry_take_new_groups():
+    from klqp.predict import new_levels
+
+    model, _ = intercepts()
+    assert new_levels(model) == {"g": ["a_raw"]}
+    with kq.Model("m") as m:
+        g = kq.Data("g", dtype="int")
+        a = kq.Global("a", kq.Normal(np.array([0.0, 1.0, 2.0]), 1.0))  # a prior per entry
+        b = kq.Global("b", kq.Normal(0.0, 1.0), shape=(3,))
+        kq.Observed("y", kq.Normal(a[g] + b[g], 1.0))
+    assert new_levels(m) == {}
+
+
+# -- the issue's targets at scale (bench/predictions.py; figures in bench/README.md) --------
+def _bench():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import predictions
+    return predictions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_target_2_flagship_held_out_rows(backend):
+    row = _bench().target_flagship(backend, quick=True)
+    assert row["z_rms_in_opt_sd"] <= 0.03 and row["z_sd_ratio_max_err"] <= 0.01
+    assert row["lpd_mean_abs_diff_nats_per_row"] <= 0.01
+
+
+@pytest.mark.slow
+def test_target_3_poisson_glmm_elpd_agrees_across_backends_and_ways():
+    rows = {b: _bench().target_glmm(b, quick=True) for b in BACKENDS}
+    for row in rows.values():
+        # locals fitted (importance weights) and drawn from the prior estimate one number
+        assert abs(row["elpd_fit"] - row["elpd_prior"]) <= 3 * np.hypot(
+            row["elpd_fit_mc_se"], row["elpd_prior_mc_se"])
+        assert row["elpd_fit_mc_se"] < row["elpd_prior_mc_se"] / 5
+    if len(rows) == 2:
+        a, b = rows.values()
+        assert abs(a["elpd_fit"] - b["elpd_fit"]) <= 2 * np.hypot(a["elpd_fit_mc_se"],
+                                                                  b["elpd_fit_mc_se"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_target_4_refined_codes_score_held_out_digits_higher(backend):
+    row = _bench().target_vae(backend, quick=True)
+    gap = row["elpd_refined_per_row"] - row["elpd_encoder_per_row"]
+    assert gap * 180 > 3 * np.hypot(row["mc_se_encoder"], row["mc_se_refined"])
