@@ -122,3 +122,17 @@ def test_scaling_out_example_agrees_with_one_device():
         assert float(found.group(1)) < 1e-9 and float(found.group(2)) < 1e-9, found.group(0)
     found = re.search(r"Parquet stream .*: (\S+) sd\* apart", out)
     assert found and float(found.group(1)) < 1.0, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_varying_slopes_example_scores_held_out_rows_and_predicts_a_new_county(backend):
+    out = load("varying_slopes").main(["--backend", backend, "--steps", "1500"])
+    scores = out["scores"]
+    # partial pooling predicts held-out houses better than one line for the state
+    diff = scores["varying_slopes"].per_row - scores["complete_pooling"].per_row
+    assert diff.sum() > np.sqrt(len(diff)) * diff.std(ddof=1)  # by more than its s.e.
+    assert all(e.mc_se < 1.0 for e in scores.values())
+    mu = out["draws"]["mu"]
+    # a new county's expected value is far less certain than a large seen county's
+    assert np.std(mu[:, 0]) > 3 * np.std(mu[:, 2]) and np.std(mu[:, 1]) > 3 * np.std(mu[:, 3])
