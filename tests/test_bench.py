@@ -159,3 +159,16 @@ def test_global_targets_benchmark_reports_every_case(tmp_path):
         assert {(case, "klqp-numpyro"), (case, "klqp-pymc")} <= runners, runners
     for r in rows:
         assert math.isfinite(r["end_max_mean_err_sd"]) and all(map(math.isfinite, r["end_sd_ratio"]))
+
+
+def test_predictions_benchmark_reports_its_targets(tmp_path):
+    """``bench/predictions.py --quick --targets 1``: a figure per backend, and its JSON."""
+    path = tmp_path / "predictions.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "predictions.py"), "--quick",
+                           "--targets", "1", "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    rows = json.loads(path.read_text())
+    assert {r["backend"] for r in rows} == {"numpyro", "pymc"} and all(r["target"] == 1 for r in rows)
+    for r in rows:
+        assert r["max_mean_err_in_mc_se"] < 5 and r["max_var_err_in_mc_se"] < 5
