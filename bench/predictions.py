@@ -49,7 +49,8 @@ def linear_model():
         a = kq.Global("a", kq.Normal(0.0, 5.0))
         b = kq.Global("b", kq.Normal(0.0, 5.0))
         s = kq.Global("s", kq.HalfNormal(2.0))
-        kq.Observed("y", kq.Normal(a + b * x, s))
+        mu = kq.Deterministic("mu", a + b * x)
+        kq.Observed("y", kq.Normal(mu, s))
     return model
 
 

@@ -77,15 +77,15 @@ def test_draws_broadcast_parameters_and_repeat_with_the_seed():
 
 
 # -- a linear regression: the predictive under q in closed form (issue 17, target 1) --------
+def _bench():
+    """bench/predictions.py: its models and targets (figures in bench/README.md)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import predictions
+    return predictions
+
+
 def linear_model():
-    with kq.Model("linear") as model:
-        x = kq.Data("x")
-        a = kq.Global("a", kq.Normal(0.0, 5.0))
-        b = kq.Global("b", kq.Normal(0.0, 5.0))
-        s = kq.Global("s", kq.HalfNormal(2.0))
-        mu = kq.Deterministic("mu", a + b * x)
-        kq.Observed("y", kq.Normal(mu, s))
-    return model
+    return _bench().linear_model()
 
 
 def linear_data(n=400, seed=0):
@@ -402,12 +402,6 @@ def test_only_globals_with_one_prior_for_every_entry_take_new_groups():
 
 
 # -- the issue's targets at scale (bench/predictions.py; figures in bench/README.md) --------
-def _bench():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import predictions
-    return predictions
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_target_2_flagship_held_out_rows(backend):
