@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any, Optional
 
@@ -31,8 +32,9 @@ __all__ = ["ProgramCache", "structure_key", "clear"]
 
 def structure_key(model) -> Optional[str]:
     """The model's structure as text (its JSON spec: every variable, distribution,
-    constant and expression), or None when the model cannot be written as JSON; such a
-    model's fits are not cached. Two models with equal keys lower to the same program.
+    constant and expression; Deterministics left out, the objective never reads them),
+    or None when the model cannot be written as JSON; such a model's fits are not cached.
+    Two models with equal keys lower to the same program.
 
     >>> import klqp as kq
     >>> def declare():
@@ -43,7 +45,7 @@ def structure_key(model) -> Optional[str]:
     True
     """
     try:
-        return model.to_json()
+        return json.dumps(model.objective_dict(), allow_nan=False)
     except Exception:  # noqa: BLE001  a model JSON cannot hold (NaN constants, ...)
         return None
 

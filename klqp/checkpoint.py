@@ -249,7 +249,9 @@ def resumed_result(ckpt: Checkpoint, problem, *, backend: str, seed: int, rule: 
     from .results import FitResult, FitState
 
     meta, path = ckpt.meta, ckpt.path
-    _differs("model", meta["spec"], _plain(problem.model.to_dict()),
+    saved_spec = {**meta["spec"], "variables": [e for e in meta["spec"]["variables"]
+                                                if e.get("role") != "deterministic"]}
+    _differs("model", saved_spec, _plain(problem.model.objective_dict()),
              "Resume with the model that wrote it (or start a new checkpoint file).", path)
     _differs("backend", meta["backend"], backend, f"Resume with backend={meta['backend']!r}.",
              path)

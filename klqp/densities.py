@@ -107,9 +107,10 @@ def _continuous_bernoulli_draw(logits, rng):
     """Inverse CDF: x = log1p(u expm1(l)) / l (u uniform), the uniform at l = 0."""
     u = rng.uniform(size=np.shape(logits))
     safe = np.where(np.abs(logits) < 1e-6, 1e-6, logits)
-    # for l < 0 write it with exp(l) <= 1 so nothing overflows
-    x = np.where(safe > 0, 1.0 + np.log(u + (1.0 - u) * np.exp(-safe)) / safe,
-                 np.log1p(u * np.expm1(safe)) / safe)
+    # each branch keeps its exponent <= 0 where it is taken; np.where evaluates both
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.where(safe > 0, 1.0 + np.log(u + (1.0 - u) * np.exp(-safe)) / safe,
+                     np.log1p(u * np.expm1(safe)) / safe)
     return np.clip(np.where(np.abs(logits) < 1e-6, u, x), 0.0, 1.0)
 
 

@@ -177,6 +177,13 @@ class Model:
         return {"klqp_spec": spec_json.SPEC_VERSION, "name": self.name, "total_size": self.total_size,
                 "variables": [v.to_dict() for v in list(self.vars.values()) + self.deterministics]}
 
+    def objective_dict(self) -> dict:
+        """``to_dict()`` without the Deterministics: what the objective reads. Two models
+        equal here compile to the same program and resume each other's checkpoints."""
+        d = self.to_dict()
+        d["variables"] = [e for e in d["variables"] if e["role"] != "deterministic"]
+        return d
+
     # -- saving and loading (the codec: klqp/spec_json.py) ---------------------------------
     def to_json(self, indent: Optional[int] = None) -> str:
         """This spec as strict JSON text, ``to_dict()`` with its ``"klqp_spec"`` version;

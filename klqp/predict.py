@@ -117,33 +117,39 @@ def rows_for(result, data, *, where: str, need: Optional[set] = None,
     return out, False
 
 
-def _index_nodes(model: Model):
-    """(base, column) of every ``base[column]`` in the model's priors, likelihoods and
-    Deterministics."""
+def _uses(model: Model) -> tuple[dict, set]:
+    """({index column: [bases it indexes]}, names read other than as ``name[column]``)
+    over the model's priors, likelihoods and Deterministics."""
     exprs = [e for v in model.vars.values() if v.dist is not None for _, e in v.dist.params]
     exprs += [v.expr for v in model.deterministics]
-    stack = list(exprs)
+    indexed, other, stack = {}, set(), list(exprs)
     while stack:
         node = stack.pop()
-        stack.extend(node.args)
         if node.op == "index" and len(node.args) == 2 and node.args[1].op == "var":
-            yield node.args[0], node.args[1].attr("name")
+            base, column = node.args
+            indexed.setdefault(column.attr("name"), []).append(base)
+            if base.op == "var":
+                continue  # the base is read only through its column
+        elif node.op == "var":
+            other.add(node.attr("name"))
+        stack.extend(node.args)
+    return indexed, other
 
 
 def new_levels(model: Model) -> dict:
     """{index column: [Globals it indexes]} for columns every use of which indexes a
-    Global whose prior is the same for each entry along its first axis (``a ~ N(mu,
-    tau)`` of shape (G,), ``a_raw ~ N(0, 1)``): a row whose index is G or more belongs to
-    a group the fit never saw, whose entry a prediction draws from that prior."""
-    uses: dict = {}
-    for base, column in _index_nodes(model):
-        uses.setdefault(column, []).append(base)
+    Global that is read only as ``a[column]`` and whose prior is the same for each entry
+    along its first axis (``a ~ N(mu, tau)`` of shape (G,), ``a_raw ~ N(0, 1)``): a row
+    whose index is G or more belongs to a group the fit never saw, whose entry a
+    prediction draws from that prior."""
+    indexed, other = _uses(model)
     out = {}
-    for column, bases in uses.items():
+    for column, bases in indexed.items():
         names = []
         for base in bases:
             spec = model.vars.get(base.attr("name")) if base.op == "var" else None
-            if spec is None or spec.role != "global" or not _same_for_each_level(model, spec):
+            if (spec is None or spec.role != "global" or spec.name in other
+                    or not _same_for_each_level(model, spec)):
                 break
             names.append(spec.name)
         else:
@@ -210,22 +216,25 @@ def _encoder_q(result, spec, columns: dict) -> dict:
     return {"loc": np.broadcast_to(loc, shape).copy(), "scale": np.broadcast_to(scale, shape).copy()}
 
 
-def _without_encoders(model: Model) -> Model:
-    """``model`` with every amortized local made free (its own q per row) and the
-    Params only an encoder read dropped: the model the local step refines them in."""
+def _for_new_rows(model: Model, free_encoded: bool) -> Model:
+    """``model`` for a problem over the new rows alone: no total_size of its own (the
+    rows at hand are all there is), no Deterministics, and with ``free_encoded`` every
+    amortized local made free (its own q per row) and the Params only an encoder read
+    dropped: the model the local step refines them in."""
     read = set()
     for v in model.vars.values():
         if v.dist is not None:
             read.update(n for _, e in v.dist.params for n in variables_in(e))
-    d = model.to_dict()
-    kept = []
-    for entry in d["variables"]:
-        if entry["role"] == "deterministic" or (entry["role"] == "param"
-                                                and entry["name"] not in read):
-            continue
-        entry.pop("encoder", None)
-        kept.append(entry)
-    d["variables"] = kept
+    d = model.objective_dict()
+    d["total_size"] = None
+    if free_encoded:
+        kept = []
+        for entry in d["variables"]:
+            if entry["role"] == "param" and entry["name"] not in read:
+                continue
+            entry.pop("encoder", None)
+            kept.append(entry)
+        d["variables"] = kept
     return Model.from_dict(d)
 
 
@@ -252,7 +261,7 @@ def fit_locals(result, data, *, refine: bool = True, max_iterations: int = 200,
     if not targets:
         return out
     n = _rows(columns)
-    fitted = _without_encoders(model) if amortized and refine else model
+    fitted = _for_new_rows(model, free_encoded=bool(amortized and refine))
     problem = make_problem(fitted, columns, batch_size=n, total_size=n, beta=1.0,
                            likelihood_weight=1.0)
     objective = backends.get(result.backend).compile(problem, local_step=LocalStep())
@@ -286,7 +295,8 @@ def fit_locals(result, data, *, refine: bool = True, max_iterations: int = 200,
     return out
 
 
-def _locals_q(result, columns: dict, training: bool, locals: Optional[str], where: str) -> dict:
+def _locals_q(result, columns: dict, training: bool, locals: Optional[str], where: str,
+              new_groups: bool = False) -> dict:
     """{local: {"loc", "scale"}} for the rows at hand, or {} for ``"prior"``."""
     model = result.model
     if not model.locals:
@@ -311,6 +321,14 @@ def _locals_q(result, columns: dict, training: bool, locals: Optional[str], wher
     _need_observed(model, columns, where, "locals='fit' fits q(z_i) to each row's "
                    "observations; pass them, or use locals='prior' for rows with no "
                    "observations yet (a new group, a new user)")
+    for column, names in (new_levels(model).items() if new_groups else ()):
+        size = min(model[n].shape[0] for n in names)
+        if column in columns and columns[column].max() >= size:
+            raise ValueError(f"{where}: column {column!r} holds {int(columns[column].max())}, a "
+                             f"group the fit never saw ({names} have {size} entries), and "
+                             "locals='fit' would fit those rows' locals at an entry that is only "
+                             "drawn while predicting; pass locals='prior' for the rows of new "
+                             "groups (and locals='fit' for rows of known groups, separately)")
     return fit_locals(result, columns)
 
 
@@ -338,7 +356,8 @@ def draws(result, columns: dict, local_q: dict, num_samples: int, seed: int,
     (their q for these rows) or, when absent there, from their prior (none at all
     without ``with_locals``). With ``new_groups``, a Global indexed past its end by
     these rows (``new_levels``) gets its new entries drawn from its prior, one set per
-    draw (stream ``[seed, position, 2]``), shared by the rows of each new group."""
+    draw (new entry k has its own stream ``[seed, position, 2, k]``, so a new group's
+    draws do not depend on the other rows), shared by the rows of each new group."""
     model = result.model
     n = _rows(columns)
     latents = [v.name for v in model.latents]
@@ -350,7 +369,8 @@ def draws(result, columns: dict, local_q: dict, num_samples: int, seed: int,
                 count = int(columns[column].max()) + 1 - model[name].shape[0]
                 extra[name] = max(extra.get(name, 0), count)
     extra = {v.name: extra[v.name] for v in model.globals if extra.get(v.name, 0) > 0}
-    level_streams = {k: np.random.default_rng([seed, latents.index(k), 2]) for k in extra}
+    level_streams = {k: [np.random.default_rng([seed, latents.index(k), 2, model[k].shape[0] + j])
+                         for j in range(count)] for k, count in extra.items()}
     streams = {v.name: np.random.default_rng([seed, latents.index(v.name)]
                                              + ([] if v.name in local_q else [1]))
                for v in model.locals}
@@ -360,9 +380,9 @@ def draws(result, columns: dict, local_q: dict, num_samples: int, seed: int,
         for name, count in extra.items():  # in model order: a prior reads earlier Globals
             spec = model[name]
             p = {k: evaluate(e, env, NumpyOps) for k, e in spec.dist.params}
-            new = densities.sample(spec.dist.family, p, level_streams[name],
-                                   shape=(count,) + tuple(spec.shape[1:]))
-            env[name] = np.concatenate([env[name], new])
+            new = [densities.sample(spec.dist.family, p, rng, shape=(1,) + tuple(spec.shape[1:]))
+                   for rng in level_streams[name]]
+            env[name] = np.concatenate([env[name], *new])
         log_ratio = np.zeros(n)
         for v in model.locals if with_locals else ():
             rng = streams[v.name]
@@ -400,7 +420,7 @@ def predict(result, data=None, num_samples: int = 1000, seed: int = 0,
     _check_count(num_samples, where)
     columns, training = rows_for(result, data, where=where, need=_needed(model, locals, data),
                                  new_groups=new_groups)
-    local_q = _locals_q(result, columns, training, locals, where)
+    local_q = _locals_q(result, columns, training, locals, where, new_groups)
     n = _rows(columns)
     obs_streams = {v.name: np.random.default_rng([seed, len(model.latents) + k, 1])
                    for k, v in enumerate(model.observed)}
@@ -447,7 +467,8 @@ def evaluate_expr(result, expr, data=None, num_samples: int = 0, seed: int = 0,
     if reads_locals and locals is None and not training and all(
             v.amortized for v in model.locals):
         locals = "encoder"  # an encoder needs no fit: new rows take its q, as before
-    local_q = _locals_q(result, columns, training, locals, where) if reads_locals else {}
+    local_q = (_locals_q(result, columns, training, locals, where, new_groups)
+               if reads_locals else {})
     if num_samples <= 0:
         if new_groups:
             raise ValueError(f"{where}: new_groups=True draws the new groups' entries from "
@@ -494,7 +515,7 @@ def _log_weights(result, data, num_samples: int, seed: int, locals: Optional[str
     _check_count(num_samples, where)
     need = {v.name for v in model.data_vars + model.observed}
     columns, training = rows_for(result, data, where=where, need=need, new_groups=new_groups)
-    local_q = _locals_q(result, columns, training, locals, where)
+    local_q = _locals_q(result, columns, training, locals, where, new_groups)
     n = _rows(columns)
     out = np.empty((num_samples, n))
     for d, draw in enumerate(draws(result, columns, local_q, num_samples, seed,

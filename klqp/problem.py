@@ -262,10 +262,11 @@ def _integer_limits(model: Model) -> list:
             return np.asarray(evaluate(e, env, NumpyOps))
 
     limits = []
-    for v in model.vars.values():
-        if v.dist is None:
-            continue
-        for _, e in v.dist.params:
+    for v in list(model.vars.values()) + model.deterministics:
+        exprs = [e for _, e in v.dist.params] if v.dist is not None else []
+        exprs += [v.expr] if v.expr is not None else []
+        exprs += list(v.encoder or ())
+        for e in exprs:
             for node in _nodes(e):
                 if node.op == "index" and len(node.args) == 2 and node.args[1].op == "var":
                     base, col = node.args[0], node.args[1].attr("name")

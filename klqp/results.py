@@ -197,13 +197,16 @@ class FitResult:
         from .predict import predict
         return predict(self, data, num_samples, seed, locals, new_groups)
 
-    def fit_locals(self, data: dict, refine: bool = True) -> dict:
+    def fit_locals(self, data: dict, refine: bool = True, max_iterations: int = 200,
+                   tol: Optional[float] = None) -> dict:
         """q(z_i) for the rows of ``data`` from their observations, ``{local: {"loc",
         "scale"}}`` in unconstrained space (as ``q``), the globals untouched: free
-        locals by the local step to convergence; amortized ones by their encoder,
-        refined by the local step when ``refine`` (needs the fit's backend)."""
+        locals by the local step until no row's objective rises by more than ``tol``
+        nats an iteration (default 1e-3 in float64, 1e-2 in float32); amortized ones by
+        their encoder, refined by the local step when ``refine`` (needs the fit's
+        backend; see klqp.predict.fit_locals)."""
         from .predict import fit_locals
-        return fit_locals(self, data, refine=refine)
+        return fit_locals(self, data, refine=refine, max_iterations=max_iterations, tol=tol)
 
     def log_predictive_density(self, data: Optional[dict] = None, num_samples: int = 1000,
                                seed: int = 0, locals: Optional[str] = None,

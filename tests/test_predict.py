@@ -430,3 +430,88 @@ def test_target_4_refined_codes_score_held_out_digits_higher(backend):
     row = _bench().target_vae(backend, quick=True)
     gap = row["elpd_refined_per_row"] - row["elpd_encoder_per_row"]
     assert gap * 180 > 3 * np.hypot(row["mc_se_encoder"], row["mc_se_refined"])
+
+
+def test_a_new_groups_draws_do_not_depend_on_the_other_rows(intercepts_fit):
+    r = intercepts_fit
+    alone = r.predict({"g": np.array([5])}, num_samples=50, seed=3, new_groups=True)["mu"]
+    with_others = r.predict({"g": np.array([9, 5, 7])}, num_samples=50, seed=3,
+                            new_groups=True)["mu"]
+    np.testing.assert_array_equal(alone[:, 0], with_others[:, 1])
+
+
+def test_locals_of_new_groups_rows_are_not_fitted_at_an_entry_drawn_later():
+    rng = np.random.default_rng(0)
+    with kq.Model("nested") as model:
+        g = kq.Data("g", dtype="int")
+        mu = kq.Global("mu", kq.Normal(0.0, 1.0))
+        a = kq.Global("a", kq.Normal(mu, 1.0), shape=(4,))
+        z = kq.Local("z", kq.Normal(a[g], 0.5))
+        kq.Observed("y", kq.Normal(z, 0.3))
+    r = kq.fit(model, {"g": rng.integers(0, 4, 80), "y": rng.normal(size=80)},
+               backend=BACKENDS[0], steps=20, batch_size=40, progress=False)
+    rows = {"g": np.array([4, 0]), "y": np.zeros(2)}
+    with pytest.raises(ValueError, match="column 'g' holds 4, a group the fit never saw"):
+        r.elpd(rows, 20, new_groups=True)
+    assert np.isfinite(r.elpd(rows, 20, new_groups=True, locals="prior").elpd)
+
+
+def test_a_global_read_whole_takes_no_new_groups():
+    from klqp.predict import new_levels
+
+    with kq.Model("centred") as model:
+        g = kq.Data("g", dtype="int")
+        a = kq.Global("a", kq.Normal(0.0, 1.0), shape=(4,))
+        kq.Observed("y", kq.Normal(a[g] - kq.mean(a, 0), 0.3))  # a also read whole
+    assert new_levels(model) == {}
+
+
+def test_an_index_read_only_by_a_deterministic_is_range_checked(grouped_fit):
+    with kq.Model("m") as model:
+        g = kq.Data("g", dtype="int")
+        h = kq.Data("h", dtype="int")
+        a = kq.Global("a", kq.Normal(0.0, 1.0), shape=(3,))
+        kq.Deterministic("ah", a[h])
+        kq.Observed("y", kq.Normal(a[g], 1.0))
+    r = kq.fit(model, {"g": np.array([0, 1, 2]), "h": np.array([0, 1, 2]),
+                       "y": np.zeros(3)}, backend=BACKENDS[0], steps=5, batch_size=3,
+               progress=False)
+    with pytest.raises(ValueError, match="column 'h' holds 7"):
+        r.predict({"g": np.array([0]), "h": np.array([7])}, num_samples=2)
+
+
+def test_fit_locals_works_for_a_model_with_its_own_total_size():
+    from hierarchical import make_data
+
+    with kq.Model("sized", total_size=300) as model:
+        x = kq.Data("x")
+        theta = kq.Global("theta", kq.Normal(0.0, 1.0))
+        z = kq.Local("z", kq.Normal(theta * x, 0.7))
+        kq.Observed("y", kq.Normal(z, 1.0))
+    data, _ = make_data(305)
+    train = {k: v[:300] for k, v in data.items()}
+    r = kq.fit(model, train, backend=BACKENDS[0], steps=30, batch_size=100, progress=False)
+    q = r.fit_locals({k: v[300:] for k, v in data.items()})
+    assert q["z"]["loc"].shape == (5,)
+
+
+def test_a_deterministic_changes_neither_the_compiled_program_nor_a_checkpoint(tmp_path):
+    from klqp.cache import structure_key
+
+    def declare(named):
+        with kq.Model("m") as model:
+            x = kq.Data("x")
+            w = kq.Global("w", kq.Normal(0.0, 1.0))
+            if named:
+                kq.Deterministic("wx", w * x)
+            kq.Observed("y", kq.Normal(w * x, 1.0))
+        return model
+
+    assert structure_key(declare(True)) == structure_key(declare(False))
+    data = linear_data(60)
+    path = tmp_path / "run.klqp"
+    kq.fit(declare(False), data, backend=BACKENDS[0], steps=10, batch_size=20,
+           checkpoint=str(path), checkpoint_every=5, progress=False)
+    resumed = kq.fit(declare(True), data, backend=BACKENDS[0], steps=20, batch_size=20,
+                     resume=str(path), progress=False)
+    assert resumed.steps == 20 and resumed.sample("wx", 3).shape == (3, 60)
