@@ -47,11 +47,15 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 class LogPredictiveDensity(NamedTuple):
-    """Per-row log p(y_i | training data) (``value``, shape (n,)) and the Monte-Carlo
-    standard error of each estimate (``mc_se``)."""
+    """Per-row log p(y_i | training data) (``value``, shape (n,)), the Monte-Carlo
+    standard error of each estimate (``mc_se``) and the effective sample size of each
+    row's importance weights (``ess``, (sum w)^2 / sum w^2, at most the number of
+    draws): a small one (tens) means heavy-tailed weights, and then ``mc_se`` itself is
+    unreliable; raise ``num_samples`` or fit the locals (``locals="fit"``)."""
 
     value: np.ndarray
     mc_se: np.ndarray
+    ess: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ class ELPD:
     errors added in quadrature); ``se``: sqrt(n) x the rows' standard deviation, ArviZ's
     ``se`` of an elpd, the one to compare two models by; ``per_row`` and
     ``per_row_mc_se``: each row's value and its Monte-Carlo error; ``locals``: how the
-    rows' locals were taken ("fit", "encoder", "prior", "training" or "none").
+    rows' locals were taken ("fit", "encoder", "prior", "training" or "none");
+    ``min_ess``: the smallest effective sample size of a row's weights (see
+    :class:`LogPredictiveDensity`).
     """
 
     elpd: float
@@ -73,6 +79,7 @@ class ELPD:
     per_row_mc_se: np.ndarray
     num_samples: int
     locals: str
+    min_ess: float = float("nan")
 
     @property
     def n(self) -> int:
@@ -86,7 +93,7 @@ class ELPD:
     def __repr__(self) -> str:
         return (f"ELPD(elpd={self.elpd:.3f}, mc_se={self.mc_se:.3f}, se={self.se:.3f}, "
                 f"n={self.n}, per row {self.per_row_mean:.4f}, num_samples={self.num_samples}, "
-                f"locals={self.locals!r})")
+                f"locals={self.locals!r}, min_ess={self.min_ess:.0f})")
 
 
 # -- the rows ---------------------------------------------------------------------------
@@ -545,7 +552,12 @@ def log_predictive_density(result, data=None, num_samples: int = 1000, seed: int
     ratio = np.exp(log_w - value)
     se = ratio.std(axis=0, ddof=1) / np.sqrt(num_samples) if num_samples > 1 else np.full_like(
         value, np.nan)
-    return LogPredictiveDensity(value, se)
+    return LogPredictiveDensity(value, se, _ess(ratio))
+
+
+def _ess(ratio: np.ndarray) -> np.ndarray:
+    """Each row's importance-sampling effective sample size, (sum w)^2 / sum w^2."""
+    return ratio.sum(axis=0) ** 2 / (ratio ** 2).sum(axis=0)
 
 
 def elpd(result, data=None, num_samples: int = 1000, seed: int = 0,
@@ -564,4 +576,5 @@ def elpd(result, data=None, num_samples: int = 1000, seed: int = 0,
     else:
         row_se, mc_se = np.full(n, np.nan), float("nan")
     se = float(np.sqrt(n) * per_row.std(ddof=1)) if n > 1 else float("nan")
-    return ELPD(float(per_row.sum()), mc_se, se, per_row, row_se, num_samples, label)
+    return ELPD(float(per_row.sum()), mc_se, se, per_row, row_se, num_samples, label,
+                float(_ess(ratio).min()))

@@ -212,11 +212,13 @@ class FitResult:
                                seed: int = 0, locals: Optional[str] = None,
                                new_groups: bool = False):
         """Per-row log p(y_i | training data) for the rows of ``data`` (held-out rows;
-        None: the training rows), ``(value, mc_se)`` arrays of shape (n,): the mean over
+        None: the training rows), ``(value, mc_se, ess)`` arrays of shape (n,) (see
+        :class:`klqp.predict.LogPredictiveDensity`): the log of the mean over
         ``num_samples`` joint draws of q of p(y_i | theta, z_i) p(z_i | theta) /
         q(z_i), i.e. the locals integrated out with their q as importance proposal
         (``locals`` as in ``predict``; "prior": no weights), with each estimate's
-        Monte-Carlo standard error. Unscaled: no N/b, beta or T. ``new_groups``: as
+        Monte-Carlo standard error and its weights' effective sample size. Unscaled: no
+        N/b, beta or T. ``new_groups``: as
         in ``predict`` (a new group's entries from their prior)."""
         from .predict import log_predictive_density
         return log_predictive_density(self, data, num_samples, seed, locals, new_groups)

@@ -145,6 +145,7 @@ def test_training_rows_log_predictive_density_is_the_mean_of_the_pointwise_likel
     np.testing.assert_allclose(lpd.value, top + np.log(np.exp(pointwise - top).mean(0)),
                                rtol=1e-12)
     assert lpd.mc_se.shape == (400,) and np.all(lpd.mc_se > 0)
+    assert np.all((lpd.ess > 1) & (lpd.ess <= 300 + 1e-9))
     e = r.elpd(num_samples=300, seed=2)
     assert e.elpd == pytest.approx(lpd.value.sum()) and e.locals == "none" and e.n == 400
     assert e.se == pytest.approx(np.sqrt(400) * lpd.value.std(ddof=1))
@@ -257,6 +258,9 @@ def test_held_out_rows_get_the_mean_field_optimum_and_the_closed_form_lpd(small_
     np.testing.assert_allclose(q["z"]["scale"], sd, rtol=0.01)
     lpd = r.log_predictive_density(test, num_samples=500, seed=1)
     assert np.abs(lpd.value - closed_form_lpd(r, test, 500, 1)).mean() <= 0.01
+    # q(z_i) at its optimum is close to p(z_i | y_i, theta): nearly even weights
+    assert lpd.ess.min() > 400
+    assert r.log_predictive_density(test, 500, seed=1, locals="prior").ess.min() < lpd.ess.min()
     assert r.elpd(test, num_samples=500, seed=1).locals == "fit"
 
 
