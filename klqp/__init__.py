@@ -10,13 +10,15 @@
 
 from . import backends, cache, checkpoint, data, guard, loop, nn, schedules, steps
 from .api import compile, fit
-from .distributions import (Bernoulli, Beta, Binomial, Categorical, ContinuousBernoulli,
-                            Distribution, Exponential, Gamma, HalfNormal, LogNormal, Normal,
-                            Poisson, StudentT)
+from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, ContinuousBernoulli,
+                            Distribution, Exponential, Gamma, HalfCauchy, HalfNormal,
+                            HalfStudentT, Laplace, LogNormal, NegativeBinomial, Normal, Poisson,
+                            StudentT, Weibull, ZeroInflatedPoisson)
 from .explain import Explanation, explain
 from .checkpoint import CheckpointError, load_result
 from .guard import NonFiniteError
-from .expr import concat, exp, log, mean, relu, sigmoid, softplus, sum, tanh
+from .expr import (abs, concat, cumsum, exp, expand_dims, lgamma, log, log1p, logsumexp,
+                   maximum, mean, minimum, relu, sigmoid, softplus, sqrt, stack, sum, tanh)
 from .model import (ROW_INDEX, Data, Deterministic, Global, Local, Model, ModelError, Observed,
                     Param, column)
 from .objective import Shared, Terms
@@ -28,8 +30,12 @@ from ._version import __version__
 __all__ = [
     "Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "column", "ModelError", "ROW_INDEX",
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
-    "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "Distribution",
-    "exp", "log", "sigmoid", "softplus", "tanh", "relu", "sum", "mean", "concat", "nn",
+    "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "HalfCauchy",
+    "HalfStudentT", "Cauchy", "Laplace", "Weibull", "NegativeBinomial", "ZeroInflatedPoisson",
+    "Distribution",
+    "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
+    "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
+    "expand_dims", "nn",
     "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
     "Problem", "FitResult", "LocalStep", "GlobalStep", "RowAdam", "NonFiniteError",
     "CheckpointError", "load_result",

@@ -80,6 +80,26 @@ _FAMILIES = {
     "Categorical": lambda x, p: _categorical(x, p["logits"]),
     "ContinuousBernoulli": lambda x, p: (x * _logits(p) - np.logaddexp(0.0, _logits(p))
                                          + continuous_bernoulli_log_norm(_logits(p))),
+    "HalfCauchy": lambda x, p: (np.log(2.0 / np.pi) - np.log(p["beta"])
+                                - np.log1p((x / p["beta"]) ** 2)),
+    "HalfStudentT": lambda x, p: (np.log(2.0) + _gammaln((p["nu"] + 1) / 2)
+                                  - _gammaln(p["nu"] / 2) - 0.5 * np.log(p["nu"] * np.pi)
+                                  - np.log(p["sigma"]) - (p["nu"] + 1) / 2
+                                  * np.log1p((x / p["sigma"]) ** 2 / p["nu"])),
+    "Cauchy": lambda x, p: (-np.log(np.pi) - np.log(p["beta"])
+                            - np.log1p(((x - p["alpha"]) / p["beta"]) ** 2)),
+    "Laplace": lambda x, p: -np.log(2.0 * p["b"]) - np.abs(x - p["mu"]) / p["b"],
+    "Weibull": lambda x, p: (np.log(p["alpha"]) - np.log(p["beta"])
+                             + (p["alpha"] - 1) * np.log(x / p["beta"])
+                             - (x / p["beta"]) ** p["alpha"]),
+    "NegativeBinomial": lambda x, p: (_gammaln(x + p["alpha"]) - _gammaln(x + 1)
+                                      - _gammaln(p["alpha"])
+                                      + p["alpha"] * (np.log(p["alpha"])
+                                                      - np.log(p["alpha"] + p["mu"]))
+                                      + x * (np.log(p["mu"]) - np.log(p["alpha"] + p["mu"]))),
+    "ZeroInflatedPoisson": lambda x, p: np.where(
+        x == 0, np.logaddexp(np.log1p(-p["psi"]), np.log(p["psi"]) - p["mu"]),
+        np.log(p["psi"]) + x * np.log(p["mu"]) - p["mu"] - _gammaln(x + 1)),
 }
 
 
@@ -96,6 +116,11 @@ def _probs(p: dict):
     if "probs" in p:
         return p["probs"]
     return 0.5 * (1.0 + np.tanh(0.5 * p["logits"]))  # sigmoid, stable at both ends
+
+
+def _size(p: dict) -> tuple:
+    """The broadcast shape of a family's parameters: the size of its standard draws."""
+    return np.broadcast_shapes(*(np.shape(v) for v in p.values()))
 
 
 def _categorical_draw(logits, rng):
@@ -129,6 +154,16 @@ _DRAWS = {
     "Categorical": lambda p, rng: _categorical_draw(p["logits"], rng),
     "ContinuousBernoulli": lambda p, rng: _continuous_bernoulli_draw(
         p["logits"] if "logits" in p else np.log(p["probs"]) - np.log1p(-p["probs"]), rng),
+    "HalfCauchy": lambda p, rng: np.abs(p["beta"] * rng.standard_cauchy(_size(p))),
+    "HalfStudentT": lambda p, rng: np.abs(p["sigma"] * rng.standard_t(
+        np.broadcast_to(p["nu"], _size(p)))),
+    "Cauchy": lambda p, rng: p["alpha"] + p["beta"] * rng.standard_cauchy(_size(p)),
+    "Laplace": lambda p, rng: rng.laplace(p["mu"], p["b"]),
+    "Weibull": lambda p, rng: p["beta"] * rng.weibull(np.broadcast_to(p["alpha"], _size(p))),
+    # a Gamma(alpha, rate alpha / mu) mixture of Poissons
+    "NegativeBinomial": lambda p, rng: rng.poisson(rng.gamma(p["alpha"], p["mu"] / p["alpha"])),
+    "ZeroInflatedPoisson": lambda p, rng: (rng.poisson(p["mu"])
+                                           * (rng.uniform(size=_size(p)) < p["psi"])),
 }
 
 #: The families with both a NumPy density (``logpdf``) and a NumPy sampler (``sample``).

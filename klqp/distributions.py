@@ -24,7 +24,8 @@ from .expr import Expr, as_expr
 __all__ = [
     "Distribution", "SUPPORT_TRANSFORM", "Normal", "HalfNormal", "LogNormal", "Exponential",
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
-    "ContinuousBernoulli",
+    "ContinuousBernoulli", "HalfCauchy", "HalfStudentT", "Cauchy", "Laplace", "Weibull",
+    "NegativeBinomial", "ZeroInflatedPoisson",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
@@ -88,6 +89,7 @@ _POSITIVE = ("> 0", "a positive number, e.g. 1.0, or an expression such as kq.ex
 _PROB = ("in [0, 1]", "a probability, or logits= for values on the real line")
 _OPEN_PROB = ("in (0, 1)", "a probability strictly between 0 and 1, or logits= instead")
 _COUNT = ("a whole number >= 0", "the number of trials, e.g. 10")
+_PSI = ("in [0, 1]", "a probability, e.g. 0.7, or an expression such as kq.sigmoid(a)")
 PARAM_DOMAINS = {
     "Normal": {"sigma": _POSITIVE},
     "HalfNormal": {"sigma": _POSITIVE},
@@ -101,6 +103,13 @@ PARAM_DOMAINS = {
     "Poisson": {"mu": _POSITIVE},
     "Categorical": {},
     "ContinuousBernoulli": {"probs": _OPEN_PROB},
+    "HalfCauchy": {"beta": _POSITIVE},
+    "HalfStudentT": {"nu": _POSITIVE, "sigma": _POSITIVE},
+    "Cauchy": {"beta": _POSITIVE},
+    "Laplace": {"b": _POSITIVE},
+    "Weibull": {"alpha": _POSITIVE, "beta": _POSITIVE},
+    "NegativeBinomial": {"mu": _POSITIVE, "alpha": _POSITIVE},
+    "ZeroInflatedPoisson": {"psi": _PSI, "mu": _POSITIVE},
 }
 
 
@@ -207,6 +216,31 @@ def StudentT(nu, mu=0.0, sigma=1.0) -> Distribution:
     return _make("StudentT", "real", nu=nu, mu=mu, sigma=sigma)
 
 
+def HalfStudentT(nu, sigma=1.0) -> Distribution:
+    """|StudentT(nu, 0, sigma)| on (0, inf): ``nu`` degrees of freedom, scale ``sigma``."""
+    return _make("HalfStudentT", "positive", nu=nu, sigma=sigma)
+
+
+def Cauchy(alpha=0.0, beta=1.0) -> Distribution:
+    """Cauchy with location ``alpha`` and scale ``beta`` on the real line."""
+    return _make("Cauchy", "real", alpha=alpha, beta=beta)
+
+
+def HalfCauchy(beta=1.0) -> Distribution:
+    """Half-Cauchy with scale ``beta`` on (0, inf)."""
+    return _make("HalfCauchy", "positive", beta=beta)
+
+
+def Laplace(mu=0.0, b=1.0) -> Distribution:
+    """Laplace (double exponential) with location ``mu`` and scale ``b`` on the real line."""
+    return _make("Laplace", "real", mu=mu, b=b)
+
+
+def Weibull(alpha, beta) -> Distribution:
+    """Weibull with shape ``alpha`` and scale ``beta`` on (0, inf) (scipy's weibull_min)."""
+    return _make("Weibull", "positive", alpha=alpha, beta=beta)
+
+
 def Bernoulli(probs=None, logits=None) -> Distribution:
     """Bernoulli on {0, 1}; give ``probs=`` or ``logits=`` (observed only)."""
     return _make("Bernoulli", "boolean", **_one_of("Bernoulli", probs, logits))
@@ -220,6 +254,16 @@ def Binomial(n, probs=None, logits=None) -> Distribution:
 def Poisson(mu) -> Distribution:
     """Poisson with rate ``mu`` (observed only)."""
     return _make("Poisson", "nonnegative_integer", mu=mu)
+
+
+def NegativeBinomial(mu, alpha) -> Distribution:
+    """Negative binomial with mean ``mu``, variance mu + mu^2 / alpha (observed only)."""
+    return _make("NegativeBinomial", "nonnegative_integer", mu=mu, alpha=alpha)
+
+
+def ZeroInflatedPoisson(psi, mu) -> Distribution:
+    """Poisson(mu) with probability ``psi``, else an extra zero (PyMC's; observed only)."""
+    return _make("ZeroInflatedPoisson", "nonnegative_integer", psi=psi, mu=mu)
 
 
 def Categorical(logits) -> Distribution:

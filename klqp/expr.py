@@ -23,12 +23,17 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 __all__ = [
-    "Expr", "Const", "as_expr", "exp", "log", "sigmoid", "softplus", "tanh", "relu",
-    "sum", "mean", "concat", "evaluate", "variables_in", "NumpyOps",
+    "Expr", "Const", "as_expr", "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid",
+    "softplus", "tanh", "relu", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
+    "expand_dims", "maximum", "minimum", "evaluate", "variables_in", "NumpyOps",
 ]
 
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@"}
-_UNARY = ("neg", "exp", "log", "sigmoid", "softplus", "tanh", "relu", "log_sigmoid")
+_UNARY = ("neg", "exp", "log", "sigmoid", "softplus", "tanh", "relu", "log_sigmoid", "log1p",
+          "sqrt", "abs", "lgamma")
+_ELEMENTWISE2 = ("maximum", "minimum")        # f(a, b), broadcast
+_AXIS = ("sum", "mean", "logsumexp", "cumsum", "expand_dims")  # f(x, axis)
+_JOIN = ("concat", "stack")                    # f([x, y, ...], axis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +63,8 @@ class Expr:
         slice (``h[2:4]``); ints and slices act on the last axis."""
         if isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis:
             index = index[1]  # x[..., k] is x[k]: ints and slices act on the last axis anyway
+        if index is None:  # x[..., None]: a new last axis, as NumPy's
+            return expand_dims(self, -1)
         if isinstance(index, (int, np.integer)):
             return Expr("index", (self,), (("at", int(index)),))
         if isinstance(index, slice):
@@ -67,6 +74,17 @@ class Expr:
         if not isinstance(index, Expr):
             raise TypeError(f"index a klqp expression with an int or an integer Data column, not {index!r}")
         return Expr("index", (self, index))
+
+    # NumPy's functions on an expression build the expression (np.exp(w * x) is
+    # kq.exp(w * x)); those klqp has no operator for are refused by name
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        build = _UFUNCS.get(ufunc.__name__) if method == "__call__" and not kwargs else None
+        if build is None:
+            raise TypeError(f"NumPy's {ufunc.__name__} cannot act on a klqp expression: klqp "
+                            "expressions are symbolic. Use klqp's functions (kq.exp, kq.log, "
+                            "kq.log1p, kq.sqrt, kq.abs, kq.lgamma, kq.tanh, kq.sigmoid, "
+                            "kq.maximum, kq.minimum, kq.sum, kq.logsumexp, ...) and arithmetic")
+        return build(*(as_expr(a) for a in inputs))
 
     def sum(self, axis: int = -1) -> "Expr":
         return sum(self, axis)
@@ -93,7 +111,7 @@ class Expr:
         if self.op == "index":
             at = self.args[1] if len(self.args) == 2 else self.attr("at")
             return f"{self.args[0]!r}[{at!r}]"
-        if self.op in ("sum", "mean"):
+        if self.op in _AXIS:
             return f"{self.op}({self.args[0]!r}, axis={self.attr('axis')})"
         if self.op == "slice":
             start, stop = self.attr("start"), self.attr("stop")
@@ -140,6 +158,30 @@ sigmoid = _unary("sigmoid")
 softplus = _unary("softplus")
 tanh = _unary("tanh")
 relu = _unary("relu")
+log1p = _unary("log1p")
+sqrt = _unary("sqrt")
+abs = _unary("abs")  # noqa: A001 - mirrors numpy's name on purpose
+lgamma = _unary("lgamma")
+lgamma.__doc__ = "Elementwise log |Gamma(x)| (``scipy.special.gammaln``): log(n!) = lgamma(n + 1)."
+
+
+_UFUNCS: dict[str, Callable[..., Expr]] = {
+    "add": lambda a, b: a + b, "subtract": lambda a, b: a - b, "multiply": lambda a, b: a * b,
+    "true_divide": lambda a, b: a / b, "divide": lambda a, b: a / b,
+    "power": lambda a, b: a ** b, "matmul": lambda a, b: a @ b, "negative": lambda a: -a,
+    "exp": exp, "log": log, "log1p": log1p, "sqrt": sqrt, "absolute": abs, "tanh": tanh,
+    "maximum": lambda a, b: maximum(a, b), "minimum": lambda a, b: minimum(a, b),
+}
+
+
+def maximum(a, b) -> Expr:
+    """Elementwise maximum of two expressions (broadcast as NumPy's)."""
+    return Expr("maximum", (as_expr(a), as_expr(b)))
+
+
+def minimum(a, b) -> Expr:
+    """Elementwise minimum of two expressions (broadcast as NumPy's)."""
+    return Expr("minimum", (as_expr(a), as_expr(b)))
 
 
 def sum(x, axis: int = -1) -> Expr:  # noqa: A001 - mirrors numpy's name on purpose
@@ -153,9 +195,31 @@ def mean(x, axis: int = -1) -> Expr:
     return Expr("mean", (as_expr(x),), (("axis", int(axis)),))
 
 
+def logsumexp(x, axis: int = -1) -> Expr:
+    """log(sum(exp(x))) over ``axis``, computed stably (a mixture's log density:
+    ``kq.logsumexp(kq.log(w) + component_logps, -1)``)."""
+    return Expr("logsumexp", (as_expr(x),), (("axis", int(axis)),))
+
+
+def cumsum(x, axis: int = -1) -> Expr:
+    """Cumulative sum along ``axis`` (ordered cutpoints: ``c0 + kq.cumsum(gaps)``)."""
+    return Expr("cumsum", (as_expr(x),), (("axis", int(axis)),))
+
+
+def expand_dims(x, axis: int = -1) -> Expr:
+    """``x`` with a new axis of length 1 at ``axis`` (``x[..., None]`` is axis=-1), so a
+    per-row scalar broadcasts against a row's vector."""
+    return Expr("expand_dims", (as_expr(x),), (("axis", int(axis)),))
+
+
 def concat(parts, axis: int = -1) -> Expr:
     """Join expressions along ``axis`` (default: a row's last axis)."""
     return Expr("concat", tuple(as_expr(p) for p in parts), (("axis", int(axis)),))
+
+
+def stack(parts, axis: int = -1) -> Expr:
+    """Stack expressions of one shape along a new ``axis`` (default: a new last axis)."""
+    return Expr("stack", tuple(as_expr(p) for p in parts), (("axis", int(axis)),))
 
 
 def variables_in(expr: Expr) -> list[str]:
@@ -171,12 +235,13 @@ def variables_in(expr: Expr) -> list[str]:
 
 
 class ArrayOps:
-    """The array namespace :func:`evaluate` computes in: ``exp``, ``log``, ``tanh``,
-    ``sigmoid``, ``softplus``, ``log_sigmoid``, ``relu``, ``sum(x, axis)``,
-    ``mean(x, axis)``, ``concat(parts, axis)`` and ``const(value)``, built from an array
-    module ``xp`` (NumPy, ``jax.numpy``, ``pytensor.tensor``); arithmetic, ``@`` and
-    indexing come from its arrays' operators. A backend passes its own functions where
-    its library has better ones (``jax.nn.softplus``, ``pt.sigmoid``).
+    """The array namespace :func:`evaluate` computes in: the unary functions of
+    ``_UNARY``, ``maximum``/``minimum``, ``sum``/``mean``/``logsumexp``/``cumsum``/
+    ``expand_dims`` of ``(x, axis)``, ``concat``/``stack`` of ``(parts, axis)`` and
+    ``const(value)``, built from an array module ``xp`` (NumPy, ``jax.numpy``,
+    ``pytensor.tensor``); arithmetic, ``@`` and indexing come from its arrays'
+    operators. A backend passes its own functions where its library has better ones
+    (``jax.nn.softplus``, ``pt.sigmoid``, its ``gammaln`` as ``lgamma``).
 
     >>> ops = ArrayOps(np)
     >>> float(ops.softplus(0.0)) == float(np.log(2.0)), ops.sum(np.ones((2, 3)), 0).tolist()
@@ -184,9 +249,12 @@ class ArrayOps:
     """
 
     def __init__(self, xp, *, sigmoid=None, softplus=None, log_sigmoid=None, relu=None,
-                 const=None):
+                 const=None, lgamma=None):
         self.xp = xp
         self.exp, self.log, self.tanh = xp.exp, xp.log, xp.tanh
+        self.log1p, self.sqrt, self.abs = xp.log1p, xp.sqrt, xp.abs
+        self.maximum, self.minimum = xp.maximum, xp.minimum
+        self.lgamma = lgamma or _scipy_gammaln
         self.sigmoid = sigmoid or (lambda x: 0.5 * (1.0 + xp.tanh(0.5 * x)))
         self.softplus = softplus or (lambda x: xp.logaddexp(0.0, x))
         self.log_sigmoid = log_sigmoid or (lambda x: -xp.logaddexp(0.0, -x))
@@ -201,6 +269,25 @@ class ArrayOps:
 
     def concat(self, parts, axis):
         return self.xp.concatenate(parts, axis=axis)
+
+    def stack(self, parts, axis):
+        return self.xp.stack(parts, axis=axis)
+
+    def cumsum(self, x, axis):
+        return self.xp.cumsum(x, axis=axis)
+
+    def expand_dims(self, x, axis):
+        return self.xp.expand_dims(x, axis)
+
+    def logsumexp(self, x, axis):
+        top = self.xp.max(x, axis=axis, keepdims=True)
+        total = self.xp.sum(self.xp.exp(x - top), axis=axis)
+        return self.xp.log(total) + self.xp.squeeze(top, axis)
+
+
+def _scipy_gammaln(x):
+    from scipy.special import gammaln  # lazily: the core's only hard dependency is NumPy
+    return gammaln(x)
 
 
 #: NumPy's namespace: what results and the CLI evaluate with.
@@ -244,12 +331,14 @@ def evaluate(expr: Expr, env: Mapping[str, Any], ops: Any = NumpyOps) -> Any:
                 out = -a[0]
             elif op == "index":
                 out = a[0][a[1]] if len(a) == 2 else a[0][..., node.attr("at")]
-            elif op in ("sum", "mean"):
+            elif op in _AXIS:
                 out = getattr(ops, op)(a[0], node.attr("axis"))
+            elif op in _ELEMENTWISE2:
+                out = getattr(ops, op)(a[0], a[1])
             elif op == "slice":
                 out = a[0][..., node.attr("start"):node.attr("stop")]
-            elif op == "concat":
-                out = ops.concat(a, node.attr("axis"))
+            elif op in _JOIN:
+                out = getattr(ops, op)(a, node.attr("axis"))
             elif op in _UNARY:
                 out = getattr(ops, op)(a[0])
             else:

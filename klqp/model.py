@@ -35,7 +35,10 @@ __all__ = ["Model", "Data", "Global", "Local", "Observed", "Param", "Determinist
 #: Key of a streamed batch's row numbers (0..N-1), needed when a model has Local latents.
 ROW_INDEX = "row_index"
 
-_DUMMY_ROWS = 3  # shape checks evaluate parameters on this many fake rows
+# Shape checks evaluate parameters on this many fake rows, and on one more: primes no
+# model's own sizes are likely to equal, so a size-3 vector is never taken for the rows.
+_DUMMY_ROWS = 1009
+PROBE_ROWS = (_DUMMY_ROWS, 1013)
 _DUMMY_VALUE = {"real": 0.5, "positive": 1.0, "unit_interval": 0.5}
 
 
@@ -245,7 +248,7 @@ class Model:
         # Per-row parameters are evaluated on two numbers of fake rows: a parameter whose
         # leading axis does not follow them sums, indexes or joins across the data axis.
         envs = {rows: {n: self.dummy_value(self.vars[n], rows) for n in reads}
-                for rows in ((_DUMMY_ROWS, _DUMMY_ROWS + 1) if per_row else (_DUMMY_ROWS,))}
+                for rows in (PROBE_ROWS if per_row else (_DUMMY_ROWS,))}
         shapes = []
         for pname, e in dist.params:
             row_wise = per_row and any(self.vars[n].per_row for n in variables_in(e))
@@ -257,7 +260,9 @@ class Model:
                     except (ValueError, IndexError) as err:
                         raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} has "
                                          f"inconsistent shapes ({err}); fix the shapes of the "
-                                         "variables it reads") from None
+                                         "variables it reads (a per-row scalar against a "
+                                         "vector needs a new last axis: x[..., None] - v)"
+                                         ) from None
                 shp = value.shape
                 if row_wise:
                     if shp[:1] != (rows,):

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from .model import ROW_INDEX, Model, ModelError, VarSpec
+from .model import PROBE_ROWS, ROW_INDEX, Model, ModelError, VarSpec
 from .objective import Shared, Weights, cost_scale, resolve_weights
 
 __all__ = ["Problem", "make_problem", "check_batch", "init_params", "FitConfig"]
@@ -114,12 +114,30 @@ def _columns(model: Model) -> list[VarSpec]:
     return model.data_vars + model.observed
 
 
+def frame_columns(data):
+    """A pandas or polars DataFrame (or anything with ``columns`` and ``to_dict``-less
+    column access of that kind) as ``{column: NumPy array}``; anything else as given.
+
+    >>> import pandas as pd
+    >>> sorted(frame_columns(pd.DataFrame({"x": [1.0, 2.0], "g": [0, 1]})))
+    ['g', 'x']
+    """
+    kind = type(data)
+    if kind.__name__ != "DataFrame" or kind.__module__.split(".")[0] not in ("pandas", "polars"):
+        return data
+    if kind.__module__.startswith("polars"):
+        return {str(c): data.get_column(c).to_numpy() for c in data.columns}
+    return {str(c): data[c].to_numpy() for c in data.columns}
+
+
 def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 total_size: Optional[int] = None, optional=(), beyond=()) -> dict:
-    """Check and convert one mapping of columns; returns float/int NumPy arrays.
-    ``optional``: columns that may be missing (a prediction needs no observations);
-    those given are checked all the same. ``beyond``: index columns that may point past
-    the end of what they index (new groups, drawn from their prior by a prediction)."""
+    """Check and convert one mapping of columns (or a DataFrame); returns float/int
+    NumPy arrays. ``optional``: columns that may be missing (a prediction needs no
+    observations); those given are checked all the same. ``beyond``: index columns that
+    may point past the end of what they index (new groups, drawn from their prior by a
+    prediction)."""
+    batch = frame_columns(batch)
     if not isinstance(batch, Mapping):
         raise TypeError(f"{where}: expected a dict of arrays, got {type(batch).__name__}")
     ordered = [v.name for v in _columns(model)]
@@ -233,7 +251,7 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
     return out
 
 
-_OPEN_SUPPORT = ("Gamma", "LogNormal", "Beta")
+_OPEN_SUPPORT = ("Gamma", "LogNormal", "Beta", "Weibull")
 
 
 def _reads_rows(model: Model, spec: VarSpec) -> bool:
@@ -347,6 +365,7 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
         raise TypeError(f"scale_cost_to_minibatch={scale_cost_to_minibatch!r} must be True or False")
 
     columns, stream = None, None
+    data = frame_columns(data)  # a DataFrame is its columns, not a stream of rows
     if isinstance(data, Mapping):
         columns = check_batch(model, data, where="data", need_rows=None)
         rows = next(iter(columns.values())).shape[0]
@@ -453,7 +472,7 @@ def _check_encoders(model: Model, columns: Optional[dict]) -> None:
             if n not in model.vars or model.vars[n].role in ("global", "local"):
                 raise ModelError(f"Local {v.name!r}: its encoder reads {n!r}, which is not a Data, "
                                  f"Observed or Param variable of model {model.name!r}")
-        for rows in (3, 4):  # two row counts: an encoder that mixes rows shows at one
+        for rows in PROBE_ROWS:  # two row counts: an encoder that mixes rows shows at one
             env = {}
             for n in names:
                 spec = model.vars[n]

@@ -42,7 +42,7 @@ import numpy as np
 from . import distributions as _d
 from .distributions import Distribution
 from .errors import ModelError
-from .expr import _BINARY, _UNARY, Expr
+from .expr import _AXIS, _BINARY, _ELEMENTWISE2, _JOIN, _UNARY, Expr
 
 __all__ = ["SPEC_VERSION", "OPERATORS", "FAMILIES", "ROLES", "dumps", "parse",
            "model_from_dict", "expr_from_dict", "dist_from_dict"]
@@ -200,9 +200,9 @@ OPERATORS: dict[str, tuple[Any, dict[str, Callable]]] = {
     "const": (0, {"value": _array}),
     "index": ((1, 2), {"at": _int_attr}),  # w[group] (2 args) or x[..., k] (1 arg, at=k)
     "slice": (1, {"start": _optional_int_attr, "stop": _optional_int_attr}),
-    "sum": (1, {"axis": _int_attr}),
-    "mean": (1, {"axis": _int_attr}),
-    "concat": (None, {"axis": _int_attr}),
+    **{op: (1, {"axis": _int_attr}) for op in _AXIS},      # sum, mean, logsumexp, ...
+    **{op: (2, {}) for op in _ELEMENTWISE2},                # maximum, minimum
+    **{op: (None, {"axis": _int_attr}) for op in _JOIN},    # concat, stack
 }
 
 
@@ -289,6 +289,9 @@ FAMILIES: dict[str, Callable[..., Distribution]] = {
     "StudentT": _d.StudentT, "Bernoulli": _d.Bernoulli, "Binomial": _d.Binomial,
     "Poisson": _d.Poisson, "Categorical": _d.Categorical,
     "ContinuousBernoulli": _d.ContinuousBernoulli,
+    "HalfCauchy": _d.HalfCauchy, "HalfStudentT": _d.HalfStudentT, "Cauchy": _d.Cauchy,
+    "Laplace": _d.Laplace, "Weibull": _d.Weibull, "NegativeBinomial": _d.NegativeBinomial,
+    "ZeroInflatedPoisson": _d.ZeroInflatedPoisson,
 }
 
 

@@ -98,8 +98,59 @@ def bnn(n=80, d=3, classes=3, seed=5):
     return model, data
 
 
+def array_ops(n=90, d=3, seed=6):
+    """Every array operation in one likelihood: a two-component log-sum-exp, stack,
+    cumsum, expand_dims (x[..., None]), maximum/minimum, lgamma, sqrt, abs, log1p."""
+    rng = np.random.default_rng(seed)
+    with kq.Model("array_ops") as model:
+        x = kq.Data("x", shape=(d,))
+        w = kq.Global("w", kq.Normal(0.0, 1.0), shape=(d,))
+        mus = kq.Global("mus", kq.Normal(0.0, 2.0), shape=(2,))
+        s = kq.Global("s", kq.HalfNormal(1.0))
+        z = kq.Local("z", kq.Normal(0.0, 1.0))
+        lin = kq.sum(w * x, -1)
+        mixed = kq.logsumexp(kq.stack([lin + mus[0], 0.5 * lin + z], -1), -1)
+        spread = kq.sum(kq.sum(x[..., None] * mus, -1), -1) + 0.1 * kq.sum(kq.cumsum(x, -1), -1)
+        mu = (mixed + 0.3 * spread + kq.maximum(z, -0.5) - kq.minimum(lin, 0.5)
+              + 0.1 * kq.lgamma(1.5 + kq.abs(z)))
+        kq.Observed("y", kq.Normal(mu, kq.sqrt(s) + 0.2 + kq.log1p(s)))
+    data = {"x": rng.normal(size=(n, d)), "y": rng.normal(size=n)}
+    return model, data
+
+
+def more_families(n=200, seed=7):
+    """Heavy tails and overdispersed counts: Cauchy, HalfCauchy, HalfStudentT, Laplace and
+    Weibull as priors (global and local) and likelihoods; NegativeBinomial and
+    ZeroInflatedPoisson likelihoods."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    with kq.Model("more_families") as model:
+        xd = kq.Data("x", shape=())
+        a = kq.Global("a", kq.Cauchy(0.0, 2.0))
+        b = kq.Global("b", kq.Laplace(0.0, 1.0))
+        s = kq.Global("s", kq.HalfCauchy(1.0))
+        t = kq.Global("t", kq.HalfStudentT(3.0, 1.0))
+        k = kq.Global("k", kq.Weibull(2.0, 1.5))
+        v = kq.Local("v", kq.Weibull(k, 1.0))
+        kq.Observed("y", kq.Cauchy(a + b * xd, s))
+        kq.Observed("e", kq.Laplace(b * xd, t))
+        kq.Observed("w", kq.Weibull(k, s))
+        kq.Observed("h", kq.HalfCauchy(t))
+        kq.Observed("ht", kq.HalfStudentT(4.0, s))
+        kq.Observed("nb", kq.NegativeBinomial(v * kq.exp(b * xd), t))
+        kq.Observed("zip", kq.ZeroInflatedPoisson(kq.sigmoid(a), kq.exp(0.3 + b * xd)))
+    mean = np.exp(0.5 + 0.4 * x)
+    data = {"x": x, "y": 0.5 + x + 0.8 * rng.standard_cauchy(n),
+            "e": x + rng.laplace(0.0, 0.7, n), "w": 1.2 * rng.weibull(1.8, n),
+            "h": 0.8 * np.abs(rng.standard_cauchy(n)), "ht": 1.1 * np.abs(rng.standard_t(4, n)),
+            "nb": rng.poisson(rng.gamma(2.0, mean / 2.0)),
+            "zip": rng.poisson(np.exp(0.3 + 0.3 * x)) * (rng.random(n) < 0.7)}
+    return model, data
+
+
 ALL = {"hierarchical": hierarchical, "logistic": logistic, "counts": counts,
-       "vector_locals": vector_locals, "vae": vae, "bnn": bnn}
+       "vector_locals": vector_locals, "vae": vae, "bnn": bnn, "array_ops": array_ops,
+       "more_families": more_families}
 
 
 def draw_noise(model, n_rows, rng):

@@ -52,6 +52,23 @@ def logpdf(family: str, x, p: dict):
         log_c = np.where(near, np.log(2.0) + 4.0 / 3.0 * (lam - 0.5) ** 2,
                          np.log(2.0 * np.arctanh(1 - 2 * safe) / (1 - 2 * safe)))
         return x * np.log(lam) + (1 - x) * np.log1p(-lam) + log_c
+    if family == "HalfCauchy":
+        return stats.halfcauchy.logpdf(x, scale=p["beta"])
+    if family == "HalfStudentT":  # scipy has none: twice the t density on x >= 0
+        return np.where(np.asarray(x) >= 0, stats.t.logpdf(x, df=p["nu"], scale=p["sigma"])
+                        + np.log(2.0), -np.inf)
+    if family == "Cauchy":
+        return stats.cauchy.logpdf(x, loc=p["alpha"], scale=p["beta"])
+    if family == "Laplace":
+        return stats.laplace.logpdf(x, loc=p["mu"], scale=p["b"])
+    if family == "Weibull":
+        return stats.weibull_min.logpdf(x, c=p["alpha"], scale=p["beta"])
+    if family == "NegativeBinomial":
+        return stats.nbinom.logpmf(x, n=p["alpha"], p=p["alpha"] / (p["alpha"] + p["mu"]))
+    if family == "ZeroInflatedPoisson":  # psi: the Poisson's weight, 1 - psi: an extra zero
+        poisson = np.log(p["psi"]) + stats.poisson.logpmf(x, p["mu"])
+        return np.where(np.asarray(x) == 0, np.log((1 - p["psi"]) + p["psi"] * np.exp(-p["mu"])),
+                        poisson)
     if family == "Categorical":
         logp = p["logits"] - special.logsumexp(p["logits"], axis=-1, keepdims=True)
         logp = np.broadcast_to(logp, np.shape(x) + logp.shape[-1:])

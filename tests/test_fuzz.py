@@ -922,7 +922,7 @@ FITS_REFUSED = [
         "z", kq.Normal(0.0, 1.0),
         encoder=(kq.sum(kq.column("y"), 0), kq.exp(kq.sum(kq.column("y"), 0)))), 1.0))),
      {"y": np.zeros(4)}, {}, ModelError,
-     r"Local 'z': the encoder's loc has shape \(\) for 3 rows: it does not keep the data axis"),
+     r"Local 'z': the encoder's loc has shape \(\) for 1009 rows: it does not keep the data axis"),
     # weights and fit arguments
     (_normal_mean, {"y": np.zeros(4)}, {"beta": np.array([1.0, 2.0])}, TypeError,
      r"beta= is an array of shape \(2,\)"),

@@ -31,9 +31,20 @@ FAMILY_CASES = {
     "Binomial": {"n": 10.0, "probs": 0.3},
     "Poisson": {"mu": 4.0},
     "Categorical": {"logits": np.array([0.0, 1.0, 2.0])},
+    "HalfCauchy": {"beta": 1.5},
+    "HalfStudentT": {"nu": 5.0, "sigma": 2.0},
+    "Cauchy": {"alpha": 1.0, "beta": 2.0},
+    "Laplace": {"mu": 1.0, "b": 2.0},
+    "Weibull": {"alpha": 1.5, "beta": 2.0},
+    "NegativeBinomial": {"mu": 3.0, "alpha": 2.0},
+    "ZeroInflatedPoisson": {"psi": 0.7, "mu": 3.0},
 }
 SUPPORT = {"HalfNormal": (0, np.inf), "LogNormal": (0, np.inf), "Exponential": (0, np.inf),
-           "Gamma": (0, np.inf), "Beta": (0, 1), "ContinuousBernoulli": (0, 1)}
+           "Gamma": (0, np.inf), "Beta": (0, 1), "ContinuousBernoulli": (0, 1),
+           "HalfCauchy": (0, np.inf), "HalfStudentT": (0, np.inf), "Weibull": (0, np.inf)}
+DISCRETE = ("Bernoulli", "Binomial", "Poisson", "Categorical", "NegativeBinomial",
+            "ZeroInflatedPoisson")
+HEAVY_TAILED = ("HalfCauchy", "Cauchy")  # no finite mean: quantiles instead of moments
 
 
 def test_every_family_has_a_sampler_and_a_case_here():
@@ -42,14 +53,14 @@ def test_every_family_has_a_sampler_and_a_case_here():
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))
 def test_draws_follow_the_familys_density(family):
-    """The draws' mean and second moment (continuous) or frequencies (discrete) against
-    klqp's own NumPy density (held to scipy.stats in test_results.py), at 5 standard
-    errors of 200,000 draws."""
+    """The draws' mean and second moment (continuous), quantiles (Cauchy-type, which have
+    no moments) or frequencies (discrete) against klqp's own NumPy density (held to
+    scipy.stats in test_results.py), at 5 standard errors of 200,000 draws."""
     params = FAMILY_CASES[family]
     draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000,))
     assert draws.shape == (200_000,)
     density = lambda x: float(np.exp(densities.logpdf(family, x, params)))
-    if family in ("Bernoulli", "Binomial", "Poisson", "Categorical"):
+    if family in DISCRETE:
         assert draws.dtype == np.int64
         for k in range(0, 15):
             p = density(k) if (family != "Bernoulli" or k < 2) and (family != "Categorical"
@@ -60,6 +71,14 @@ def test_draws_follow_the_familys_density(family):
     low, high = SUPPORT.get(family, (-np.inf, np.inf))
     mass = integrate.quad(density, low, high)[0]
     assert mass == pytest.approx(1.0, abs=1e-6)
+    if family in HEAVY_TAILED:
+        # The draws' q-quantile x_q has empirical CDF q; the density's CDF F(x_q) (by
+        # quadrature) is within 5 binomial standard errors sqrt(q (1 - q) / n) of it.
+        for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+            x_q = np.quantile(draws, q)
+            cdf = integrate.quad(density, low, x_q)[0]
+            assert abs(cdf - q) <= 5 * np.sqrt(q * (1 - q) / len(draws)), (q, x_q, cdf)
+        return
     for power in (1, 2):
         exact = integrate.quad(lambda x: x ** power * density(x), low, high)[0]
         sd = np.std(draws ** power) / np.sqrt(len(draws))

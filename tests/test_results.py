@@ -55,6 +55,13 @@ def test_numpy_densities_match_scipy():
         "Poisson": (rng.integers(0, 9, 50), {"mu": 3.3}),
         "Categorical": (rng.integers(0, 4, 50), {"logits": rng.normal(size=(50, 4))}),
         "ContinuousBernoulli": (u, {"logits": rng.normal(size=50) * 2}),
+        "HalfCauchy": (u * 3, {"beta": 1.2}),
+        "HalfStudentT": (u * 3, {"nu": 2.5, "sigma": 0.9}),
+        "Cauchy": (rng.normal(size=50) * 3, {"alpha": 0.4, "beta": 1.5}),
+        "Laplace": (rng.normal(size=50), {"mu": -0.3, "b": 0.7}),
+        "Weibull": (u * 3, {"alpha": 1.7, "beta": 1.3}),
+        "NegativeBinomial": (rng.integers(0, 12, 50), {"mu": u * 5, "alpha": 2.3}),
+        "ZeroInflatedPoisson": (rng.integers(0, 6, 50), {"psi": 0.7, "mu": u * 4}),
     }
     assert set(cases) == set(kq.distributions.__all__) - {"Distribution", "SUPPORT_TRANSFORM"}
     for family, (x, p) in cases.items():

@@ -4,7 +4,8 @@ compiled step.
 The graphs' float dtype (PyTensor's ``floatX``) and the casts of NumPy inputs to it;
 ``klqp.expr``'s array namespace for PyTensor (``PytensorOps``); each klqp family's PyMC
 distribution (``pm_distribution``; a ``pm.CustomDist`` for the continuous Bernoulli, which
-PyMC lacks); softplus's inverse, how q's scale is stored as ``MeanFieldGroup``'s rho; and
+PyMC lacks, and for the half-Cauchy and half-Student-t, whose PyMC log densities are off
+by a float32 log 2); softplus's inverse, how q's scale is stored as ``MeanFieldGroup``'s rho; and
 what ``klqp_pymc.lowering.lower`` takes: a batch's rows (``Batch``) and q's parameters
 (``QParams``) as PyTensor variables.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+from pymc.distributions.transforms import log as log_transform
 from pymc.distributions.transforms import logodds
 
 from klqp.densities import continuous_bernoulli_log_norm
@@ -48,7 +50,7 @@ def as_column(a: np.ndarray) -> np.ndarray:
 
 
 #: klqp.expr's array namespace for PyTensor.
-PytensorOps = ArrayOps(pt, sigmoid=pt.sigmoid, softplus=pt.softplus,
+PytensorOps = ArrayOps(pt, lgamma=pt.gammaln, sigmoid=pt.sigmoid, softplus=pt.softplus,
                        log_sigmoid=lambda x: -pt.softplus(-x),
                        const=lambda value: pt.as_tensor(as_float(value)))
 
@@ -65,6 +67,37 @@ def _continuous_bernoulli(name, logits, **kwargs):
     """A pm.CustomDist; as a latent it lives on (0, 1) through PyMC's logodds transform."""
     return pm.CustomDist(name, logits, logp=continuous_bernoulli_logp,
                          default_transform=logodds, **kwargs)
+
+
+# PyMC's HalfCauchy and HalfStudentT add pt.log(2), the log of an int8 constant, which
+# PyTensor computes in float32 (2e-9 off in float64 graphs): the two are written out here.
+_LOG_2 = float(np.log(2.0))
+
+
+def half_cauchy_logp(value, beta):
+    """log p(x) = log(2 / pi) - log(beta) - log1p((x / beta)^2) on x >= 0."""
+    res = _LOG_2 - float(np.log(np.pi)) - pt.log(beta) - pt.log1p((value / beta) ** 2)
+    return pt.switch(pt.lt(value, 0), -np.inf, res)
+
+
+def half_student_t_logp(value, nu, sigma):
+    """log 2 + StudentT(nu, 0, sigma)'s log p(x) on x >= 0."""
+    res = (_LOG_2 + pt.gammaln((nu + 1.0) / 2.0) - pt.gammaln(nu / 2.0)
+           - 0.5 * pt.log(nu * np.pi) - pt.log(sigma)
+           - (nu + 1.0) / 2.0 * pt.log1p((value / sigma) ** 2 / nu))
+    return pt.switch(pt.lt(value, 0), -np.inf, res)
+
+
+def _half_cauchy(name, beta, **kwargs):
+    """A pm.CustomDist; as a latent it lives on (0, inf) through PyMC's log transform."""
+    return pm.CustomDist(name, beta, logp=half_cauchy_logp, default_transform=log_transform,
+                         **kwargs)
+
+
+def _half_student_t(name, nu, sigma, **kwargs):
+    """A pm.CustomDist; as a latent it lives on (0, inf) through PyMC's log transform."""
+    return pm.CustomDist(name, nu, sigma, logp=half_student_t_logp,
+                         default_transform=log_transform, **kwargs)
 
 
 def _probs_or_logits(p: dict) -> dict:
@@ -88,6 +121,13 @@ _FAMILIES = {
     "Poisson": lambda p: (pm.Poisson, {"mu": p["mu"]}),
     "Categorical": lambda p: (pm.Categorical, {"logit_p": p["logits"]}),
     "ContinuousBernoulli": lambda p: (_continuous_bernoulli, {"logits": _logits(p)}),
+    "HalfCauchy": lambda p: (_half_cauchy, {"beta": p["beta"]}),
+    "HalfStudentT": lambda p: (_half_student_t, {"nu": p["nu"], "sigma": p["sigma"]}),
+    "Cauchy": lambda p: (pm.Cauchy, {"alpha": p["alpha"], "beta": p["beta"]}),
+    "Laplace": lambda p: (pm.Laplace, {"mu": p["mu"], "b": p["b"]}),
+    "Weibull": lambda p: (pm.Weibull, {"alpha": p["alpha"], "beta": p["beta"]}),
+    "NegativeBinomial": lambda p: (pm.NegativeBinomial, {"mu": p["mu"], "alpha": p["alpha"]}),
+    "ZeroInflatedPoisson": lambda p: (pm.ZeroInflatedPoisson, {"psi": p["psi"], "mu": p["mu"]}),
 }
 
 
