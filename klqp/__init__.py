@@ -11,9 +11,10 @@
 from . import backends, cache, checkpoint, data, guard, loop, nn, schedules, steps
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, ContinuousBernoulli,
-                            Distribution, Exponential, Gamma, HalfCauchy, HalfNormal,
+                            Distribution, Exponential, Gamma, HalfCauchy, HalfNormal, Mixture,
                             HalfStudentT, Laplace, LogNormal, NegativeBinomial, Normal, Poisson,
-                            StudentT, Weibull, ZeroInflatedPoisson)
+                            OrderedLogistic, StudentT, Weibull, ZeroInflatedNegativeBinomial,
+                            ZeroInflatedPoisson)
 from .explain import Explanation, explain
 from .checkpoint import CheckpointError, load_result
 from .guard import NonFiniteError
@@ -28,10 +29,12 @@ from .steps import GlobalStep, LocalStep, RowAdam
 from ._version import __version__
 
 __all__ = [
+    "Mixture",
     "Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "column", "ModelError", "ROW_INDEX",
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "HalfCauchy",
     "HalfStudentT", "Cauchy", "Laplace", "Weibull", "NegativeBinomial", "ZeroInflatedPoisson",
+    "ZeroInflatedNegativeBinomial", "OrderedLogistic",
     "Distribution",
     "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
     "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",

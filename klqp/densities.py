@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["logpdf", "sample", "FAMILIES"]
+__all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS"]
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
@@ -57,6 +57,46 @@ def _categorical(x, logits):
     logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     logp = np.broadcast_to(logp, np.shape(x) + logp.shape[-1:])
     return np.take_along_axis(logp, np.asarray(x, dtype=int)[..., None], axis=-1)[..., 0]
+
+
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def _log1mexp(x):
+    """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > -np.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+def _ordered_logistic(x, eta, cutpoints):
+    """log P(y = k) of an OrderedLogistic, with a = eta - c_{k-1}, b = eta - c_k:
+    sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(b - a)), so log P =
+    log_sigmoid(a) + log_sigmoid(-b) + log1mexp(c_{k-1} - c_k), a term left out where its
+    cutpoint is infinite (k = 0: c_{-1} = -inf; k = K-1: c_{K-1} = +inf). Labels outside
+    0..K-1 have log P = -inf."""
+    k = cutpoints.shape[-1] + 1
+    shape = np.broadcast_shapes(np.shape(x), np.shape(eta), cutpoints.shape[:-1])
+    y = np.broadcast_to(x, shape)
+    eta = np.broadcast_to(eta, shape)
+    c = np.broadcast_to(cutpoints, shape + cutpoints.shape[-1:])
+    valid = (y >= 0) & (y <= k - 1) & (y == np.round(y))
+    label = np.where(valid, y, 0).astype(int)
+    lo = np.take_along_axis(c, np.clip(label - 1, 0, k - 2)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(c, np.clip(label, 0, k - 2)[..., None], axis=-1)[..., 0]
+    has_lo, has_hi = label > 0, label < k - 1
+    inner = has_lo & has_hi
+    out = (np.where(has_lo, _log_sigmoid(eta - lo), 0.0)
+           + np.where(has_hi, _log_sigmoid(hi - eta), 0.0)
+           + np.where(inner, _log1mexp(np.where(inner, lo - hi, -1.0)), 0.0))
+    return np.where(valid, out, -np.inf)
+
+
+def _zero_inflated(x, psi, logp):
+    """log of (1 - psi) [x = 0] + psi p(x), from the count family's log p(x)."""
+    with np.errstate(divide="ignore"):
+        nonzero = np.log(psi) + logp
+        return np.where(x == 0, np.logaddexp(np.log1p(-psi), nonzero), nonzero)
 
 
 _FAMILIES = {
@@ -100,16 +140,37 @@ _FAMILIES = {
     "ZeroInflatedPoisson": lambda x, p: np.where(
         x == 0, np.logaddexp(np.log1p(-p["psi"]), np.log(p["psi"]) - p["mu"]),
         np.log(p["psi"]) + x * np.log(p["mu"]) - p["mu"] - _gammaln(x + 1)),
+    "ZeroInflatedNegativeBinomial": lambda x, p: _zero_inflated(
+        x, p["psi"], _FAMILIES["NegativeBinomial"](x, p)),
+    "OrderedLogistic": lambda x, p: _ordered_logistic(x, p["eta"], p["cutpoints"]),
 }
 
 
-def logpdf(family: str, x, params: dict) -> np.ndarray:
-    """log p(x) elementwise, for a klqp family with parameters ``params`` (NumPy arrays)."""
+def logpdf(family: str, x, params: dict, component: str = "") -> np.ndarray:
+    """log p(x) elementwise, for a klqp family with parameters ``params`` (NumPy arrays);
+    a kq.Mixture also needs its ``component`` family (``dist.component``)."""
+    if family == "Mixture":
+        w, parts = _mixture_split(params)
+        logps = np.stack([logpdf(component, x, p) for p in parts], axis=-1)
+        with np.errstate(divide="ignore"):
+            terms = np.log(np.asarray(w, dtype=float)) + logps
+        top = np.max(terms, axis=-1, keepdims=True)
+        return np.log(np.sum(np.exp(terms - top), axis=-1)) + top[..., 0]
     if family not in _FAMILIES:
         raise NotImplementedError(f"no NumPy density for {family!r}; families: {sorted(_FAMILIES)}")
     x = np.asarray(x, dtype=int if family == "Categorical" else float)
     params = {k: np.asarray(v, dtype=float) for k, v in params.items()}
     return np.asarray(_FAMILIES[family](x, params))
+
+
+def _mixture_split(params: dict) -> tuple:
+    """A mixture's (w, [component k's {name: value}, ...]) from its ``<name>_<k>`` keys."""
+    parts: dict = {}
+    for key, value in params.items():
+        if key != "w":
+            name, k = key.rsplit("_", 1)
+            parts.setdefault(int(k), {})[name] = value
+    return params["w"], [parts[k] for k in sorted(parts)]
 
 
 def _probs(p: dict):
@@ -139,6 +200,14 @@ def _continuous_bernoulli_draw(logits, rng):
     return np.clip(np.where(np.abs(logits) < 1e-6, u, x), 0.0, 1.0)
 
 
+def _ordered_logistic_draw(eta, cutpoints, rng):
+    """Inverse CDF with one uniform u: P(y <= k) = sigmoid(c_k - eta) for k < K-1, so y is
+    the number of cutpoints whose CDF value u exceeds. ``cutpoints``: (*eta.shape, K-1)."""
+    cdf = 0.5 * (1.0 + np.tanh(0.5 * (cutpoints - eta[..., None])))  # sigmoid, stable
+    u = rng.uniform(size=np.shape(eta))
+    return (u[..., None] > cdf).sum(axis=-1).astype(np.int64)
+
+
 _DRAWS = {
     "Normal": lambda p, rng: rng.normal(p["mu"], p["sigma"]),
     "HalfNormal": lambda p, rng: np.abs(rng.normal(0.0, p["sigma"])),
@@ -164,6 +233,10 @@ _DRAWS = {
     "NegativeBinomial": lambda p, rng: rng.poisson(rng.gamma(p["alpha"], p["mu"] / p["alpha"])),
     "ZeroInflatedPoisson": lambda p, rng: (rng.poisson(p["mu"])
                                            * (rng.uniform(size=_size(p)) < p["psi"])),
+    "ZeroInflatedNegativeBinomial": lambda p, rng: (
+        rng.poisson(rng.gamma(p["alpha"], p["mu"] / p["alpha"]))
+        * (rng.uniform(size=_size(p)) < p["psi"])),
+    "OrderedLogistic": lambda p, rng: _ordered_logistic_draw(p["eta"], p["cutpoints"], rng),
 }
 
 #: The families with both a NumPy density (``logpdf``) and a NumPy sampler (``sample``).
@@ -171,23 +244,32 @@ FAMILIES = tuple(sorted(_FAMILIES))
 assert set(_DRAWS) == set(_FAMILIES)
 
 
-def sample(family: str, params: dict, rng: np.random.Generator, shape=None) -> np.ndarray:
+#: Parameters whose trailing axes are not the draw's (a Categorical's categories).
+EVENT_DIMS = {"Categorical": {"logits": 1}, "OrderedLogistic": {"cutpoints": 1},
+              "Mixture": {"w": 1}}
+
+
+def sample(family: str, params: dict, rng: np.random.Generator, shape=None,
+           component: str = "") -> np.ndarray:
     """One draw of a klqp family for each element of its broadcast parameters (NumPy).
 
     ``shape``: the draw's shape when the parameters broadcast to less (e.g. the rows of an
     observation whose parameters are one number). Integer families give int64 arrays.
     The stream of ``rng`` is the only randomness, so a seeded ``rng`` repeats the draws.
+    A kq.Mixture also needs its ``component`` family.
     """
-    if family not in _DRAWS:
+    if family not in _DRAWS and family != "Mixture":
         raise NotImplementedError(f"no NumPy sampler for {family!r}; families: {sorted(_DRAWS)}")
     params = {k: np.asarray(v, dtype=float) for k, v in params.items()}
-    if shape is not None:
-        event = {"Categorical": 1}.get(family, 0)
-        params = {k: np.broadcast_to(v, tuple(shape) + (v.shape[-event:] if event else ()))
-                  for k, v in params.items()}
-    else:
-        event = {"Categorical": 1}.get(family, 0)
-        target = np.broadcast_shapes(*(v.shape[:v.ndim - event] for v in params.values()))
-        params = {k: np.broadcast_to(v, target + (v.shape[v.ndim - event:] if event else ()))
-                  for k, v in params.items()}
+    events = EVENT_DIMS.get(family, {})
+    own = {k: v.shape[:v.ndim - events.get(k, 0)] for k, v in params.items()}
+    target = tuple(shape) if shape is not None else np.broadcast_shapes(*own.values())
+    params = {k: np.broadcast_to(v, target + v.shape[v.ndim - events.get(k, 0):])
+              for k, v in params.items()}
+    if family == "Mixture":
+        w, parts = _mixture_split(params)
+        # the component of each element by one uniform against w's cumulative sums
+        which = (rng.uniform(size=target)[..., None] > np.cumsum(w, axis=-1)[..., :-1]).sum(-1)
+        draws = np.stack([sample(component, p, rng, target) for p in parts], axis=-1)
+        return np.take_along_axis(draws, which[..., None], axis=-1)[..., 0]
     return np.asarray(_DRAWS[family](params, rng))

@@ -22,10 +22,12 @@ from .errors import ModelError
 from .expr import Expr, as_expr
 
 __all__ = [
-    "Distribution", "SUPPORT_TRANSFORM", "Normal", "HalfNormal", "LogNormal", "Exponential",
+    "Distribution", "SUPPORT_TRANSFORM", "Mixture", "Normal", "HalfNormal", "LogNormal",
+    "Exponential",
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
     "ContinuousBernoulli", "HalfCauchy", "HalfStudentT", "Cauchy", "Laplace", "Weibull",
-    "NegativeBinomial", "ZeroInflatedPoisson",
+    "NegativeBinomial", "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial",
+    "OrderedLogistic",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
@@ -44,12 +46,21 @@ class Distribution:
 
     ``param_event_dims`` names parameters whose trailing axes are not part of the
     value's shape (a Categorical's ``logits`` carry one axis of categories).
+    ``components``: a kq.Mixture's component distributions (its ``params`` are then
+    ``w`` and every component's parameters as ``<name>_<k>``, so whatever reads a
+    distribution's parameters sees them all).
     """
 
     family: str
     params: tuple  # ((name, Expr), ...) in the family's order
     support: str
     param_event_dims: tuple = ()
+    components: tuple = ()
+
+    @property
+    def component(self) -> str:
+        """A mixture's component family ("" for other families)."""
+        return self.components[0].family if self.components else ""
 
     @property
     def param_dict(self) -> dict[str, Expr]:
@@ -63,6 +74,10 @@ class Distribution:
         return f"{self.family}({', '.join(f'{k}={v!r}' for k, v in self.params)})"
 
     def to_dict(self) -> dict:
+        if self.components:  # a mixture: its weights, and each component as a distribution
+            return {"family": self.family, "params": {"w": self.param_dict["w"].to_dict()},
+                    "components": [c.to_dict() for c in self.components],
+                    "support": self.support}
         return {"family": self.family, "params": {k: v.to_dict() for k, v in self.params},
                 "support": self.support}  # support: read back by klqp/spec_json.py
 
@@ -102,6 +117,7 @@ PARAM_DOMAINS = {
     "Binomial": {"n": _COUNT, "probs": _PROB},
     "Poisson": {"mu": _POSITIVE},
     "Categorical": {},
+    "Mixture": {"w": _PROB},
     "ContinuousBernoulli": {"probs": _OPEN_PROB},
     "HalfCauchy": {"beta": _POSITIVE},
     "HalfStudentT": {"nu": _POSITIVE, "sigma": _POSITIVE},
@@ -110,6 +126,8 @@ PARAM_DOMAINS = {
     "Weibull": {"alpha": _POSITIVE, "beta": _POSITIVE},
     "NegativeBinomial": {"mu": _POSITIVE, "alpha": _POSITIVE},
     "ZeroInflatedPoisson": {"psi": _PSI, "mu": _POSITIVE},
+    "ZeroInflatedNegativeBinomial": {"psi": _PSI, "mu": _POSITIVE, "alpha": _POSITIVE},
+    "OrderedLogistic": {},  # cutpoints: increasing, checked by kq.OrderedLogistic
 }
 
 
@@ -264,6 +282,101 @@ def NegativeBinomial(mu, alpha) -> Distribution:
 def ZeroInflatedPoisson(psi, mu) -> Distribution:
     """Poisson(mu) with probability ``psi``, else an extra zero (PyMC's; observed only)."""
     return _make("ZeroInflatedPoisson", "nonnegative_integer", psi=psi, mu=mu)
+
+
+def ZeroInflatedNegativeBinomial(psi, mu, alpha) -> Distribution:
+    """NegativeBinomial(mu, alpha) with probability ``psi``, else an extra zero (PyMC's:
+    p(0) = (1 - psi) + psi NB(0; mu, alpha); observed only)."""
+    return _make("ZeroInflatedNegativeBinomial", "nonnegative_integer", psi=psi, mu=mu,
+                 alpha=alpha)
+
+
+def OrderedLogistic(eta, cutpoints) -> Distribution:
+    """Ordinal labels 0..K-1 (observed only; PyMC's pm.OrderedLogistic): P(y = k) =
+    sigmoid(eta - c_{k-1}) - sigmoid(eta - c_k), with c_{-1} = -inf and c_{K-1} = +inf.
+    ``eta``: the latent predictor (per row); ``cutpoints``: the K-1 increasing cutpoints
+    on its LAST axis (a Global ordered vector: ``c0 + kq.cumsum(kq.exp(log_gaps), -1)``).
+
+    >>> import klqp as kq
+    >>> kq.OrderedLogistic(0.5, [-1.0, 0.0, 2.0]).support
+    'categorical'
+    """
+    d = _make("OrderedLogistic", "categorical", event_dims={"cutpoints": 1}.items(),
+              eta=eta, cutpoints=cutpoints)
+    from .expr import NumpyOps, evaluate, variables_in
+    c = d.param_dict["cutpoints"]
+    if not variables_in(c):  # constant cutpoints: on a last axis, and increasing
+        try:
+            value = np.asarray(evaluate(c, {}, NumpyOps), dtype=float)
+        except (ValueError, IndexError):
+            return d  # inconsistent constant shapes: the model's shape check names them
+        if value.ndim == 0 or value.shape[-1] < 1:
+            raise ModelError(f"kq.OrderedLogistic: cutpoints={c!r} has shape {value.shape}, but "
+                             "its last axis must hold the K-1 cutpoints of K >= 2 categories; "
+                             "give a vector such as [-1.0, 0.5, 2.0]")
+        steps = np.diff(value, axis=-1)
+        if (steps <= 0).any():
+            at = _first(steps <= 0)
+            raise ModelError(f"kq.OrderedLogistic: cutpoints={c!r} are not increasing (entry "
+                             f"{at[:-1] + (at[-1] + 1,)} is {float(value[at[:-1] + (at[-1] + 1,)])!r}, "
+                             f"after {float(value[at])!r}); give strictly increasing cutpoints, "
+                             "e.g. sorted values, or for learned ones "
+                             "c0 + kq.cumsum(kq.exp(log_gaps), -1)")
+    return d
+
+
+#: Families a kq.Mixture may take as components: those whose parameters are all per-value
+#: (no category axis) and that every backend has as a plain distribution.
+MIXABLE = ("Normal", "StudentT", "LogNormal", "Gamma", "Exponential", "Beta", "Laplace",
+           "Cauchy", "Weibull", "Poisson", "NegativeBinomial", "Bernoulli", "Binomial")
+
+
+def Mixture(w, components) -> Distribution:
+    """A finite mixture for a kq.Observed: p(y) = sum_k w_k p_k(y), computed as a stable
+    log-sum-exp. ``w``: the weights, an expression whose LAST axis holds the K
+    probabilities (a Global simplex such as ``kq.exp(a - kq.logsumexp(a, -1)[..., None])``
+    or per-row weights); ``components``: K distributions of one family (PyMC's
+    ``pm.Mixture(w, comp_dists)``), each with per-value parameters.
+
+    >>> import klqp as kq
+    >>> kq.Mixture([0.3, 0.7], [kq.Normal(-1.0, 1.0), kq.Normal(2.0, 0.5)]).support
+    'real'
+    """
+    components = tuple(components) if isinstance(components, (list, tuple)) else ()
+    if len(components) < 2 or not all(isinstance(c, Distribution) for c in components):
+        raise ModelError("kq.Mixture: components must be a list of two or more distributions, "
+                         "e.g. [kq.Normal(mu_a, s), kq.Normal(mu_b, s)]")
+    family = components[0].family
+    if any(c.family != family for c in components):
+        raise ModelError(f"kq.Mixture: the components are of {sorted({c.family for c in components})}; "
+                         "give components of one family (write the others with kq.logsumexp)")
+    if family not in MIXABLE:
+        raise ModelError(f"kq.Mixture: components of {family} are not supported; use one of "
+                         f"{', '.join(MIXABLE)}")
+    names = [k for k, _ in components[0].params]
+    if any([k for k, _ in c.params] != names for c in components):
+        raise ModelError(f"kq.Mixture: every {family} component must take the same parameters "
+                         "(all probs= or all logits=)")
+    w_expr = as_expr(w)
+    params = (("w", w_expr),) + tuple((f"{k}_{i}", e) for i, c in enumerate(components)
+                                      for k, e in c.params)
+    check_constant_params("Mixture", params[:1])
+    from .expr import NumpyOps, evaluate, variables_in
+    if not variables_in(w_expr):
+        value = np.asarray(evaluate(w_expr, {}, NumpyOps), dtype=float)
+        if value.ndim == 0 or value.shape[-1] != len(components):
+            raise ModelError(f"kq.Mixture: w has shape {value.shape}, but its last axis must hold "
+                             f"the {len(components)} components' weights")
+        if not np.allclose(value.sum(-1), 1.0, atol=1e-6):
+            raise ModelError(f"kq.Mixture: the weights w sum to {value.sum(-1)!r}, not 1; "
+                             "normalize them (w / sum(w))")
+    return Distribution("Mixture", params, components[0].support, (("w", 1),), components)
+
+
+def mixture_parts(dist: Distribution) -> tuple[str, list[list[str]]]:
+    """(component family, [[parameter names of component k as in ``params``], ...])."""
+    names = [k for k, _ in dist.components[0].params]
+    return dist.component, [[f"{k}_{i}" for k in names] for i in range(len(dist.components))]
 
 
 def Categorical(logits) -> Distribution:

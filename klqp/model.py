@@ -245,6 +245,7 @@ class Model:
         per_row = any(self.vars[n].per_row for n in reads)
         for pname, e in dist.params:
             self._check_indexing(kind, name, pname, e)
+            self._check_positive(kind, name, dist, pname, e)
         # Per-row parameters are evaluated on two numbers of fake rows: a parameter whose
         # leading axis does not follow them sums, indexes or joins across the data axis.
         envs = {rows: {n: self.dummy_value(self.vars[n], rows) for n in reads}
@@ -278,6 +279,10 @@ class Model:
                 raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} changes its per-row "
                                  f"shape with the number of rows ({sorted(own)}), so it mixes "
                                  "the data axis; use negative axes (kq.sum(x, -1))")
+            if dist.components and pname == "w" and shp[-1:] != (len(dist.components),):
+                raise ModelError(f"{kind} {name!r}: kq.Mixture's w={e!r} has per-row shape "
+                                 f"{shp}, but its last axis must hold the "
+                                 f"{len(dist.components)} components' weights")
             drop = dict(dist.param_event_dims).get(pname, 0)
             if drop and len(shp) < drop:
                 raise ModelError(f"{kind} {name!r}: {dist.family} parameter {pname}={e!r} has "
@@ -289,6 +294,26 @@ class Model:
         except ValueError:
             raise ModelError(f"{kind} {name!r}: parameter shapes {shapes} do not broadcast; "
                              "fix the shapes of the variables its parameters read") from None
+
+    def _check_positive(self, kind: str, name: str, dist: Distribution, pname: str,
+                        e: Expr) -> None:
+        """A parameter that must be > 0 (a scale, a rate) given as a latent on the whole
+        real line (``sigma = kq.Global("sigma", kq.StudentT(1, 0, 2.5))``) would be negative
+        for half of q's draws: refuse it with the fix."""
+        from .distributions import PARAM_DOMAINS
+
+        family = dist.component if dist.components else dist.family
+        rule = PARAM_DOMAINS.get(family, {}).get(pname.rsplit("_", 1)[0] if dist.components
+                                                 else pname)
+        base = e.args[0] if e.op == "index" else e
+        spec = self.vars.get(base.attr("name")) if base.op == "var" else None
+        if rule and rule[0] == "> 0" and spec is not None and spec.role in ("global", "local") \
+                and spec.support == "real":
+            raise ModelError(
+                f"{kind} {name!r}: {pname}={e!r} must be > 0, but {spec.name!r} is a "
+                f"{spec.dist.family} latent on the whole real line, so q would draw negative "
+                f"values; give {spec.name!r} a positive prior (kq.HalfCauchy, kq.HalfStudentT, "
+                f"kq.HalfNormal, kq.Exponential, ...) or write {pname}=kq.exp({spec.name})")
 
     def _check_indexing(self, kind: str, name: str, pname: str, e: Expr) -> None:
         """``w[g]`` takes rows of ``w`` by the integer Data column ``g``: ``g`` must be such a
@@ -343,6 +368,13 @@ def _dims(kind: str, name: str, shape) -> tuple:
     return tuple(int(d) for d in dims)
 
 
+def _no_mixture(kind: str, name: str, dist) -> None:
+    if isinstance(dist, Distribution) and dist.components:
+        raise ModelError(f"{kind} {name!r}: kq.Mixture is a likelihood, for kq.Observed; a "
+                         "latent's prior is one family (a mixture prior has no "
+                         "reparameterized Gaussian q)")
+
+
 def Data(name: str, shape=(), dtype: str = "float") -> Expr:
     """A per-row input column; ``data[name]`` has shape (N, *shape).
 
@@ -360,6 +392,7 @@ def Global(name: str, dist: Distribution, shape=None) -> Expr:
     """A latent with one copy for the whole data set (prior p(theta), Gaussian q)."""
     model = current_model()
     model._check_name("Global", name)
+    _no_mixture("Global", name, dist)
     per_row, pshape = model._param_shapes("Global", name, dist)
     if per_row:
         raise ModelError(f"Global {name!r}: its prior {dist!r} reads a per-row variable, so it "
@@ -381,6 +414,7 @@ def Local(name: str, dist: Distribution, shape=None, encoder=None) -> Expr:
     """
     model = current_model()
     model._check_name("Local", name)
+    _no_mixture("Local", name, dist)
     _, pshape = model._param_shapes("Local", name, dist)
     if dist.is_discrete:
         raise ModelError(f"Local {name!r}: {dist.family} is discrete; reparameterized VI needs a "

@@ -436,7 +436,8 @@ def predict(result, data=None, num_samples: int = 1000, seed: int = 0,
         for v in model.observed:
             family = v.dist.family
             out[v.name].append(densities.sample(family, _observed_params(v, draw.env),
-                                                obs_streams[v.name], shape=(n,) + tuple(v.shape)))
+                                                obs_streams[v.name], shape=(n,) + tuple(v.shape),
+                                                component=v.dist.component))
         for v in model.deterministics:
             out[v.name].append(np.asarray(evaluate(v.expr, draw.env, NumpyOps), dtype=float))
     return {k: np.stack(a) for k, a in out.items()}
@@ -530,7 +531,8 @@ def _log_weights(result, data, num_samples: int, seed: int, locals: Optional[str
         total = draw.log_ratio.copy()
         for v in model.observed:
             y = columns[v.name]
-            logp = densities.logpdf(v.dist.family, y, _observed_params(v, draw.env))
+            logp = densities.logpdf(v.dist.family, y, _observed_params(v, draw.env),
+                                    v.dist.component)
             total += _per_row(np.broadcast_to(logp, y.shape), n)
         out[d] = total
     return out, locals_label(result, training, locals)

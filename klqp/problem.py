@@ -295,6 +295,10 @@ def _integer_limits(model: Model) -> list:
         if v.role == "observed" and v.dist.family == "Categorical":
             k = value(v.dist.param_dict["logits"]).shape[-1]
             limits.append((v.name, k - 1, f"its {v.dist!r} has {k} categories (labels 0..{k - 1})"))
+        if v.role == "observed" and v.dist.family == "OrderedLogistic":
+            k = value(v.dist.param_dict["cutpoints"]).shape[-1] + 1
+            limits.append((v.name, k - 1, f"its {v.dist!r} has {k - 1} cutpoints, so {k} "
+                                          f"categories (labels 0..{k - 1})"))
     return limits
 
 

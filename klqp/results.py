@@ -145,7 +145,7 @@ class FitResult:
             for v in model.observed:
                 p = {k: evaluate(e, env, NumpyOps) for k, e in v.dist.params}
                 y = data[v.name]
-                rows = np.broadcast_to(logpdf(v.dist.family, y, p), y.shape)
+                rows = np.broadcast_to(logpdf(v.dist.family, y, p, v.dist.component), y.shape)
                 out[v.name][d] = rows.reshape(len(y), -1).sum(axis=1)
         return out
 

@@ -289,9 +289,11 @@ FAMILIES: dict[str, Callable[..., Distribution]] = {
     "StudentT": _d.StudentT, "Bernoulli": _d.Bernoulli, "Binomial": _d.Binomial,
     "Poisson": _d.Poisson, "Categorical": _d.Categorical,
     "ContinuousBernoulli": _d.ContinuousBernoulli,
+    "ZeroInflatedNegativeBinomial": _d.ZeroInflatedNegativeBinomial,
+    "OrderedLogistic": _d.OrderedLogistic,
     "HalfCauchy": _d.HalfCauchy, "HalfStudentT": _d.HalfStudentT, "Cauchy": _d.Cauchy,
     "Laplace": _d.Laplace, "Weibull": _d.Weibull, "NegativeBinomial": _d.NegativeBinomial,
-    "ZeroInflatedPoisson": _d.ZeroInflatedPoisson,
+    "ZeroInflatedPoisson": _d.ZeroInflatedPoisson, "Mixture": _d.Mixture,
 }
 
 
@@ -307,11 +309,26 @@ def dist_from_dict(d, path: str = "dist", cache=None) -> Distribution:
     ...
     klqp.model.ModelError: spec variables[1].dist.family: unknown distribution family 'Gauss'; ...
     """
-    _keys(_object(d, path), path, ("family", "params"), ("support",))
-    family = d["family"]
+    _object(d, path)
+    family = d.get("family")
+    _keys(d, path, ("family", "params") + (("components",) if family == "Mixture" else ()),
+          ("support",))
     if not isinstance(family, str) or family not in FAMILIES:
         raise _fail(f"{path}.family", f"unknown distribution family {_show(family)}; use one of "
                                       f"{', '.join(FAMILIES)}")
+    if family == "Mixture":
+        parts = d["components"]
+        if not isinstance(parts, list):
+            raise _fail(f"{path}.components", f"{_show(parts)} must be a list of distributions")
+        params = _object(d["params"], f"{path}.params")
+        _keys(params, f"{path}.params", ("w",))
+        w = expr_from_dict(params["w"], f"{path}.params.w", cache)
+        components = [dist_from_dict(c, f"{path}.components[{i}]", cache)
+                      for i, c in enumerate(parts)]
+        try:
+            return _d.Mixture(w, components)
+        except (TypeError, ValueError) as err:  # ModelError is a ValueError
+            raise _fail(f"{path}.components", str(err)) from None
     make = FAMILIES[family]
     names = list(inspect.signature(make).parameters)
     params = _object(d["params"], f"{path}.params")

@@ -120,8 +120,9 @@ def array_ops(n=90, d=3, seed=6):
 
 def more_families(n=200, seed=7):
     """Heavy tails and overdispersed counts: Cauchy, HalfCauchy, HalfStudentT, Laplace and
-    Weibull as priors (global and local) and likelihoods; NegativeBinomial and
-    ZeroInflatedPoisson likelihoods."""
+    Weibull as priors (global and local) and likelihoods; NegativeBinomial,
+    ZeroInflatedPoisson, ZeroInflatedNegativeBinomial and OrderedLogistic (learned
+    cutpoints, c0 + cumsum(exp(gaps))) likelihoods."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
     with kq.Model("more_families") as model:
@@ -139,17 +140,44 @@ def more_families(n=200, seed=7):
         kq.Observed("ht", kq.HalfStudentT(4.0, s))
         kq.Observed("nb", kq.NegativeBinomial(v * kq.exp(b * xd), t))
         kq.Observed("zip", kq.ZeroInflatedPoisson(kq.sigmoid(a), kq.exp(0.3 + b * xd)))
+        kq.Observed("zinb", kq.ZeroInflatedNegativeBinomial(kq.sigmoid(b + 1.0),
+                                                            kq.exp(0.2 + a * xd), k))
+        gaps = kq.Global("gaps", kq.Normal(0.0, 1.0), shape=(2,))
+        kq.Observed("ord", kq.OrderedLogistic(a + b * xd, -0.5 + kq.cumsum(kq.exp(gaps), -1)))
     mean = np.exp(0.5 + 0.4 * x)
     data = {"x": x, "y": 0.5 + x + 0.8 * rng.standard_cauchy(n),
             "e": x + rng.laplace(0.0, 0.7, n), "w": 1.2 * rng.weibull(1.8, n),
             "h": 0.8 * np.abs(rng.standard_cauchy(n)), "ht": 1.1 * np.abs(rng.standard_t(4, n)),
             "nb": rng.poisson(rng.gamma(2.0, mean / 2.0)),
-            "zip": rng.poisson(np.exp(0.3 + 0.3 * x)) * (rng.random(n) < 0.7)}
+            "zip": rng.poisson(np.exp(0.3 + 0.3 * x)) * (rng.random(n) < 0.7),
+            "zinb": rng.poisson(rng.gamma(1.5, mean / 1.5)) * (rng.random(n) < 0.6),
+            "ord": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-0.5, 0.7])).sum(1)}
+    return model, data
+
+
+def mixture(n=90, seed=8):
+    """A three-component Gaussian mixture likelihood with a regression in each mean, and a
+    Poisson mixture with per-row weights (kq.Mixture)."""
+    rng = np.random.default_rng(seed)
+    with kq.Model("mixture") as model:
+        x = kq.Data("x")
+        a = kq.Global("a", kq.Normal(0.0, 1.0), shape=(3,))
+        mus = kq.Global("mus", kq.Normal(0.0, 3.0), shape=(3,))
+        s = kq.Global("s", kq.HalfNormal(1.0))
+        b = kq.Global("b", kq.Normal(0.0, 1.0))
+        w = kq.exp(a - kq.logsumexp(a, -1)[..., None])  # a simplex from 3 free numbers
+        kq.Observed("y", kq.Mixture(w, [kq.Normal(mus[k] + b * x, s) for k in range(3)]))
+        rates = kq.exp(mus[0:2] * 0.3)
+        row_w = kq.stack([kq.sigmoid(b * x), 1.0 - kq.sigmoid(b * x)], -1)
+        kq.Observed("c", kq.Mixture(row_w, [kq.Poisson(rates[0]), kq.Poisson(rates[1] + 2.0)]))
+    data = {"x": rng.normal(size=n), "y": rng.normal(size=n) * 2.0,
+            "c": rng.poisson(2.0, size=n)}
     return model, data
 
 
 ALL = {"hierarchical": hierarchical, "logistic": logistic, "counts": counts,
        "vector_locals": vector_locals, "vae": vae, "bnn": bnn, "array_ops": array_ops,
+       "mixture": mixture,
        "more_families": more_families}
 
 

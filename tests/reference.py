@@ -21,7 +21,15 @@ def _forward(support, u):
     return x, np.log(x) + np.log1p(-x)
 
 
-def logpdf(family: str, x, p: dict):
+def logpdf(family: str, x, p: dict, component: str = ""):
+    if family == "Mixture":  # log sum_k w_k p_k(x), by scipy's logsumexp
+        parts: dict = {}
+        for key, value in p.items():
+            if key != "w":
+                name, k = key.rsplit("_", 1)
+                parts.setdefault(int(k), {})[name] = value
+        logps = np.stack([logpdf(component, x, parts[k]) for k in sorted(parts)], axis=-1)
+        return special.logsumexp(logps, axis=-1, b=np.asarray(p["w"], float))
     if family == "Normal":
         return stats.norm.logpdf(x, p["mu"], p["sigma"])
     if family == "HalfNormal":
@@ -73,6 +81,22 @@ def logpdf(family: str, x, p: dict):
         logp = p["logits"] - special.logsumexp(p["logits"], axis=-1, keepdims=True)
         logp = np.broadcast_to(logp, np.shape(x) + logp.shape[-1:])
         return np.take_along_axis(logp, np.asarray(x, int)[..., None], axis=-1)[..., 0]
+    if family == "ZeroInflatedNegativeBinomial":  # psi: the NegativeBinomial's weight
+        q = p["alpha"] / (p["alpha"] + p["mu"])
+        nb = np.log(p["psi"]) + stats.nbinom.logpmf(x, n=p["alpha"], p=q)
+        return np.where(np.asarray(x) == 0,
+                        np.log((1 - p["psi"]) + p["psi"] * stats.nbinom.pmf(0, n=p["alpha"], p=q)),
+                        nb)
+    if family == "OrderedLogistic":  # P(y = k) = F(c_k - eta) - F(c_{k-1} - eta), F = expit
+        c = np.asarray(p["cutpoints"], float)
+        cdf = special.expit(c - np.asarray(p["eta"], float)[..., None])
+        cdf = np.concatenate([np.zeros(cdf.shape[:-1] + (1,)), cdf,
+                              np.ones(cdf.shape[:-1] + (1,))], axis=-1)
+        probs = np.diff(cdf, axis=-1)
+        probs = np.broadcast_to(probs, np.broadcast_shapes(np.shape(x), probs.shape[:-1])
+                                + probs.shape[-1:])
+        x = np.broadcast_to(np.asarray(x, int), probs.shape[:-1])
+        return np.log(np.take_along_axis(probs, x[..., None], axis=-1)[..., 0])
     raise NotImplementedError(family)
 
 
@@ -91,7 +115,8 @@ def reference_terms(problem, params, indices, noise, *, step=0):
         p = {k: np.asarray(evaluate(e, env, NumpyOps), float) for k, e in v.dist.params}
         if v.role == "observed":
             y = problem.data[v.name][indices]
-            loglik += ratio * np.sum(np.broadcast_to(logpdf(v.dist.family, y, p), y.shape))
+            loglik += ratio * np.sum(np.broadcast_to(logpdf(v.dist.family, y, p, v.dist.component),
+                                                     y.shape))
             continue
         if v.amortized:
             enc_env = {**columns, **{q.name: env[q.name] for q in model.params}}

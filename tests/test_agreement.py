@@ -124,6 +124,13 @@ FAMILY_MODELS = {  # family: (prior of z, y's distribution given z and m, y's ki
                          lambda z, m: kq.NegativeBinomial(3.0 * m * kq.exp(z), 0.5 + m), "count"),
     "ZeroInflatedPoisson": (kq.Normal(0.0, 1.0),
                             lambda z, m: kq.ZeroInflatedPoisson(kq.sigmoid(z), 3.0 * m), "count"),
+    "ZeroInflatedNegativeBinomial": (
+        kq.Normal(0.0, 1.0),
+        lambda z, m: kq.ZeroInflatedNegativeBinomial(kq.sigmoid(z), 3.0 * m, 0.5 + m), "count"),
+    "OrderedLogistic": (kq.Normal(0.0, 1.0),  # 4 labels; cutpoints read z too
+                        lambda z, m: kq.OrderedLogistic(2.0 * z * m - 1.0,
+                                                        z + np.array([-1.0, 0.2, 1.5])),
+                        "ordinal"),
 }
 
 
@@ -135,7 +142,7 @@ def _family_model(family, n=60, seed=0):
         z = kq.Global("z", prior)
         kq.Observed("y", likelihood(z, m))
     y = {"positive": rng.uniform(0.05, 6.0, n), "real": 3.0 * rng.normal(size=n),
-         "count": rng.integers(0, 12, n)}[kind]
+         "count": rng.integers(0, 12, n), "ordinal": rng.integers(0, 4, n)}[kind]
     return model, {"m": rng.uniform(0.5, 2.0, n), "y": y}
 
 

@@ -106,3 +106,15 @@ def test_a_dataframe_is_its_columns_for_fit_predict_and_compile():
         {"x": np.array([0.0, 1.0]), "g": np.array([0, 2])}, 5)["y"])
     with pytest.raises(ValueError, match="column 'g' holds 3"):
         r1.predict(pd.DataFrame({"x": [0.0], "g": [3]}), 5)
+
+
+def test_a_real_line_latent_as_a_scale_is_refused_with_the_fix():
+    with kq.Model("m"):
+        mu = kq.Global("mu", kq.Normal(0.0, 1.0))
+        sigma = kq.Global("sigma", kq.StudentT(1.0, 0.0, 2.5))
+        with pytest.raises(kq.ModelError, match=r"sigma=sigma must be > 0, but 'sigma' is a "
+                                                 r"StudentT latent .*kq.HalfCauchy"):
+            kq.Observed("y", kq.Normal(mu, sigma))
+        with pytest.raises(kq.ModelError, match="must be > 0"):
+            kq.Observed("c", kq.Mixture([0.5, 0.5], [kq.Poisson(mu), kq.Poisson(2.0)]))
+        kq.Observed("y_ok", kq.Normal(mu, kq.exp(sigma)))  # a transform makes it positive

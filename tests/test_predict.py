@@ -38,12 +38,14 @@ FAMILY_CASES = {
     "Weibull": {"alpha": 1.5, "beta": 2.0},
     "NegativeBinomial": {"mu": 3.0, "alpha": 2.0},
     "ZeroInflatedPoisson": {"psi": 0.7, "mu": 3.0},
+    "ZeroInflatedNegativeBinomial": {"psi": 0.6, "mu": 4.0, "alpha": 1.5},
+    "OrderedLogistic": {"eta": 0.4, "cutpoints": np.array([-1.5, 0.0, 0.8, 2.5])},
 }
 SUPPORT = {"HalfNormal": (0, np.inf), "LogNormal": (0, np.inf), "Exponential": (0, np.inf),
            "Gamma": (0, np.inf), "Beta": (0, 1), "ContinuousBernoulli": (0, 1),
            "HalfCauchy": (0, np.inf), "HalfStudentT": (0, np.inf), "Weibull": (0, np.inf)}
 DISCRETE = ("Bernoulli", "Binomial", "Poisson", "Categorical", "NegativeBinomial",
-            "ZeroInflatedPoisson")
+            "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial", "OrderedLogistic")
 HEAVY_TAILED = ("HalfCauchy", "Cauchy")  # no finite mean: quantiles instead of moments
 
 
@@ -538,3 +540,18 @@ def test_a_deterministic_changes_neither_the_compiled_program_nor_a_checkpoint(t
     resumed = kq.fit(declare(True), data, backend=BACKENDS[0], steps=20, batch_size=20,
                      resume=str(path), progress=False)
     assert resumed.steps == 20 and resumed.sample("wx", 3).shape == (3, 60)
+
+
+def test_mixture_draws_follow_the_mixture_density():
+    params = {"w": np.array([0.3, 0.7]), "mu_0": -1.0, "sigma_0": 1.0, "mu_1": 2.0,
+              "sigma_1": 0.5}
+    draws = densities.sample("Mixture", params, np.random.default_rng(0), (200_000,),
+                             component="Normal")
+    density = lambda x: float(np.exp(densities.logpdf("Mixture", x, params, "Normal")))
+    for power in (1, 2):
+        exact = integrate.quad(lambda x: x ** power * density(x), -np.inf, np.inf)[0]
+        sd = np.std(draws ** power) / np.sqrt(len(draws))
+        assert abs(np.mean(draws ** power) - exact) <= 5 * sd
+    counts = densities.sample("Mixture", {"w": np.array([0.5, 0.5]), "mu_0": 1.0, "mu_1": 9.0},
+                              np.random.default_rng(1), (50_000,), component="Poisson")
+    assert counts.dtype == np.int64 and abs(counts.mean() - 5.0) < 0.1

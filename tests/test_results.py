@@ -62,13 +62,35 @@ def test_numpy_densities_match_scipy():
         "Weibull": (u * 3, {"alpha": 1.7, "beta": 1.3}),
         "NegativeBinomial": (rng.integers(0, 12, 50), {"mu": u * 5, "alpha": 2.3}),
         "ZeroInflatedPoisson": (rng.integers(0, 6, 50), {"psi": 0.7, "mu": u * 4}),
+        "ZeroInflatedNegativeBinomial": (rng.integers(0, 12, 50),
+                                         {"psi": u, "mu": u * 5, "alpha": 1.7}),
+        "OrderedLogistic": (rng.integers(0, 4, 50), {"eta": rng.normal(size=50) * 2,
+                                                     "cutpoints": np.array([-1.2, 0.3, 1.9])}),
     }
-    assert set(cases) == set(kq.distributions.__all__) - {"Distribution", "SUPPORT_TRANSFORM"}
+    # kq.Mixture is tested on its own (test_predict.py, test_agreement.py's mixture model)
+    assert set(cases) == set(kq.distributions.__all__) - {"Distribution", "SUPPORT_TRANSFORM",
+                                                          "Mixture"}
     for family, (x, p) in cases.items():
         np.testing.assert_allclose(logpdf(family, x, p), scipy_logpdf(family, x, p),
                                    rtol=1e-10, atol=1e-12, err_msg=family)
     bernoulli_probs = logpdf("Bernoulli", [0, 1], {"probs": 0.2})
     np.testing.assert_allclose(bernoulli_probs, np.log([0.8, 0.2]))
+
+
+def test_ordered_logistic_density_is_finite_where_its_probabilities_underflow():
+    """log P(y = k) from log-sigmoids and log1mexp: finite far in the tails, where the
+    difference of two sigmoids is 0 in float64; labels outside 0..K-1 have log P = -inf."""
+    from klqp.densities import logpdf
+
+    c = np.array([-1.2, 0.3, 1.9])
+    got = logpdf("OrderedLogistic", [3, 1, 0, 1], {"eta": np.array([-40.0, -40.0, 40.0, 40.0]),
+                                                  "cutpoints": c})
+    exact = [-41.9 - np.log1p(np.exp(-41.9)),                   # log sigmoid(eta - c_2)
+             -38.8 + np.log1p(-np.exp(-1.5)) - np.log1p(np.exp(-38.8)) - np.log1p(np.exp(-40.3)),
+             -41.2 - np.log1p(np.exp(-41.2)),
+             -39.7 + np.log1p(-np.exp(-1.5)) - np.log1p(np.exp(-39.7)) - np.log1p(np.exp(-41.2))]
+    np.testing.assert_allclose(got, exact, rtol=1e-13)
+    assert np.isneginf(logpdf("OrderedLogistic", [-1, 4], {"eta": 0.0, "cutpoints": c})).all()
 
 
 def _noise_for(result, draws: dict, d: int) -> dict:

@@ -30,6 +30,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from klqp.densities import continuous_bernoulli_log_norm
+from klqp.distributions import mixture_parts
 from klqp.expr import ArrayOps, evaluate
 from klqp.objective import Terms, terms_from_rows
 from klqp.problem import Problem
@@ -105,6 +106,71 @@ class NegativeBinomial(dist.Distribution):
                 + alpha * (jnp.log(alpha) - log_total) + value * (jnp.log(mu) - log_total))
 
 
+class ZeroInflatedNegativeBinomial(dist.Distribution):
+    """NegativeBinomial(mu, alpha) (the gammaln one above) with probability ``psi``, else
+    an extra zero (PyMC's psi; NumPyro's ZeroInflatedNegativeBinomial2 has gate = 1 - psi
+    and NegativeBinomial2's betaln): log p(0) = logaddexp(log1p(-psi), log psi + NB(0))."""
+
+    arg_constraints = {"psi": constraints.unit_interval, "mu": constraints.positive,
+                       "alpha": constraints.positive}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, psi, mu, alpha, *, validate_args=None):
+        self.psi, self.mu, self.alpha = psi, mu, alpha  # the pytree's fields: no others
+        super().__init__(batch_shape=jnp.broadcast_shapes(jnp.shape(psi), jnp.shape(mu),
+                                                          jnp.shape(alpha)),
+                         validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        key_nb, key_keep = jax.random.split(key)
+        nb = NegativeBinomial(self.mu, self.alpha).expand(self.batch_shape)
+        counts = nb.sample(key_nb, sample_shape)
+        keep = jax.random.bernoulli(key_keep, self.psi, sample_shape + self.batch_shape)
+        return jnp.where(keep, counts, 0)
+
+    def log_prob(self, value):
+        nonzero = jnp.log(self.psi) + NegativeBinomial(self.mu, self.alpha).log_prob(value)
+        return jnp.where(value == 0, jnp.logaddexp(jnp.log1p(-self.psi), nonzero), nonzero)
+
+
+def _log1mexp(x):
+    """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
+    return jnp.where(x > -jnp.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+class OrderedLogistic(dist.Distribution):
+    """PyMC's pm.OrderedLogistic(eta, cutpoints): labels 0..K-1, the K-1 cutpoints on the
+    last axis. NumPyro's dist.OrderedLogistic takes log(probs) of differences of
+    sigmoids (-inf, and NaN gradients, once a probability underflows); here log P(y = k) =
+    log_sigmoid(eta - c_{k-1}) + log_sigmoid(c_k - eta) + log1mexp(c_{k-1} - c_k), each
+    term left out at an end. Its draws are NumPyro's."""
+
+    arg_constraints = {"eta": constraints.real, "cutpoints": constraints.ordered_vector}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, eta, cutpoints, *, validate_args=None):
+        self.eta, self.cutpoints = jnp.asarray(eta), jnp.asarray(cutpoints)
+        batch = jnp.broadcast_shapes(jnp.shape(eta), jnp.shape(cutpoints)[:-1])
+        super().__init__(batch_shape=batch, validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        eta = jnp.broadcast_to(self.eta, self.batch_shape)
+        return dist.OrderedLogistic(eta, self.cutpoints).expand(self.batch_shape).sample(
+            key, sample_shape)
+
+    def log_prob(self, value):
+        c, last = self.cutpoints, self.cutpoints.shape[-1]  # K - 1
+        y = jnp.asarray(value)[..., None]
+        at = jnp.arange(last)
+        lo = jnp.sum(jnp.where(at == y - 1, c, 0.0), -1)  # c_{y-1} (0 where y = 0)
+        hi = jnp.sum(jnp.where(at == y, c, 0.0), -1)      # c_y (0 where y = K-1)
+        has_lo, has_hi = value > 0, value < last
+        inner = has_lo & has_hi
+        return (jnp.where(has_lo, jax.nn.log_sigmoid(self.eta - lo), 0.0)
+                + jnp.where(has_hi, jax.nn.log_sigmoid(hi - self.eta), 0.0)
+                + jnp.where(inner, _log1mexp(jnp.where(inner, lo - hi, -1.0)), 0.0))
+
+
 def _family(family: str, p: dict):
     if family == "Normal":
         return dist.Normal(p["mu"], p["sigma"])
@@ -145,14 +211,48 @@ def _family(family: str, p: dict):
         return NegativeBinomial(p["mu"], p["alpha"])
     if family == "ZeroInflatedPoisson":  # NumPyro's gate: the extra zero's probability
         return dist.ZeroInflatedPoisson(1.0 - p["psi"], p["mu"])
+    if family == "ZeroInflatedNegativeBinomial":  # psi: the NegativeBinomial's weight
+        return ZeroInflatedNegativeBinomial(p["psi"], p["mu"], p["alpha"])
+    if family == "OrderedLogistic":
+        return OrderedLogistic(p["eta"], p["cutpoints"])
     raise NotImplementedError(f"the numpyro backend has no lowering for {family!r}")
+
+
+class Mixture(dist.Distribution):
+    """A finite mixture of one family (kq.Mixture): log p(y) = logsumexp_k(log w_k +
+    log p_k(y)), the weights on w's last axis. Only its log density is needed (it is a
+    likelihood); NumPyro's MixtureGeneral would also do, with its own broadcasting rules."""
+
+    arg_constraints = {}
+
+    def __init__(self, weights, components, *, validate_args=None):
+        self.weights, self.components = weights, components
+        batch = jax.lax.broadcast_shapes(jnp.shape(weights)[:-1],
+                                         *(c.batch_shape for c in components))
+        super().__init__(batch_shape=batch, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self.components[0].support
+
+    def log_prob(self, value):
+        logps = jnp.stack([c.log_prob(value) for c in self.components], axis=-1)
+        return jax.scipy.special.logsumexp(jnp.log(self.weights) + logps, axis=-1)
+
+
+def _mixture(dist_spec, params: dict) -> Mixture:
+    family, names = mixture_parts(dist_spec)
+    components = [_family(family, {k.rsplit("_", 1)[0]: params[k] for k in keys})
+                  for keys in names]
+    return Mixture(params["w"], components)
 
 
 def site_distribution(spec, env: dict, shape: tuple):
     """The NumPyro distribution of a variable, with batch shape ``shape`` made an event
     except for a leading row axis (the plate's dim) when ``shape`` has one more axis."""
     params = {k: evaluate(e, env, JaxOps) for k, e in spec.dist.params}
-    d = _family(spec.dist.family, params)
+    d = (_mixture(spec.dist, params) if spec.dist.components
+         else _family(spec.dist.family, params))
     if d.batch_shape != shape:
         d = d.expand(shape)
     event = len(spec.shape) if spec.role != "observed" else len(shape) - 1

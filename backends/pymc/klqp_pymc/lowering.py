@@ -108,7 +108,7 @@ def build_pm_model(problem: Problem, batch: Batch, point: dict,
             if v.role in ("data", "param"):
                 continue
             params = {k: evaluate(e, env, PytensorOps) for k, e in v.dist.params}
-            cls, kwargs = pm_distribution(v.dist.family, params)
+            cls, kwargs = pm_distribution(v.dist.family, params, v.dist.component)
             if v.role == "observed":
                 rvs[v.name] = cls(v.name, **kwargs, observed=batch.columns[v.name], total_size=n)
                 continue

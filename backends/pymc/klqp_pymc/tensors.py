@@ -5,7 +5,8 @@ The graphs' float dtype (PyTensor's ``floatX``) and the casts of NumPy inputs to
 ``klqp.expr``'s array namespace for PyTensor (``PytensorOps``); each klqp family's PyMC
 distribution (``pm_distribution``; a ``pm.CustomDist`` for the continuous Bernoulli, which
 PyMC lacks, and for the half-Cauchy and half-Student-t, whose PyMC log densities are off
-by a float32 log 2); softplus's inverse, how q's scale is stored as ``MeanFieldGroup``'s rho; and
+by a float32 log 2, and for the ordered logistic, whose PyMC log density is the log of
+a difference of sigmoids); softplus's inverse, how q's scale is stored as ``MeanFieldGroup``'s rho; and
 what ``klqp_pymc.lowering.lower`` takes: a batch's rows (``Batch``) and q's parameters
 (``QParams``) as PyTensor variables.
 """
@@ -100,6 +101,36 @@ def _half_student_t(name, nu, sigma, **kwargs):
                          default_transform=log_transform, **kwargs)
 
 
+def _log1mexp(x):
+    """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
+    return pt.switch(pt.gt(x, -_LOG_2), pt.log(-pt.expm1(x)), pt.log1p(-pt.exp(x)))
+
+
+def ordered_logistic_logp(value, eta, cutpoints):
+    """log P(y = k) = log_sigmoid(eta - c_{k-1}) + log_sigmoid(c_k - eta)
+    + log1mexp(c_{k-1} - c_k), a term left out at an end (c_{-1} = -inf, c_{K-1} = +inf).
+    pm.OrderedLogistic takes the log of differences of sigmoids (-inf, and NaN gradients,
+    once a probability underflows) and, with compute_p=True, adds a Deterministic."""
+    last = cutpoints.shape[-1]  # K - 1
+    y = pt.shape_padright(value)
+    at = pt.arange(last)
+    lo = pt.sum(pt.switch(pt.eq(at, y - 1), cutpoints, 0.0), axis=-1)  # c_{y-1} (0 at y = 0)
+    hi = pt.sum(pt.switch(pt.eq(at, y), cutpoints, 0.0), axis=-1)      # c_y (0 at y = K-1)
+    has_lo, has_hi = pt.gt(value, 0), pt.lt(value, last)
+    inner = pt.and_(has_lo, has_hi)
+    log_sigmoid = lambda x: -pt.softplus(-x)  # noqa: E731
+    res = (pt.switch(has_lo, log_sigmoid(eta - lo), 0.0)
+           + pt.switch(has_hi, log_sigmoid(hi - eta), 0.0)
+           + pt.switch(inner, _log1mexp(pt.switch(inner, lo - hi, -1.0)), 0.0))
+    return pt.switch(pt.and_(pt.ge(value, 0), pt.le(value, last)), res, -np.inf)
+
+
+def _ordered_logistic(name, eta, cutpoints, **kwargs):
+    """A pm.CustomDist on the labels 0..K-1 (observed only), the cutpoints on the last axis."""
+    return pm.CustomDist(name, eta, cutpoints, logp=ordered_logistic_logp,
+                         signature="(),(k)->()", dtype="int64", **kwargs)
+
+
 def _probs_or_logits(p: dict) -> dict:
     return {"p": p["probs"]} if "probs" in p else {"logit_p": p["logits"]}
 
@@ -128,11 +159,36 @@ _FAMILIES = {
     "Weibull": lambda p: (pm.Weibull, {"alpha": p["alpha"], "beta": p["beta"]}),
     "NegativeBinomial": lambda p: (pm.NegativeBinomial, {"mu": p["mu"], "alpha": p["alpha"]}),
     "ZeroInflatedPoisson": lambda p: (pm.ZeroInflatedPoisson, {"psi": p["psi"], "mu": p["mu"]}),
+    "ZeroInflatedNegativeBinomial": lambda p: (pm.ZeroInflatedNegativeBinomial, {
+        "psi": p["psi"], "mu": p["mu"], "alpha": p["alpha"]}),
+    "OrderedLogistic": lambda p: (_ordered_logistic, {"eta": p["eta"],
+                                                      "cutpoints": p["cutpoints"]}),
 }
 
 
-def pm_distribution(family: str, params: dict):
-    """(PyMC distribution constructor, its keyword arguments) for a klqp family."""
+def _mixture(name, w, *flat, component: str, keys: list, **kwargs):
+    """kq.Mixture as a pm.CustomDist: logsumexp_k(log w_k + log p_k(y)) over w's last axis,
+    each component's log density PyMC's own (``pm.logp`` of its ``.dist``)."""
+    def logp(value, w, *flat):
+        values = dict(zip(keys, flat))
+        logps = []
+        for k in range(len(keys) // len(names)):
+            cls, kw = pm_distribution(component, {n: values[f"{n}_{k}"] for n in names})
+            logps.append(pm.logp(cls.dist(**kw), value))
+        return pt.logsumexp(pt.log(w) + pt.stack(logps, axis=-1), axis=-1)
+
+    names = sorted({key.rsplit("_", 1)[0] for key in keys})
+    return pm.CustomDist(name, w, *flat, logp=logp, signature=f"({len(keys) // len(names)}),"
+                         + ",".join("()" for _ in flat) + "->()", **kwargs)
+
+
+def pm_distribution(family: str, params: dict, component: str = ""):
+    """(PyMC distribution constructor, its keyword arguments) for a klqp family (a
+    kq.Mixture also names its ``component`` family)."""
+    if family == "Mixture":
+        keys = [k for k in params if k != "w"]
+        return (lambda name, **kw: _mixture(name, params["w"], *(params[k] for k in keys),
+                                            component=component, keys=keys, **kw)), {}
     if family not in _FAMILIES:
         raise NotImplementedError(f"the pymc backend has no lowering for {family!r}")
     return _FAMILIES[family](params)
