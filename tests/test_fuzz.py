@@ -68,7 +68,9 @@ FIT_STEPS = 3
 
 OBSERVED_FAMILIES = ("Normal", "StudentT", "LogNormal", "Bernoulli", "Poisson", "Binomial",
                      "Categorical", "Gamma", "Exponential", "HalfNormal", "Beta",
-                     "ContinuousBernoulli")
+                     "ContinuousBernoulli", "NegativeBinomial", "ZeroInflatedPoisson",
+                     "ZeroInflatedNegativeBinomial", "Laplace", "Cauchy", "HalfCauchy",
+                     "Weibull", "Mixture")
 
 # -- the random case ---------------------------------------------------------------------
 SPEC_MUTATIONS = ("bad_constant", "bad_shape", "unknown_variable", "duplicate_name",
@@ -131,7 +133,9 @@ def declare(s: dict) -> dict:
     if s["groups"]:
         v["a"] = kq.Global("a", kq.Normal(0.0, 1.0), shape=(s["groups"],))
     pos = {"HalfNormal": lambda c: kq.HalfNormal(c), "Exponential": lambda c: kq.Exponential(c),
-           "Gamma": lambda c: kq.Gamma(2.0, c), "LogNormal": lambda c: kq.LogNormal(0.0, c)}
+           "Gamma": lambda c: kq.Gamma(2.0, c), "LogNormal": lambda c: kq.LogNormal(0.0, c),
+           "HalfCauchy": lambda c: kq.HalfCauchy(c), "HalfStudentT": lambda c: kq.HalfStudentT(3.0, c),
+           "Weibull": lambda c: kq.Weibull(2.0, c)}
     if s["scale_prior"] in pos:
         v["s"] = kq.Global("s", pos[s["scale_prior"]](s["scale_const"]))
     if s["param"]:
@@ -187,7 +191,17 @@ def declare(s: dict) -> dict:
            "Exponential": lambda: kq.Exponential(rate),
            "HalfNormal": lambda: kq.HalfNormal(kq.exp(0.2 * lin)),
            "Beta": lambda: kq.Beta(rate, 2.0),
-           "ContinuousBernoulli": lambda: kq.ContinuousBernoulli(logits=lin)}[fam]
+           "ContinuousBernoulli": lambda: kq.ContinuousBernoulli(logits=lin),
+           "NegativeBinomial": lambda: kq.NegativeBinomial(rate, 2.0),
+           "ZeroInflatedPoisson": lambda: kq.ZeroInflatedPoisson(0.7, rate),
+           "ZeroInflatedNegativeBinomial": lambda: kq.ZeroInflatedNegativeBinomial(0.7, rate, 2.0),
+           "Laplace": lambda: kq.Laplace(lin, sigma),
+           "Cauchy": lambda: kq.Cauchy(lin, sigma),
+           "HalfCauchy": lambda: kq.HalfCauchy(kq.exp(0.2 * lin)),
+           "Weibull": lambda: kq.Weibull(1.5, rate),
+           "Mixture": lambda: kq.Mixture(kq.stack([kq.sigmoid(lin), 1.0 - kq.sigmoid(lin)], -1),
+                                         [kq.Normal(lin, sigma), kq.Normal(lin + 1.0, sigma)]),
+           }[fam]
     kq.Observed("y", obs())
     if s["free"] is not None:  # random shapes: refused by klqp, or fitted
         f = s["free"]
@@ -197,7 +211,10 @@ def declare(s: dict) -> dict:
             rs = rs * 1.0
         mean = {"mul": lambda: rs * rd, "add": lambda: rs + rd, "matmul": lambda: rd @ rs,
                 "sum": lambda: kq.sum(rs * rd, -1), "last": lambda: (rs * rd)[0],
-                "slice": lambda: (rs * rd)[0:1]}[f["op"]]()
+                "slice": lambda: (rs * rd)[0:1], "logsumexp": lambda: kq.logsumexp(rs * rd, -1),
+                "cumsum": lambda: kq.cumsum(rs * rd, -1), "maximum": lambda: kq.maximum(rs, rd),
+                "new_axis": lambda: (rs * rd)[..., None],
+                "stack": lambda: kq.stack([rs * rd, rd], -1)}[f["op"]]()
         kq.Observed("ro", kq.Normal(mean, 1.0))
     return v
 
@@ -233,7 +250,15 @@ def make_columns(s: dict) -> dict:
          "Exponential": lambda: rng.exponential(size=shape),
          "HalfNormal": lambda: np.abs(rng.normal(size=shape)),
          "Beta": lambda: rng.uniform(0.05, 0.95, size=shape),
-         "ContinuousBernoulli": lambda: rng.uniform(0.0, 1.0, size=shape)}[fam]()
+         "ContinuousBernoulli": lambda: rng.uniform(0.0, 1.0, size=shape),
+         "NegativeBinomial": lambda: rng.negative_binomial(2, 0.5, size=shape),
+         "ZeroInflatedPoisson": lambda: rng.poisson(2.0, size=shape) * (rng.random(shape) < 0.7),
+         "ZeroInflatedNegativeBinomial": lambda: rng.negative_binomial(2, 0.5, size=shape)
+         * (rng.random(shape) < 0.7),
+         "Laplace": lambda: rng.laplace(size=shape), "Cauchy": lambda: rng.standard_cauchy(shape),
+         "HalfCauchy": lambda: np.abs(rng.standard_cauchy(shape)),
+         "Weibull": lambda: rng.weibull(1.5, size=shape) + 0.01,
+         "Mixture": lambda: rng.normal(size=shape)}[fam]()
     if s["y_as_float"]:
         y = y.astype(float)
     if fam == "Bernoulli" and s["y_as_bool"]:
@@ -270,7 +295,7 @@ def specs(draw, small=False):
     vector_y = (x == (2,) and family in ("Normal", "StudentT", "Poisson") and local is None
                 and draw(st.booleans()))
     scale_prior = draw(st.sampled_from(["none", "HalfNormal", "Exponential", "Gamma",
-                                        "LogNormal"]))
+                                        "LogNormal", "HalfCauchy", "HalfStudentT", "Weibull"]))
     stream = draw(st.sampled_from([None, None, "list", "iterator"]))
     sizes = []
     if stream:
@@ -289,7 +314,8 @@ def specs(draw, small=False):
     shapes = st.sampled_from([(), (1,), (2,), (3,), (2, 3), (3, 2)])
     free = draw(st.one_of(st.none(), st.none(), st.fixed_dictionaries(
         {"global": shapes, "data": shapes, "rows": shapes,
-         "op": st.sampled_from(["mul", "add", "matmul", "sum", "last", "slice"])})))
+         "op": st.sampled_from(["mul", "add", "matmul", "sum", "last", "slice", "logsumexp",
+                                "cumsum", "maximum", "new_axis", "stack"])})))
     return dict(
         free=free, n=n, x=x, x_dtype=draw(st.sampled_from(["float64", "float32"])),
         groups=draw(st.sampled_from([0, 0, 2, 3])), g_float=draw(st.booleans()),
@@ -315,7 +341,10 @@ def _outside_value(draw, s):
     options = {"Bernoulli": [2, -1], "Poisson": [-1, 0.5], "Binomial": [s["trials"] + 1, -1, 1.5],
                "Categorical": [s["classes"], -1, 0.5], "Gamma": [-1.0, 0.0],
                "LogNormal": [-0.5, 0.0], "Exponential": [-1.0], "HalfNormal": [-0.1],
-               "Beta": [0.0, 1.0, 1.5], "ContinuousBernoulli": [-0.1, 1.1]}
+               "Beta": [0.0, 1.0, 1.5], "ContinuousBernoulli": [-0.1, 1.1],
+               "NegativeBinomial": [-1, 0.5], "ZeroInflatedPoisson": [-1, 0.5],
+               "ZeroInflatedNegativeBinomial": [-1, 2.5], "HalfCauchy": [-0.1],
+               "Weibull": [0.0, -1.0]}
     return draw(st.sampled_from(options[fam])) if fam in options else None
 
 
