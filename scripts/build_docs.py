@@ -31,6 +31,7 @@ EXAMPLES = {
     "tempered_posterior": ([], ["--steps", "3000"]),
     "scaling_out": ([], ["--rows", "20000", "--steps", "150"]),
     "varying_slopes": ([], ["--steps", "1500"]),
+    "tutorial_models": ([], ["--steps", "1500"]),
 }
 
 
