@@ -125,7 +125,7 @@ def fit(model, data, *, backend: str = "numpyro", steps: int = 1000, batch_size=
                            likelihood_weight=likelihood_weight,
                            scale_cost_to_minibatch=scale_cost_to_minibatch)
     local = resolve_local_step(local_step, model)
-    glob = resolve_global_step(global_step)
+    glob = resolve_global_step(global_step, model)
     if glob is not None:  # a step size that depends on the batches per epoch learns them here
         glob = dataclasses.replace(glob, step_size=glob.step_size.bind(
             num_batches=problem.num_batches))

@@ -102,7 +102,7 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
     if values["beta_global"] != values["beta_local"] and model.globals and model.locals:
         lines.append("  beta_global != beta_local: the global and the local KL are weighted apart.")
     lines.append("")
-    glob = resolve_global_step(global_step)
+    glob = resolve_global_step(global_step, model)
     if glob is not None:  # the step size as the fit binds it (batches per epoch)
         glob = dataclasses.replace(glob, step_size=glob.step_size.bind(
             num_batches=batches_per_epoch(n, b, False)))
