@@ -1,22 +1,12 @@
 """examples/tutorial_models.py: klqp's mixture, zero-inflated Poisson and ordinal fits
 against NUTS on the same data and priors, on every installed backend."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
 import klqp as kq
+from test_examples import load  # the examples' loader, one copy
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
