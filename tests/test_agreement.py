@@ -146,7 +146,8 @@ def _family_model(family, n=60, seed=0):
     return model, {"m": rng.uniform(0.5, 2.0, n), "y": y}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow  # a compile per family and backend; the fast suite covers every family
+@pytest.mark.parametrize("backend", BACKENDS)  # through the more_families model at 1e-6
 @pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
 def test_family_log_density_equals_scipy(backend, family):
     model, data = _family_model(family)

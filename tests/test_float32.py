@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import klqp as kq
+import models
 
 HERE = pathlib.Path(__file__).resolve().parent
 LOSS_TOL, GRAD_TOL = 1e-5, 1e-4
@@ -76,7 +77,7 @@ def float32_run():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_loss_matches_formula(float32_run, backend):
     runs = {k: v for k, v in float32_run.items() if k.startswith(backend + "/")}
-    assert len(runs) == 6
+    assert len(runs) == len(models.ALL)  # every test model, in float32
     assert {v["dtype"] for v in runs.values()} == {"float32"}
     worst = {k: v["loss_rel"] for k, v in runs.items()}
     assert all(rel < LOSS_TOL for rel in worst.values()), worst
