@@ -141,8 +141,19 @@ def nuts_model(name: str, components: int = 2):
     return {"mixture": mixture, "zero_inflated": zero_inflated, "ordinal": ordinal}[name]
 
 
+_NUTS_DRAWS: dict = {}  # one NUTS run per model and data set in a process (the tests
+                       # compare every backend's fit with the same draws)
+
+
 def nuts_reference(name: str, data: dict, seed: int = 0, components: int = 2) -> dict:
     """NUTS draws {parameter: (1000, *shape)} of the NumPyro model on the same data."""
+    key = (name, seed, components, tuple((k, np.asarray(v).tobytes()) for k, v in sorted(data.items())))
+    if key not in _NUTS_DRAWS:
+        _NUTS_DRAWS[key] = _run_nuts(name, data, seed, components)
+    return _NUTS_DRAWS[key]
+
+
+def _run_nuts(name: str, data: dict, seed: int, components: int) -> dict:
     import jax
     from numpyro.infer import MCMC, NUTS
 

@@ -9,9 +9,15 @@ from test_examples import load  # the examples' loader, one copy
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
 
 
+@pytest.fixture(scope="module")
+def example():
+    """The example, loaded once: its NUTS draws are computed once for every backend."""
+    return load("tutorial_models")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tutorial_models_match_nuts(backend):
+def test_tutorial_models_match_nuts(example, backend):
     """At the example's defaults (2,000 rows, 3,000 steps of 256, seed 0) every global's q
     mean is within 0.2 NUTS sds of NUTS's mean, the issue's target. Measured: at most
     0.15 (b1 of the zero-inflated Poisson, whose intercept and slope the posterior
@@ -24,7 +30,7 @@ def test_tutorial_models_match_nuts(backend):
     for a Gaussian posterior with NUTS's covariance; q's ratio is within 7 % of it for
     every number (the rest: non-Gaussian posteriors, NUTS's covariance from 1,000 draws),
     so the test holds it within 12 %, and the ratio itself in [0.6, 1.05]."""
-    out = load("tutorial_models").main(["--backend", backend])
+    out = example.main(["--backend", backend])
     assert set(out) == {"mixture", "zero_inflated", "ordinal"}
     for model, res in out.items():
         assert res["params"], model
@@ -36,14 +42,15 @@ def test_tutorial_models_match_nuts(backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_three_component_mixture_matches_nuts(backend):
+def test_three_component_mixture_matches_nuts(example):
     """``--components 3`` at seed 0 with 6,000 steps: means within 0.2 NUTS sd (measured
     at most 0.08), q sds as mean-field's (0.53 to 1.02 of NUTS's; within 7 % of the
     Gaussian mean-field ratio). Its objective has a local optimum (the top component wide
-    and on the middle one) that some seeds reach; seed 0 does not, on either backend."""
-    out = load("tutorial_models").main(["--backend", backend, "--model", "mixture",
-                                        "--components", "3", "--steps", "6000"])
+    and on the middle one) that some seeds reach; seed 0 does not, on either backend
+    (measured; the test runs the first installed backend, as the two compute the same
+    objective, which test_agreement holds for this model)."""
+    out = example.main(["--backend", BACKENDS[0], "--model", "mixture",
+                        "--components", "3", "--steps", "6000"])
     rows = out["mixture"]["params"]
     assert len(rows) == 8  # m0, 2 log_gaps, 2 a, 3 sigma
     for row in rows:
