@@ -92,9 +92,9 @@ def main(argv=None):
         """ELBO of each row's q = N(loc, scale^2), averaged over the draws eps (S, R, K)."""
         def one(e):
             u = loc + scale * e
-            _, ll, lp = densities({"z": u}, columns, point)
+            d = densities({"z": u}, columns, point)
             lq = jax.scipy.stats.norm.logpdf(u, loc, scale).sum(-1)
-            return ll + lp - lq
+            return d.loglik_rows + d.local_logp_rows - lq
         return jax.vmap(one)(eps).mean(0)
 
     def loss(params, columns, eps, semi: bool):

@@ -13,15 +13,16 @@ from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, ContinuousBernoulli,
                             Distribution, Exponential, Gamma, HalfCauchy, HalfNormal, Mixture,
                             HalfStudentT, Laplace, LogNormal, NegativeBinomial, Normal, Poisson,
-                            OrderedLogistic, StudentT, Weibull, ZeroInflatedNegativeBinomial,
-                            ZeroInflatedPoisson)
+                            OrderedLogistic, StudentT, Uniform, Weibull,
+                            ZeroInflatedNegativeBinomial, ZeroInflatedPoisson)
 from .explain import Explanation, explain
 from .checkpoint import CheckpointError, load_result
 from .guard import NonFiniteError
 from .expr import (abs, concat, cumsum, exp, expand_dims, lgamma, log, log1p, logsumexp,
-                   maximum, mean, minimum, relu, sigmoid, softplus, sqrt, stack, sum, tanh)
+                   maximum, mean, minimum, relu, reshape, sigmoid, softplus, sqrt, stack, sum,
+                   tanh, where)
 from .model import (ROW_INDEX, Data, Deterministic, Global, Local, Model, ModelError, Observed,
-                    Param, column)
+                    Param, Potential, column)
 from .objective import Shared, Terms
 from .problem import Problem
 from .results import FitResult
@@ -30,15 +31,16 @@ from ._version import __version__
 
 __all__ = [
     "Mixture",
-    "Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "column", "ModelError", "ROW_INDEX",
+    "Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "Potential",
+    "column", "ModelError", "ROW_INDEX",
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "HalfCauchy",
     "HalfStudentT", "Cauchy", "Laplace", "Weibull", "NegativeBinomial", "ZeroInflatedPoisson",
-    "ZeroInflatedNegativeBinomial", "OrderedLogistic",
+    "ZeroInflatedNegativeBinomial", "OrderedLogistic", "Uniform",
     "Distribution",
     "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
     "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
-    "expand_dims", "nn",
+    "expand_dims", "reshape", "where", "nn",
     "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
     "Problem", "FitResult", "LocalStep", "GlobalStep", "RowAdam", "NonFiniteError",
     "CheckpointError", "load_result",

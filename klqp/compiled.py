@@ -33,7 +33,7 @@ step (``layout`` is not None).
 True
 >>> t = c.terms(c.init_params(), indices=[0, 1], noise={"mu": np.array(0.0)})
 >>> list(t), type(t["loss"]).__name__
-(['loss', 'elbo', 'loglik', 'kl_global', 'kl_local'], 'float')
+(['loss', 'elbo', 'loglik', 'kl_global', 'kl_local', 'potential'], 'float')
 >>> c.local_step(c.init_params(), indices=[0])
 Traceback (most recent call last):
 ...
@@ -53,7 +53,7 @@ from .steps import LocalLayout, RowAdam, local_layout
 
 __all__ = ["CompiledObjective", "TERM_KEYS"]
 
-TERM_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local")
+TERM_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local", "potential")
 
 Arrays = Mapping[str, Any]            # {name: array}
 Params = Mapping[str, Arrays]         # {name: {"loc", "scale"} | {"value"}: array}
@@ -95,7 +95,7 @@ class CompiledObjective(abc.ABC):
         return init_params(self.problem, seed, init_scale)
 
     def terms(self, params, *, indices, noise, step: int = 0) -> dict:
-        """loss, elbo, loglik, kl_global, kl_local for this minibatch and noise."""
+        """loss, elbo, loglik, kl_global, kl_local, potential for this minibatch and noise."""
         out = self._terms(_params(params), _indices(indices), self._noise(noise), _step(step))
         return {k: float(out[k]) for k in TERM_KEYS}
 

@@ -129,6 +129,8 @@ _FAMILIES = {
     "Cauchy": lambda x, p: (-np.log(np.pi) - np.log(p["beta"])
                             - np.log1p(((x - p["alpha"]) / p["beta"]) ** 2)),
     "Laplace": lambda x, p: -np.log(2.0 * p["b"]) - np.abs(x - p["mu"]) / p["b"],
+    "Uniform": lambda x, p: np.where((x >= p["lower"]) & (x <= p["upper"]),
+                                     -np.log(p["upper"] - p["lower"]), -np.inf),
     "Weibull": lambda x, p: (np.log(p["alpha"]) - np.log(p["beta"])
                              + (p["alpha"] - 1) * np.log(x / p["beta"])
                              - (x / p["beta"]) ** p["alpha"]),
@@ -228,6 +230,7 @@ _DRAWS = {
         np.broadcast_to(p["nu"], _size(p)))),
     "Cauchy": lambda p, rng: p["alpha"] + p["beta"] * rng.standard_cauchy(_size(p)),
     "Laplace": lambda p, rng: rng.laplace(p["mu"], p["b"]),
+    "Uniform": lambda p, rng: rng.uniform(p["lower"], p["upper"]),
     "Weibull": lambda p, rng: p["beta"] * rng.weibull(np.broadcast_to(p["alpha"], _size(p))),
     # a Gamma(alpha, rate alpha / mu) mixture of Poissons
     "NegativeBinomial": lambda p, rng: rng.poisson(rng.gamma(p["alpha"], p["mu"] / p["alpha"])),

@@ -27,17 +27,43 @@ __all__ = [
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
     "ContinuousBernoulli", "HalfCauchy", "HalfStudentT", "Cauchy", "Laplace", "Weibull",
     "NegativeBinomial", "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial",
-    "OrderedLogistic",
+    "OrderedLogistic", "Uniform",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
-# Both backends use the same maps (PyMC: log / logodds transforms; NumPyro: biject_to).
+# Both backends use the same maps (PyMC: log / logodds / interval / ordered transforms;
+# NumPyro: biject_to). An interval's support names its bounds: "interval(0.0, 10.0)"
+# (kq.Uniform's); "ordered" (a latent declared with transform="ordered") is an increasing
+# vector on the last axis.
 SUPPORT_TRANSFORM = {
     "real": "identity",
     "positive": "exp",
     "unit_interval": "sigmoid",
+    "ordered": "ordered",
 }
 DISCRETE_SUPPORTS = ("boolean", "nonnegative_integer", "categorical")
+
+
+def interval_support(lower: float, upper: float) -> str:
+    return f"interval({float(lower)!r}, {float(upper)!r})"
+
+
+def interval_bounds(support: str):
+    """(lower, upper) of an interval support ("interval(0.0, 10.0)"), else None.
+
+    >>> interval_bounds("interval(-1.0, 2.5)"), interval_bounds("positive")
+    ((-1.0, 2.5), None)
+    """
+    if not support.startswith("interval(") or not support.endswith(")"):
+        return None
+    lower, upper = (float(v) for v in support[len("interval("):-1].split(","))
+    return lower, upper
+
+
+def transform_kind(support: str) -> str:
+    """The bijection of a continuous support: identity, exp, sigmoid, interval or
+    ordered."""
+    return "interval" if interval_bounds(support) else SUPPORT_TRANSFORM[support]
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,6 +278,34 @@ def HalfCauchy(beta=1.0) -> Distribution:
 def Laplace(mu=0.0, b=1.0) -> Distribution:
     """Laplace (double exponential) with location ``mu`` and scale ``b`` on the real line."""
     return _make("Laplace", "real", mu=mu, b=b)
+
+
+def Uniform(lower=0.0, upper=1.0) -> Distribution:
+    """Uniform on (``lower``, ``upper``), two constants with lower < upper. As a latent,
+    q lives on the real line through lower + (upper - lower) * sigmoid(u) (PyMC's interval
+    transform, NumPyro's biject_to(interval)).
+
+    >>> import klqp as kq
+    >>> kq.Uniform(0.0, 100.0).support
+    'interval(0.0, 100.0)'
+    """
+    d = _make("Uniform", "real", lower=lower, upper=upper)
+    from .expr import NumpyOps, evaluate, variables_in
+    bounds = []
+    for name, e in d.params:
+        if variables_in(e):
+            raise ModelError(f"kq.Uniform: {name}={e!r} reads variables; its bounds must be "
+                             "numbers (they fix the transform q lives in), e.g. "
+                             "kq.Uniform(0.0, 10.0)")
+        value = np.asarray(evaluate(e, {}, NumpyOps), dtype=float)
+        if value.ndim:
+            raise ModelError(f"kq.Uniform: {name}={e!r} has shape {value.shape}; give a number "
+                             "(one interval for every entry)")
+        bounds.append(float(value))
+    if not bounds[0] < bounds[1]:
+        raise ModelError(f"kq.Uniform: lower={bounds[0]!r} must be < upper={bounds[1]!r}; "
+                         "give an interval such as kq.Uniform(0.0, 10.0)")
+    return Distribution("Uniform", d.params, interval_support(*bounds))
 
 
 def Weibull(alpha, beta) -> Distribution:

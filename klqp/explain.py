@@ -53,7 +53,7 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
     ...     mu = kq.Global("mu", kq.Normal(0, 1))
     ...     kq.Observed("y", kq.Normal(mu, 1))
     >>> kq.explain(m, total_size=1000, batch_size=100, scale_cost_to_minibatch=True).coefficients
-    {'loglik': 1.0, 'kl_global': 0.1, 'kl_local': 1.0}
+    {'loglik': 1.0, 'kl_global': 0.1, 'kl_local': 1.0, 'potential_rows': 1.0, 'potential_global': 0.1}
     """
     n = total_size if total_size is not None else model.total_size
     if n is None:
@@ -70,15 +70,25 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
     s = cost_scale(n, b, scale_cost_to_minibatch)
     g = ", ".join(v.name for v in model.globals) or "none"
     l = ", ".join(v.name for v in model.locals) or "none"
-    o = ", ".join(v.name for v in model.observed)
+    o = ", ".join(v.name for v in model.observed) or "none"
+    per_row = [v.name for v in model.potentials if v.per_row]
+    whole = [v.name for v in model.potentials if not v.per_row]
+    potential_lines = (
+        (["               - (N/b) * sum_B f_i(theta, z_i, x_i)"] if per_row else [])
+        + (["               - f(theta)"] if whole else []))
     lines = [
         f"klqp objective for model {model.name!r}",
         f"  N = total_size = {n}, b = batch_size = {b}, N/b = {n / b:g}",
         f"  global latents theta: {g}",
         f"  local latents z_i (one per row): {l}",
         f"  observed y_i: {o}",
+        *([f"  potentials (kq.Potential, weight 1): per row f_i = {' + '.join(per_row)}"]
+          if per_row else []),
+        *([f"  potentials (kq.Potential, weight 1): global f = {' + '.join(whole)}"]
+          if whole else []),
         "",
         "  loss = s * [ -T * (N/b) * sum_B log p(y_i | theta, z_i, x_i)",
+        *potential_lines,
         "               + beta_global * (log q(theta) - log p(theta))",
         "               + beta_local * (N/b) * sum_B (log q(z_i) - log p(z_i | theta, x_i)) ]",
         "",
@@ -94,10 +104,16 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
         + ("" if model.globals else "   (no global latents)"),
         f"  factor on sum_B (log q(z_i) - log p(z_i|.)) : s*beta_local*N/b = {coef['kl_local']:.6g}"
         + ("" if model.locals else "   (no local latents)"),
+        *([f"  factor on sum_B f_i                    : -s*N/b         = {-coef['potential_rows']:.6g}"]
+          if per_row else []),
+        *([f"  factor on f                            : -s             = {-coef['potential_global']:.6g}"]
+          if whole else []),
         "",
         "  Reported figures are full-data nats, whatever s and b: elbo = loglik - kl_global - "
-        "kl_local,",
-        "  with loglik = (N/b) sum_B log p(y_i|.) (no T), kl_* the (N/b-scaled) KL estimates.",
+        "kl_local" + (" + potential," if model.potentials else ","),
+        "  with loglik = (N/b) sum_B log p(y_i|.) (no T), kl_* the (N/b-scaled) KL estimates"
+        + (",\n  potential = the kq.Potential terms (per-row ones scaled by N/b, beta and T never "
+           "apply)." if model.potentials else "."),
     ]
     if values["beta_global"] != values["beta_local"] and model.globals and model.locals:
         lines.append("  beta_global != beta_local: the global and the local KL are weighted apart.")

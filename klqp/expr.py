@@ -25,13 +25,15 @@ import numpy as np
 __all__ = [
     "Expr", "Const", "as_expr", "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid",
     "softplus", "tanh", "relu", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
-    "expand_dims", "maximum", "minimum", "evaluate", "variables_in", "NumpyOps",
+    "expand_dims", "reshape", "maximum", "minimum", "where", "evaluate", "variables_in",
+    "NumpyOps",
 ]
 
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@"}
 _UNARY = ("neg", "exp", "log", "sigmoid", "softplus", "tanh", "relu", "log_sigmoid", "log1p",
           "sqrt", "abs", "lgamma")
 _ELEMENTWISE2 = ("maximum", "minimum")        # f(a, b), broadcast
+_COMPARE = {"greater": ">", "greater_equal": ">=", "less": "<", "less_equal": "<="}  # a OP b
 _AXIS = ("sum", "mean", "logsumexp", "cumsum", "expand_dims")  # f(x, axis)
 _JOIN = ("concat", "stack")                    # f([x, y, ...], axis)
 
@@ -57,20 +59,31 @@ class Expr:
     def __matmul__(self, o): return Expr("matmul", (self, as_expr(o)))
     def __rmatmul__(self, o): return Expr("matmul", (as_expr(o), self))
     def __neg__(self): return Expr("neg", (self,))
+    # comparisons give a mask for kq.where (no ==: an expression is compared by identity)
+    def __gt__(self, o): return Expr("greater", (self, as_expr(o)))
+    def __ge__(self, o): return Expr("greater_equal", (self, as_expr(o)))
+    def __lt__(self, o): return Expr("less", (self, as_expr(o)))
+    def __le__(self, o): return Expr("less_equal", (self, as_expr(o)))
 
     def __getitem__(self, index):
         """Index by an integer data column (``w[group]``), by a Python int (``w[0]``) or
-        slice (``h[2:4]``); ints and slices act on the last axis."""
-        if isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis:
-            index = index[1]  # x[..., k] is x[k]: ints and slices act on the last axis anyway
-        if index is None:  # x[..., None]: a new last axis, as NumPy's
+        slice (``h[2:4]``); a lone int or slice acts on the LAST axis. A NumPy-style tuple
+        names every axis (``x[:, 0]``, ``m[1, :]``: the expression must have exactly that
+        many axes, a per-row one counting its rows) or ends after ``...``
+        (``x[..., 0, :]``), with ints, step-less slices and ``:``.
+
+        >>> import klqp as kq
+        >>> with kq.Model("m"):
+        ...     x = kq.Data("x", shape=(3,))
+        >>> x[:, 0], x[..., 1:]
+        (x[..., 0], x[..., 1:])
+        """
+        if isinstance(index, tuple):
+            return _tuple_index(self, index)
+        if index is None:  # x[None] as x[..., None]: a new last axis
             return expand_dims(self, -1)
-        if isinstance(index, (int, np.integer)):
-            return Expr("index", (self,), (("at", int(index)),))
-        if isinstance(index, slice):
-            if index.step not in (None, 1):
-                raise TypeError("slices of klqp expressions take no step")
-            return Expr("slice", (self,), (("start", index.start), ("stop", index.stop)))
+        if isinstance(index, (int, np.integer, slice)):
+            return _axis_index(self, index, -1, None)
         if not isinstance(index, Expr):
             raise TypeError(f"index a klqp expression with an int or an integer Data column, not {index!r}")
         return Expr("index", (self, index))
@@ -108,14 +121,23 @@ class Expr:
             return f"({self.args[0]!r} {_BINARY[self.op]} {self.args[1]!r})"
         if self.op == "neg":
             return f"-{self.args[0]!r}"
-        if self.op == "index":
-            at = self.args[1] if len(self.args) == 2 else self.attr("at")
-            return f"{self.args[0]!r}[{at!r}]"
+        if self.op == "index" and len(self.args) == 2:
+            return f"{self.args[0]!r}[{self.args[1]!r}]"
+        if self.op in ("index", "slice"):
+            at = (repr(self.attr("at")) if self.op == "index" else
+                  ":".join("" if v is None else str(v) for v in (self.attr("start"), self.attr("stop"))))
+            rank, axis = self.attr("rank"), self.attr("axis", -1)
+            if rank is None and axis == -1 and self.op == "index":  # x[k]: the last axis
+                return f"{self.args[0]!r}[{at}]"
+            if rank is None:  # x[..., a:b] or x[..., k, :]
+                return f"{self.args[0]!r}[{', '.join(['...', at] + [':'] * (-axis - 1))}]"
+            return f"{self.args[0]!r}[{', '.join([':'] * (rank + axis) + [at] + [':'] * (-axis - 1))}]"
+        if self.op in _COMPARE:
+            return f"({self.args[0]!r} {_COMPARE[self.op]} {self.args[1]!r})"
         if self.op in _AXIS:
             return f"{self.op}({self.args[0]!r}, axis={self.attr('axis')})"
-        if self.op == "slice":
-            start, stop = self.attr("start"), self.attr("stop")
-            return f"{self.args[0]!r}[..., {'' if start is None else start}:{'' if stop is None else stop}]"
+        if self.op == "reshape":
+            return f"reshape({self.args[0]!r}, {self.attr('shape')!r})"
         return f"{self.op}({', '.join(repr(a) for a in self.args)})"
 
     # -- plain data -------------------------------------------------------------------
@@ -139,9 +161,53 @@ def as_expr(value) -> Expr:
     if isinstance(value, (int, float, np.integer, np.floating)):
         return Const(float(value))
     arr = np.asarray(value)
+    if arr.ndim == 0 and arr.dtype.kind in "iuf":
+        return Const(float(arr))
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"cannot use {type(value).__name__} {value!r} in a model expression")
     return Const(arr.astype(float))
+
+
+def _axis_index(x: Expr, index, axis: int, rank) -> Expr:
+    """x indexed by an int or a step-less slice on ``axis`` (negative); ``rank``: the
+    number of axes a NumPy-style tuple said x has (checked when evaluated), or None."""
+    extra = (() if axis == -1 else (("axis", axis),)) + (() if rank is None else (("rank", rank),))
+    if isinstance(index, (int, np.integer)):
+        return Expr("index", (x,), (("at", int(index)),) + extra)
+    if index.step not in (None, 1):
+        raise TypeError("slices of klqp expressions take no step")
+    return Expr("slice", (x,), (("start", index.start), ("stop", index.stop)) + extra)
+
+
+def _tuple_index(x: Expr, index: tuple) -> Expr:
+    """``x[:, 0]``, ``m[1, :]``, ``x[..., 0, :]``, ``w[group, :]``, ``x[..., None]``."""
+    full = lambda e: isinstance(e, slice) and e == slice(None)
+    if index == (Ellipsis, None):
+        return expand_dims(x, -1)
+    rank = None
+    if index and index[0] is Ellipsis:
+        index, rank = index[1:], False
+    if any(e is Ellipsis or e is None for e in index):
+        raise TypeError(f"klqp expressions take ... only first, and a new axis only as "
+                        f"x[..., None]; got {index!r}")
+    length = len(index)
+    rank = None if rank is False else length
+    for pos in reversed(range(length)):  # right to left: an int drops an axis to its right
+        entry = index[pos]
+        if full(entry):
+            continue
+        if isinstance(entry, Expr):
+            if pos != 0 or rank is None:
+                raise TypeError("an integer column indexes the first axis only: w[group] or "
+                                "w[group, :]")
+            x = x[entry]
+        elif isinstance(entry, (int, np.integer, slice)):
+            x = _axis_index(x, entry, pos - length, rank)
+            if not isinstance(entry, slice):
+                length, rank = length - 1, None if rank is None else rank - 1
+        else:
+            raise TypeError(f"index a klqp expression with ints, slices and ':', not {entry!r}")
+    return x
 
 
 def _unary(op: str) -> Callable[[Any], Expr]:
@@ -171,6 +237,8 @@ _UFUNCS: dict[str, Callable[..., Expr]] = {
     "power": lambda a, b: a ** b, "matmul": lambda a, b: a @ b, "negative": lambda a: -a,
     "exp": exp, "log": log, "log1p": log1p, "sqrt": sqrt, "absolute": abs, "tanh": tanh,
     "maximum": lambda a, b: maximum(a, b), "minimum": lambda a, b: minimum(a, b),
+    "greater": lambda a, b: a > b, "greater_equal": lambda a, b: a >= b,
+    "less": lambda a, b: a < b, "less_equal": lambda a, b: a <= b,
 }
 
 
@@ -182,6 +250,32 @@ def maximum(a, b) -> Expr:
 def minimum(a, b) -> Expr:
     """Elementwise minimum of two expressions (broadcast as NumPy's)."""
     return Expr("minimum", (as_expr(a), as_expr(b)))
+
+
+def where(condition, x, y) -> Expr:
+    """``x`` where ``condition`` holds, else ``y`` (NumPy's where, broadcast); the
+    condition is a comparison such as ``z > 0``. Both branches are computed: keep the
+    one not taken finite (``kq.where(x > 0, kq.log(kq.maximum(x, 1e-12)), 0.0)``), or
+    its NaN reaches the gradient.
+
+    >>> import klqp as kq
+    >>> with kq.Model("m"):
+    ...     x = kq.Data("x")
+    >>> kq.where(x > 0, x, 0.0)
+    where((x > 0.0), x, 0.0)
+    """
+    return Expr("where", (as_expr(condition), as_expr(x), as_expr(y)))
+
+
+def reshape(x, shape) -> Expr:
+    """``x`` with its trailing axes of ``prod(shape)`` entries reshaped to ``shape``
+    (a row's own axes: the data axis of a per-row expression stays first), e.g. a
+    (rows, 6) network output as (rows, 2, 3) with ``kq.reshape(h, (2, 3))``."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if not dims or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                       for d in dims):
+        raise TypeError(f"kq.reshape: shape={shape!r} must be positive ints, e.g. (2, 3)")
+    return Expr("reshape", (as_expr(x),), (("shape", tuple(int(d) for d in dims)),))
 
 
 def sum(x, axis: int = -1) -> Expr:  # noqa: A001 - mirrors numpy's name on purpose
@@ -279,6 +373,23 @@ class ArrayOps:
     def expand_dims(self, x, axis):
         return self.xp.expand_dims(x, axis)
 
+    def where(self, condition, x, y):
+        return self.xp.where(condition, x, y)
+
+    def reshape(self, x, shape):
+        """The trailing axes of x holding prod(shape) entries, as ``shape``."""
+        kind = getattr(x, "type", None)  # PyTensor's static sizes (None: known only at run time)
+        dims = tuple(kind.shape) if hasattr(kind, "shape") else np.shape(x)
+        size, k, held = int(np.prod(shape)), 0, 1
+        while held < size and k < len(dims) and dims[-k - 1] is not None:
+            k, held = k + 1, held * int(dims[-k - 1])
+        if held != size:
+            raise ValueError(f"kq.reshape to {tuple(shape)}: the trailing axes of a value of "
+                             f"shape {tuple(dims)} do not hold {size} entries")
+        lead = tuple(self.xp.shape(x)[i] if hasattr(self.xp, "shape") else x.shape[i]
+                     for i in range(len(dims) - k))
+        return self.xp.reshape(x, lead + tuple(shape))
+
     def logsumexp(self, x, axis):
         top = self.xp.max(x, axis=axis, keepdims=True)
         total = self.xp.sum(self.xp.exp(x - top), axis=axis)
@@ -292,6 +403,27 @@ def _scipy_gammaln(x):
 
 #: NumPy's namespace: what results and the CLI evaluate with.
 NumpyOps = ArrayOps(np, const=lambda value: np.asarray(value, dtype=float))
+
+
+def _axis_key(node: Expr, x) -> tuple:
+    """The NumPy key of an int/slice index node on its (negative) axis, after checking
+    the number of axes a NumPy-style tuple index named."""
+    rank, axis = node.attr("rank"), node.attr("axis", -1)
+    if rank is not None and x.ndim != rank:
+        raise ValueError(f"{node!r} names {rank} axes, but the value has {x.ndim} (a per-row "
+                         "value counts its rows); write x[..., k] for the last axis")
+    at = node.attr("at") if node.op == "index" else slice(node.attr("start"), node.attr("stop"))
+    return (Ellipsis, at) + (slice(None),) * (-axis - 1)
+
+
+def _compare(op: str, a, b):
+    if op == "greater":
+        return a > b
+    if op == "greater_equal":
+        return a >= b
+    if op == "less":
+        return a < b
+    return a <= b
 
 
 def evaluate(expr: Expr, env: Mapping[str, Any], ops: Any = NumpyOps) -> Any:
@@ -329,14 +461,18 @@ def evaluate(expr: Expr, env: Mapping[str, Any], ops: Any = NumpyOps) -> Any:
                 out = a[0] @ a[1]
             elif op == "neg":
                 out = -a[0]
-            elif op == "index":
-                out = a[0][a[1]] if len(a) == 2 else a[0][..., node.attr("at")]
+            elif op in ("index", "slice"):
+                out = a[0][a[1]] if len(a) == 2 else a[0][_axis_key(node, a[0])]
             elif op in _AXIS:
                 out = getattr(ops, op)(a[0], node.attr("axis"))
             elif op in _ELEMENTWISE2:
                 out = getattr(ops, op)(a[0], a[1])
-            elif op == "slice":
-                out = a[0][..., node.attr("start"):node.attr("stop")]
+            elif op in _COMPARE:
+                out = _compare(op, a[0], a[1])
+            elif op == "where":
+                out = ops.where(a[0], a[1], a[2])
+            elif op == "reshape":
+                out = ops.reshape(a[0], node.attr("shape"))
             elif op in _JOIN:
                 out = getattr(ops, op)(a, node.attr("axis"))
             elif op in _UNARY:

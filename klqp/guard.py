@@ -14,7 +14,8 @@ and warned about once when the fit ends.
 
 >>> import numpy as np
 >>> ok, term, var = diagnosis(np, {"loss": np.nan, "loglik": np.nan, "kl_global": 1.0,
-...                                "kl_local": 0.0}, [[np.ones(2)], [np.array([np.inf])]])
+...                                "kl_local": 0.0, "potential": 0.0},
+...                           [[np.ones(2)], [np.array([np.inf])]])
 >>> bool(ok), TERMS[int(term)], int(var)   # the loglik went first; variable 1's values
 (False, 'loglik', 1)
 """
@@ -32,7 +33,7 @@ __all__ = ["NonFiniteError", "TERMS", "DEFAULT_MAX_NONFINITE", "checked_variable
 #: What a diagnosis names, in this order: the loss's terms; then "loss" (the terms are
 #: finite, their weighted sum is not: an overflow); then "gradient" (the loss is finite,
 #: a gradient or a new parameter value is not).
-TERMS = ("loglik", "kl_global", "kl_local", "loss", "gradient")
+TERMS = ("loglik", "kl_global", "kl_local", "potential", "loss", "gradient")
 DEFAULT_MAX_NONFINITE = 20
 
 
@@ -83,19 +84,21 @@ def _all_finite(xp, arrays):
 def diagnosis(xp, figures: dict, per_variable: list):
     """(ok, term, variable) of one step, as scalars of ``xp``.
 
-    figures: the step's ``loss`` and its ``TERMS[:3]`` (scalars); per_variable: for each
-    of ``checked_variables(model)``, the arrays that must be finite (its gradients and
-    its new values). ok: everything finite. term: index into TERMS of the first
-    non-finite term (3 for the loss alone, 4 for gradients or values alone), -1 when ok.
+    figures: the step's ``loss`` and its terms (``TERMS`` up to "loss", scalars);
+    per_variable: for each of ``checked_variables(model)``, the arrays that must be finite
+    (its gradients and its new values). ok: everything finite. term: index into TERMS of
+    the first non-finite term ("loss" for the loss alone, "gradient" for gradients or
+    values alone), -1 when ok.
     variable: index of the first variable with a non-finite array, -1 when none.
     """
-    term_bad = [~xp.isfinite(figures[k]) for k in TERMS[:3]]
+    term_bad = [~xp.isfinite(figures[k]) for k in TERMS[:TERMS.index("loss")]]
     var_bad = [~_all_finite(xp, arrays) for arrays in per_variable if len(arrays)]
     term = _first(xp, term_bad)
     variable = _first(xp, var_bad) if var_bad else term * 0 - 1
     loss_ok = xp.isfinite(figures["loss"])
     ok = loss_ok & (term < 0) & (variable < 0)
-    term = xp.where(term >= 0, term, xp.where(loss_ok, xp.where(ok, -1, 4), 3))
+    term = xp.where(term >= 0, term, xp.where(loss_ok, xp.where(ok, -1, TERMS.index("gradient")),
+                                              TERMS.index("loss")))
     return ok, term, variable
 
 

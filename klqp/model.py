@@ -24,11 +24,12 @@ from typing import Any, Optional
 import numpy as np
 
 from . import spec_json
-from .distributions import Distribution
+from .distributions import Distribution, interval_bounds
 from .errors import ModelError
 from .expr import Expr, NumpyOps, evaluate, variables_in
 
-__all__ = ["Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "column",
+__all__ = ["Model", "Data", "Global", "Local", "Observed", "Param", "Deterministic", "Potential",
+           "column",
            "VarSpec",
            "ModelError", "ROW_INDEX", "current_model"]
 
@@ -49,11 +50,13 @@ class VarSpec:
     role: "data" (a per-row input column), "global" (one copy, prior + q),
     "local" (one copy per row, prior + q), "observed" (per-row likelihood),
     "param" (a point parameter: no prior, optimized), "deterministic" (a named
-    expression of the others, kept in results; the objective never sees it).
+    expression of the others, kept in results; the objective never sees it),
+    "potential" (an extra log-density term, its own term of the objective).
     shape: the variable's own shape; for per-row roles the shape of ONE row.
     encoder: for an amortized local, (loc, scale) expressions of the row's columns.
     init: for a param, how to initialise it ("glorot", "zeros", a number or an array).
-    expr: for a deterministic, its expression; row_wise: it reads a per-row variable.
+    expr: for a deterministic or a potential, its expression; row_wise: it reads a
+    per-row variable (a potential's value then has one term per row).
     """
 
     name: str
@@ -65,6 +68,7 @@ class VarSpec:
     init: Any = None
     expr: Optional[Expr] = None
     row_wise: bool = False
+    transform: Optional[str] = None  # "ordered": a latent vector kept increasing
 
     @property
     def amortized(self) -> bool:
@@ -76,6 +80,8 @@ class VarSpec:
 
     @property
     def support(self) -> str:
+        if self.transform is not None:
+            return self.transform
         return self.dist.support if self.dist is not None else "real"
 
     def to_dict(self) -> dict:
@@ -89,6 +95,8 @@ class VarSpec:
             d["init"] = np.asarray(self.init).tolist() if not isinstance(self.init, str) else self.init
         if self.expr is not None:
             d["expr"] = self.expr.to_dict()
+        if self.transform is not None:
+            d["transform"] = self.transform
         return d
 
 
@@ -115,6 +123,9 @@ class Model:
         # kq.Deterministic: named expressions of the variables, kept for results only
         # (apart, so a backend lowering ``vars`` never meets one)
         self.deterministic_vars: dict[str, VarSpec] = {}
+        # kq.Potential: extra log-density terms (apart too: a backend adds them to the
+        # objective's own term, after every variable they read has its value)
+        self.potential_vars: dict[str, VarSpec] = {}
 
     def __enter__(self) -> "Model":
         _STACK.append(self)
@@ -152,9 +163,20 @@ class Model:
         return list(self.deterministic_vars.values())
 
     @property
+    def potentials(self) -> list[VarSpec]:
+        return list(self.potential_vars.values())
+
+    @property
     def free_locals(self) -> list[VarSpec]:
         """Locals with their own q parameters per row (not amortized)."""
         return [v for v in self.locals if not v.amortized]
+
+    @property
+    def row_column(self) -> Optional[str]:
+        """A per-row column every batch holds, to count its rows by: the first Observed,
+        else the first Data column."""
+        first = (self.observed or self.data_vars or [None])[0]
+        return None if first is None else first.name
 
     @property
     def latents(self) -> list[VarSpec]:
@@ -162,23 +184,29 @@ class Model:
 
     def __getitem__(self, name: str) -> VarSpec:
         try:
-            return self.vars[name] if name in self.vars else self.deterministic_vars[name]
+            for table in (self.vars, self.deterministic_vars, self.potential_vars):
+                if name in table:
+                    return table[name]
+            raise KeyError(name)
         except KeyError:
-            raise KeyError(f"model {self.name!r} has no variable {name!r}; "
-                           f"it has {list(self.vars) + list(self.deterministic_vars)}") from None
+            raise KeyError(f"model {self.name!r} has no variable {name!r}; it has "
+                           f"{list(self.vars) + list(self.deterministic_vars) + list(self.potential_vars)}"
+                           ) from None
 
     def __repr__(self) -> str:
         lines = [f"Model({self.name!r}, total_size={self.total_size})"]
-        for v in list(self.vars.values()) + self.deterministics:
+        for v in list(self.vars.values()) + self.potentials + self.deterministics:
             rhs = (f" ~ {v.dist!r}" if v.dist is not None else
                    f" = {v.expr!r}" if v.expr is not None else "")
             shape = str(((("rows",) if v.per_row else ()) + tuple(v.shape))).replace("'", "")
-            lines.append(f"  {v.role:<8} {v.name}{rhs}  shape={shape}")
+            extra = f"  transform={v.transform}" if v.transform else ""
+            lines.append(f"  {v.role:<8} {v.name}{rhs}  shape={shape}{extra}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"klqp_spec": spec_json.SPEC_VERSION, "name": self.name, "total_size": self.total_size,
-                "variables": [v.to_dict() for v in list(self.vars.values()) + self.deterministics]}
+                "variables": [v.to_dict() for v in
+                              list(self.vars.values()) + self.potentials + self.deterministics]}
 
     def objective_dict(self) -> dict:
         """``to_dict()`` without the Deterministics: what the objective reads. Two models
@@ -208,6 +236,8 @@ class Model:
     def _add(self, spec: VarSpec) -> Expr:
         if spec.role == "deterministic":
             self.deterministic_vars[spec.name] = spec
+        elif spec.role == "potential":
+            self.potential_vars[spec.name] = spec
         else:
             self.vars[spec.name] = spec
         return Expr("var", (), (("name", spec.name),))
@@ -217,7 +247,7 @@ class Model:
             raise ModelError(f"{kind} name {name!r} must be a Python identifier, e.g. 'theta'")
         if name == ROW_INDEX:
             raise ModelError(f"{kind} name {name!r} is reserved for the row numbers of a streamed batch")
-        if name in self.vars or name in self.deterministic_vars:
+        if name in self.vars or name in self.deterministic_vars or name in self.potential_vars:
             raise ModelError(f"{kind} {name!r}: model {self.name!r} already has a "
                              f"{self[name].role} variable with that name; pick another name")
 
@@ -226,6 +256,11 @@ class Model:
         shape = ((rows,) if spec.per_row else ()) + tuple(spec.shape)
         if spec.dtype == "int":
             return np.zeros(shape, dtype=int)
+        bounds = interval_bounds(spec.support)
+        if bounds:
+            return np.full(shape, 0.5 * (bounds[0] + bounds[1]))
+        if spec.support == "ordered":  # increasing along the last axis
+            return np.broadcast_to(np.arange(shape[-1], dtype=float), shape).copy()
         return np.full(shape, _DUMMY_VALUE.get(spec.support, 0.5))
 
     def _param_shapes(self, kind: str, name: str, dist: Distribution) -> tuple[bool, tuple]:
@@ -388,8 +423,31 @@ def Data(name: str, shape=(), dtype: str = "float") -> Expr:
     return model._add(VarSpec(name, "data", shape, None, dtype))
 
 
-def Global(name: str, dist: Distribution, shape=None) -> Expr:
-    """A latent with one copy for the whole data set (prior p(theta), Gaussian q)."""
+def _check_transform(kind: str, name: str, dist: Distribution, shape: tuple, transform):
+    """``transform="ordered"``: a vector on the real line kept increasing (PyMC's
+    ``transforms.ordered``, NumPyro's ``ordered_vector``), e.g. learned cutpoints."""
+    if transform is None:
+        return None
+    if transform != "ordered":
+        raise ModelError(f"{kind} {name!r}: transform={transform!r}; the one transform a latent "
+                         "may ask for is 'ordered' (others follow from the prior's support)")
+    if dist.support != "real":
+        raise ModelError(f"{kind} {name!r}: transform='ordered' needs a prior on the whole real "
+                         f"line (kq.Normal, kq.StudentT, ...), not {dist.family} on "
+                         f"{dist.support}")
+    if len(shape) < 1 or shape[-1] < 2:
+        raise ModelError(f"{kind} {name!r}: transform='ordered' orders the last axis, so give "
+                         f"shape=(K,) with K >= 2, not {shape}")
+    return "ordered"
+
+
+def Global(name: str, dist: Distribution, shape=None, transform=None) -> Expr:
+    """A latent with one copy for the whole data set (prior p(theta), Gaussian q).
+
+    ``transform="ordered"`` keeps a vector increasing along its last axis (its prior's
+    density is taken at the ordered values, as PyMC's ``transform=ordered``): the
+    cutpoints of an ordinal model, ``kq.Global("c", kq.Normal(0, 5), shape=(3,),
+    transform="ordered")``."""
     model = current_model()
     model._check_name("Global", name)
     _no_mixture("Global", name, dist)
@@ -401,16 +459,18 @@ def Global(name: str, dist: Distribution, shape=None) -> Expr:
         raise ModelError(f"Global {name!r}: {dist.family} is discrete; reparameterized VI needs a "
                          "continuous latent (use it in kq.Observed, or a continuous relaxation)")
     shape = model._check_shape("Global", name, pshape, shape)
-    return model._add(VarSpec(name, "global", shape, dist))
+    transform = _check_transform("Global", name, dist, shape, transform)
+    return model._add(VarSpec(name, "global", shape, dist, transform=transform))
 
 
-def Local(name: str, dist: Distribution, shape=None, encoder=None) -> Expr:
+def Local(name: str, dist: Distribution, shape=None, encoder=None, transform=None) -> Expr:
     """A latent with one copy per row.
 
     Free (default): q(z_i) has its own mean and scale for each of the N rows.
     Amortized: ``encoder`` produces q(z_i)'s unconstrained mean and scale from row i's
     columns, e.g. ``encoder=kq.nn.amortize(kq.nn.MLP("enc", [64, 32, 2 * 8]), "image")``
     or a pair of expressions ``(loc, scale)``; its weights are kq.Param (or Global).
+    ``transform="ordered"``: as kq.Global's, each row's vector increasing.
     """
     model = current_model()
     model._check_name("Local", name)
@@ -420,6 +480,7 @@ def Local(name: str, dist: Distribution, shape=None, encoder=None) -> Expr:
         raise ModelError(f"Local {name!r}: {dist.family} is discrete; reparameterized VI needs a "
                          "continuous latent")
     shape = model._check_shape("Local", name, pshape, shape)
+    transform = _check_transform("Local", name, dist, shape, transform)
     if encoder is not None:
         if hasattr(encoder, "for_latent"):
             encoder = encoder.for_latent(name, shape)
@@ -427,7 +488,7 @@ def Local(name: str, dist: Distribution, shape=None, encoder=None) -> Expr:
                 and all(isinstance(e, Expr) for e in encoder)):
             raise ModelError(f"Local {name!r}: encoder= takes kq.nn.amortize(net, columns...) or a "
                              f"(loc, scale) pair of expressions, not {encoder!r}")
-    return model._add(VarSpec(name, "local", shape, dist, encoder=encoder))
+    return model._add(VarSpec(name, "local", shape, dist, encoder=encoder, transform=transform))
 
 
 def Param(name: str, shape=(), init="glorot") -> Expr:
@@ -487,6 +548,45 @@ def Deterministic(name: str, expr) -> Expr:
     return expr
 
 
+def Potential(name: str, expr) -> None:
+    """An extra term of the model's log density (PyMC's ``pm.Potential``, NumPyro's
+    ``numpyro.factor``): a custom likelihood, a soft constraint, a penalty. It is the
+    objective's own term ``potential``, beside ``loglik`` (so ``loglik``, held-out scores
+    and LOO stay the observations' alone), added to the ELBO at weight 1 whatever beta
+    and the likelihood weight are (multiply the expression to weight it).
+
+    Per-row (it reads a Data column or a Local): each row's value (summed over the row's
+    own axes) is a term of the sum over the data set, estimated from a batch with the
+    same N/b as ``loglik``. Global (it reads only Globals, Params and constants): its sum
+    is added once, like a prior.
+
+    >>> import klqp as kq
+    >>> with kq.Model("m") as m:
+    ...     x = kq.Data("x")
+    ...     y = kq.Data("y")
+    ...     w = kq.Global("w", kq.Normal(0.0, 1.0))
+    ...     kq.Potential("laplace_lik", -kq.abs(y - w * x))  # a custom per-row log density
+    >>> m["laplace_lik"].per_row
+    True
+    """
+    from .distributions import Distribution
+    from .expr import as_expr
+
+    model = current_model()
+    model._check_name("Potential", name)
+    try:
+        expr = as_expr(expr)
+    except TypeError as err:
+        raise ModelError(f"Potential {name!r}: {err}; give an expression of the model's "
+                         "variables, e.g. -kq.abs(y - mu)") from None
+    if not variables_in(expr):
+        raise ModelError(f"Potential {name!r}: {expr!r} reads no variable, so it is a constant "
+                         "that changes neither the fit nor q; drop it")
+    row_wise, shape = model._param_shapes("Potential", name,
+                                          Distribution("Potential", (("value", expr),), "real"))
+    model._add(VarSpec(name, "potential", shape, None, expr=expr, row_wise=row_wise))
+
+
 def column(name: str) -> Expr:
     """A reference to the batch's column ``name`` (Data or Observed) for an encoder: an
     amortized q may read the observations themselves, which a prior may not."""
@@ -502,14 +602,14 @@ def Observed(name: str, dist: Distribution) -> None:
     model._check_name("Observed", name)
     _, pshape = model._param_shapes("Observed", name, dist)
     model._add(VarSpec(name, "observed", pshape, dist,
-                       "float" if dist.support in ("real", "positive", "unit_interval") else "int"))
+                       "int" if dist.is_discrete else "float"))
 
 
 # -- saving and loading: the codec is klqp/spec_json.py --------------------------------
 #: Each role's declaration function, handed to ``spec_json.model_from_dict`` (which
 #: imports no klqp.model, so the loader gets the model's functions from here).
 DECLARE = {"data": Data, "global": Global, "local": Local, "observed": Observed,
-           "param": Param, "deterministic": Deterministic}
+           "param": Param, "deterministic": Deterministic, "potential": Potential}
 
 
 def from_dict(d) -> Model:

@@ -8,14 +8,20 @@ full-data nats:
     kl_global  = log q(theta~) - log p(theta~)
     kl_local   = (N/b) * sum_{i in B} ( log q(z~_i) - log p(z~_i | theta~, x_i) )
 
-and the loss one optimizer step descends is
+and, for a model with ``kq.Potential`` terms f (0 otherwise), a fourth:
 
-    loss = s * ( -T * loglik + beta_global * kl_global + beta_local * kl_local )
+    potential  = (N/b) * sum_{i in B} f_i(theta~, z~_i, x_i)  +  f(theta~)
+                 (per-row potentials)                          (global ones)
+
+The loss one optimizer step descends is
+
+    loss = s * ( -T * loglik - potential + beta_global * kl_global + beta_local * kl_local )
 
 with s = b/N when ``scale_cost_to_minibatch`` (PyMC's flag) else 1, and T the
-likelihood weight. s changes the gradient's size, never the optimum. The reported
-ELBO is always ``loglik - kl_global - kl_local`` (beta = T = 1, full-data nats),
-whatever s, b and the weights are. Log-densities of latents are taken in each
+likelihood weight; a potential is the user's own log-density term, taken at weight 1.
+s changes the gradient's size, never the optimum. The reported ELBO is always
+``loglik + potential - kl_global - kl_local`` (beta = T = 1, full-data nats), whatever
+s, b and the weights are. Log-densities of latents are taken in each
 latent's unconstrained space (the log-Jacobian sits in log p), as PyMC and NumPyro do.
 
 This module holds only arithmetic, so the same functions serve NumPy, JAX and
@@ -26,12 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Mapping, NamedTuple, Union
 
 from . import schedules as _schedules
 
-__all__ = ["Shared", "Weight", "Weights", "Terms", "loss", "elbo", "cost_scale",
-           "coefficients", "resolve_weights", "terms_from_rows", "WEIGHT_NAMES"]
+__all__ = ["Shared", "Weight", "Weights", "Terms", "RowDensities", "loss", "elbo", "cost_scale",
+           "coefficients", "resolve_weights", "terms_from_rows", "weighted_rows",
+           "weighted_global", "WEIGHT_NAMES"]
 
 WEIGHT_NAMES = ("beta_global", "beta_local", "likelihood_weight")
 
@@ -86,15 +93,46 @@ class Weights:
 
 @dataclass
 class Terms:
-    """The three per-step estimates, in full-data nats (see the module docstring)."""
+    """The per-step estimates, in full-data nats (see the module docstring)."""
 
     loglik: Any
     kl_global: Any
     kl_local: Any
+    potential: Any = 0.0
+
+    FIELDS = ("loglik", "kl_global", "kl_local", "potential")
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.FIELDS)
+
+
+class RowDensities(NamedTuple):
+    """A model's unscaled log-densities on R rows, as every backend computes them: the
+    globals' log p(theta) + log|J|, and per row (R,): the observations' log p(y_i | .),
+    the locals' log p(z_i | .) + log|J| and the per-row potentials; and the global
+    potentials' sum."""
+
+    global_logp: Any
+    loglik_rows: Any
+    local_logp_rows: Any
+    potential_rows: Any = 0.0
+    potential_global: Any = 0.0
+
+
+def weighted_rows(d: RowDensities, weights: Mapping) -> Any:
+    """Each row's part of -loss / s before N/b, q's log q aside: T log p(y_i | .) +
+    f_i + beta_local log p(z_i | .) (what the local step raises, row by row)."""
+    return (weights["likelihood_weight"] * d.loglik_rows + d.potential_rows
+            + weights["beta_local"] * d.local_logp_rows)
+
+
+def weighted_global(d: RowDensities, weights: Mapping) -> Any:
+    """The rows-free part of -loss / s, q's log q aside: beta_global log p(theta) + f."""
+    return weights["beta_global"] * d.global_logp + d.potential_global
 
 
 def terms_from_rows(*, total_size, row_weights, loglik_rows, local_kl_rows, kl_global,
-                    xp: Any = None) -> Terms:
+                    potential_rows=0.0, potential_global=0.0, xp: Any = None) -> Terms:
     """The three terms from one batch's per-row values.
 
     loglik_rows: sum over a row's observations of log p(y_i | .); local_kl_rows: sum over
@@ -116,7 +154,8 @@ def terms_from_rows(*, total_size, row_weights, loglik_rows, local_kl_rows, kl_g
     ratio = total_size / xp.sum(row_weights)
     return Terms(loglik=ratio * xp.sum(row_weights * loglik_rows),
                  kl_global=kl_global,
-                 kl_local=ratio * xp.sum(row_weights * local_kl_rows))
+                 kl_local=ratio * xp.sum(row_weights * local_kl_rows),
+                 potential=ratio * xp.sum(row_weights * potential_rows) + potential_global)
 
 
 def cost_scale(total_size: int, batch_size: int, scale_cost_to_minibatch: bool) -> float:
@@ -125,15 +164,16 @@ def cost_scale(total_size: int, batch_size: int, scale_cost_to_minibatch: bool) 
 
 
 def loss(terms: Terms, *, beta_global, beta_local, likelihood_weight, cost_scale) -> Any:
-    """``s * (-T * loglik + beta_global * kl_global + beta_local * kl_local)``."""
+    """``s * (-T * loglik - potential + beta_global * kl_global + beta_local * kl_local)``."""
     return cost_scale * (-likelihood_weight * terms.loglik
+                         - terms.potential
                          + beta_global * terms.kl_global
                          + beta_local * terms.kl_local)
 
 
 def elbo(terms: Terms) -> Any:
     """The evidence lower bound estimate: always at beta = T = 1, full-data nats."""
-    return terms.loglik - terms.kl_global - terms.kl_local
+    return terms.loglik + terms.potential - terms.kl_global - terms.kl_local
 
 
 def coefficients(*, total_size: int, batch_size: int, beta_global: float, beta_local: float,
@@ -141,13 +181,16 @@ def coefficients(*, total_size: int, batch_size: int, beta_global: float, beta_l
     """The factor in front of each RAW minibatch sum in the loss.
 
     loglik multiplies -sum_B log p(y_i|.); kl_global multiplies log q(theta) - log p(theta);
-    kl_local multiplies sum_B (log q(z_i) - log p(z_i|.)).
+    kl_local multiplies sum_B (log q(z_i) - log p(z_i|.)); potential_rows multiplies
+    -sum_B f_i (a per-row kq.Potential) and potential_global -f (a global one).
     """
     s = cost_scale(total_size, batch_size, scale_cost_to_minibatch)
     ratio = total_size / batch_size
     return {"loglik": s * likelihood_weight * ratio,
             "kl_global": s * beta_global,
-            "kl_local": s * beta_local * ratio}
+            "kl_local": s * beta_local * ratio,
+            "potential_rows": s * ratio,
+            "potential_global": s}
 
 
 def _as_weight(name: str, value) -> Any:

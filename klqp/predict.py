@@ -521,6 +521,11 @@ def _log_weights(result, data, num_samples: int, seed: int, locals: Optional[str
     log q(z_di): importance weights of p(y_i | training data) = E_q[w_i]."""
     model = result.model
     _check_count(num_samples, where)
+    if not model.observed:
+        raise ValueError(f"{where}: model {model.name!r} has no kq.Observed, so there is no "
+                         "p(y_i | .) to score; a kq.Potential is an unnormalized term, not a "
+                         "predictive density (write the likelihood as a kq.Observed, e.g. "
+                         "with kq.Mixture, to score it)")
     need = {v.name for v in model.data_vars + model.observed}
     columns, training = rows_for(result, data, where=where, need=need, new_groups=new_groups)
     local_q = _locals_q(result, columns, training, locals, where, new_groups)

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from .distributions import interval_bounds
 from .model import PROBE_ROWS, ROW_INDEX, Model, ModelError, VarSpec
 from .objective import Shared, Weights, cost_scale, resolve_weights
 
@@ -241,6 +242,9 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
             elif support == "unit_interval":
                 inside = (low > 0 and high < 1) if is_open else (low >= 0 and high <= 1)
                 shown = "(0, 1)" if is_open else "[0, 1]"
+            elif interval_bounds(support):
+                lower, upper = interval_bounds(support)
+                inside, shown = lower <= low and high <= upper, f"[{lower:g}, {upper:g}]"
             else:
                 inside = True
             if not inside:
@@ -352,8 +356,12 @@ def make_problem(model: Model, data, *, batch_size=None, total_size=None, beta=N
     """Validate everything and build a :class:`Problem` (no backend code runs)."""
     if not isinstance(model, Model):
         raise TypeError(f"expected a kq.Model, got {type(model).__name__}")
-    if not model.observed:
-        raise ModelError(f"model {model.name!r} has no kq.Observed variable: nothing to fit")
+    if not model.observed and not any(v.per_row for v in model.potentials):
+        raise ModelError(f"model {model.name!r} has no kq.Observed variable (nor a per-row "
+                         "kq.Potential reading the data): nothing to fit")
+    if not model.observed and not model.data_vars:
+        raise ModelError(f"model {model.name!r}: without a kq.Observed, its per-row kq.Potential "
+                         "must read a kq.Data column (the rows the batches take)")
     if not model.latents:
         raise ModelError(f"model {model.name!r} has no kq.Global or kq.Local latent: nothing to infer")
     if total_size is not None:

@@ -13,7 +13,7 @@ from .steps import resolve_local_step
 
 __all__ = ["FitResult", "FitState", "HISTORY_KEYS"]
 
-HISTORY_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local", "local_gain",
+HISTORY_KEYS = ("loss", "elbo", "loglik", "kl_global", "kl_local", "potential", "local_gain",
                 "beta_global", "beta_local", "likelihood_weight", "skipped")
 
 
@@ -35,7 +35,8 @@ class FitResult:
     the fit reports q (``klqp.steps``): with the default global step the globals are the
     average of their iterates, and with a local step the locals come from a final pass
     at those globals. Training continues from ``state`` (the raw iterates).
-    ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, local_gain,
+    ``history``: per-step arrays ``loss, elbo, loglik, kl_global, kl_local, potential,
+    local_gain,
     beta_global, beta_local, likelihood_weight, skipped`` (figures in full-data nats; see
     klqp.objective; each step's estimate at that step's batch and at the TRAINING
     iterates, not at the averaged q the fit reports: ``elbo()`` gives the reported q's,
@@ -306,7 +307,7 @@ class FitResult:
     def elbo(self, num_samples: int = 64, seed: int = 0) -> dict:
         """The ELBO of q AS REPORTED (``params``: the averaged globals, the locals after
         the final pass) on all N training rows, in full-data nats at beta = T = 1:
-        ``{"elbo", "loglik", "kl_global", "kl_local"}`` (Monte-Carlo means over
+        ``{"elbo", "loglik", "kl_global", "kl_local", "potential"}`` (Monte-Carlo means over
         ``num_samples`` draws of q) and ``"elbo_se"``, the mean's standard error. Computed
         by this fit's backend with every row in one batch. Unlike ``history["elbo"]``
         (the training iterates, one batch a step), it ranks two fits of one model.
@@ -331,7 +332,7 @@ class FitResult:
                                                  + tuple(v.shape)) for v in model.latents}
             figures.append(objective.terms(params, indices=rows, noise=noise))
         out = {k: float(np.mean([f[k] for f in figures]))
-               for k in ("elbo", "loglik", "kl_global", "kl_local")}
+               for k in ("elbo", "loglik", "kl_global", "kl_local", "potential")}
         out["elbo_se"] = float(np.std([f["elbo"] for f in figures], ddof=1)
                                / np.sqrt(num_samples)) if num_samples > 1 else float("nan")
         return out
@@ -349,7 +350,8 @@ class FitResult:
 
         h = self.history
         steps = np.arange(len(h["loss"]))
-        panels = [("loss", ["loss"]), ("full-data nats\n(training iterates)", ["elbo", "loglik"]),
+        nats = ["elbo", "loglik"] + (["potential"] if self.model.potentials else [])
+        panels = [("loss", ["loss"]), ("full-data nats\n(training iterates)", nats),
                   ("KL (nats)", ["kl_global", "kl_local"]),
                   ("weights", ["beta_global", "beta_local", "likelihood_weight"])]
         fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(7, 8.5))
@@ -383,8 +385,11 @@ class FitResult:
         good = np.asarray(self.history["skipped"]) == 0  # skipped steps' figures are NaN or inf
         last = {k: float(np.mean(np.asarray(self.history[k])[good][-100:]))
                 for k in ("elbo", "loglik", "kl_global", "kl_local")}
+        potential = (f", potential {np.mean(np.asarray(self.history['potential'])[good][-100:]):.2f}"
+                     if self.model.potentials else "")
         lines.append(f"last 100 applied steps, mean: elbo {last['elbo']:.2f}, loglik {last['loglik']:.2f}, "
-                     f"kl_global {last['kl_global']:.2f}, kl_local {last['kl_local']:.2f} (nats)")
+                     f"kl_global {last['kl_global']:.2f}, kl_local {last['kl_local']:.2f}{potential} "
+                     "(nats)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

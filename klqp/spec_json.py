@@ -42,7 +42,7 @@ import numpy as np
 from . import distributions as _d
 from .distributions import Distribution
 from .errors import ModelError
-from .expr import _AXIS, _BINARY, _ELEMENTWISE2, _JOIN, _UNARY, Expr
+from .expr import _AXIS, _BINARY, _COMPARE, _ELEMENTWISE2, _JOIN, _UNARY, Expr
 
 __all__ = ["SPEC_VERSION", "OPERATORS", "FAMILIES", "ROLES", "dumps", "parse",
            "model_from_dict", "expr_from_dict", "dist_from_dict"]
@@ -178,6 +178,12 @@ def _int_attr(value, path: str) -> int:
     return value
 
 
+def _shape_attr(value, path: str) -> tuple:
+    if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
+        raise _fail(path, f"expected a list of positive integers (a shape), got {_show(value)}")
+    return tuple(int(v) for v in value)
+
+
 def _optional_int_attr(value, path: str):
     """An integer or null attribute (a slice's ``start`` and ``stop``)."""
     return None if value is None else _int_attr(value, path)
@@ -198,8 +204,13 @@ OPERATORS: dict[str, tuple[Any, dict[str, Callable]]] = {
     **{op: (1, {}) for op in _UNARY},
     "var": (0, {"name": _name_attr}),
     "const": (0, {"value": _array}),
-    "index": ((1, 2), {"at": _int_attr}),  # w[group] (2 args) or x[..., k] (1 arg, at=k)
-    "slice": (1, {"start": _optional_int_attr, "stop": _optional_int_attr}),
+    # w[group] (2 args) or x[..., k] (1 arg, at=k); axis and rank: see klqp.expr._axis_key
+    "index": ((1, 2), {"at": _int_attr, "axis": _int_attr, "rank": _int_attr}),
+    "slice": (1, {"start": _optional_int_attr, "stop": _optional_int_attr, "axis": _int_attr,
+                  "rank": _int_attr}),
+    "reshape": (1, {"shape": _shape_attr}),
+    "where": (3, {}),
+    **{op: (2, {}) for op in _COMPARE},                     # greater, less, ...
     **{op: (1, {"axis": _int_attr}) for op in _AXIS},      # sum, mean, logsumexp, ...
     **{op: (2, {}) for op in _ELEMENTWISE2},                # maximum, minimum
     **{op: (None, {"axis": _int_attr}) for op in _JOIN},    # concat, stack
@@ -217,6 +228,10 @@ def _check_arity(op: str, n_args: int, path: str) -> None:
         raise _fail(f"{path}.args", f"operator {op!r} takes {said} argument(s), got {n_args}")
 
 
+#: Attributes a node may leave out (their default: the last axis, no rank check).
+OPTIONAL_ATTRS = {"index": ("axis", "rank"), "slice": ("axis", "rank")}
+
+
 def _attrs(op: str, n_args: int, attrs: dict, path: str) -> tuple:
     """The node's attributes, checked and in the order the expression builders use."""
     checks = OPERATORS[op][1]
@@ -230,6 +245,8 @@ def _attrs(op: str, n_args: int, attrs: dict, path: str) -> tuple:
     out = []
     for key, check in checks.items():
         if key not in attrs:
+            if key in OPTIONAL_ATTRS.get(op, ()):
+                continue
             raise _fail(f"{path}.attrs", f"operator {op!r} needs attribute {key!r}")
         out.append((key, check(attrs[key], f"{path}.attrs.{key}")))
     return tuple(out)
@@ -292,7 +309,7 @@ FAMILIES: dict[str, Callable[..., Distribution]] = {
     "ZeroInflatedNegativeBinomial": _d.ZeroInflatedNegativeBinomial,
     "OrderedLogistic": _d.OrderedLogistic,
     "HalfCauchy": _d.HalfCauchy, "HalfStudentT": _d.HalfStudentT, "Cauchy": _d.Cauchy,
-    "Laplace": _d.Laplace, "Weibull": _d.Weibull, "NegativeBinomial": _d.NegativeBinomial,
+    "Laplace": _d.Laplace, "Uniform": _d.Uniform, "Weibull": _d.Weibull, "NegativeBinomial": _d.NegativeBinomial,
     "ZeroInflatedPoisson": _d.ZeroInflatedPoisson, "Mixture": _d.Mixture,
 }
 
@@ -367,16 +384,25 @@ def _declare_data(entry: dict, path: str, cache: dict, make: Callable, model) ->
 
 def _declare_global(entry: dict, path: str, cache: dict, make: Callable, model) -> None:
     """``kq.Global`` from a saved ``"global"`` entry."""
-    _keys(entry, path, ("name", "role", "dist"), ("shape", "dtype"))
+    _keys(entry, path, ("name", "role", "dist"), ("shape", "dtype", "transform"))
     _float_dtype(entry, path, "global")
     shape = _shape(entry["shape"], f"{path}.shape") if "shape" in entry else None
-    make(entry["name"], dist_from_dict(entry["dist"], f"{path}.dist", cache), shape)
+    make(entry["name"], dist_from_dict(entry["dist"], f"{path}.dist", cache), shape,
+         transform=_transform(entry, path))
+
+
+def _transform(entry: dict, path: str):
+    """A latent's saved ``transform`` (only "ordered"), or None."""
+    value = entry.get("transform")
+    if value is not None and value != "ordered":
+        raise _fail(f"{path}.transform", f"{_show(value)}; the one transform is \"ordered\"")
+    return value
 
 
 def _declare_local(entry: dict, path: str, cache: dict, make: Callable, model) -> None:
     """``kq.Local`` from a saved ``"local"`` entry; ``encoder`` holds the amortized
     q's ``loc`` and ``scale`` expressions."""
-    _keys(entry, path, ("name", "role", "dist"), ("shape", "dtype", "encoder"))
+    _keys(entry, path, ("name", "role", "dist"), ("shape", "dtype", "encoder", "transform"))
     _float_dtype(entry, path, "local")
     shape = _shape(entry["shape"], f"{path}.shape") if "shape" in entry else None
     dist = dist_from_dict(entry["dist"], f"{path}.dist", cache)
@@ -386,7 +412,7 @@ def _declare_local(entry: dict, path: str, cache: dict, make: Callable, model) -
         _keys(enc, f"{path}.encoder", ("loc", "scale"))
         encoder = tuple(expr_from_dict(enc[k], f"{path}.encoder.{k}", cache)
                         for k in ("loc", "scale"))
-    make(entry["name"], dist, shape, encoder=encoder)
+    make(entry["name"], dist, shape, encoder=encoder, transform=_transform(entry, path))
 
 
 def _declare_observed(entry: dict, path: str, cache: dict, make: Callable, model) -> None:
@@ -417,8 +443,8 @@ def _declare_param(entry: dict, path: str, cache: dict, make: Callable, model) -
 
 
 def _declare_deterministic(entry: dict, path: str, cache: dict, make: Callable, model) -> None:
-    """``kq.Deterministic`` from a saved ``"deterministic"`` entry; ``expr`` is its
-    expression, the shape follows from it."""
+    """``kq.Deterministic`` (or ``kq.Potential``) from a saved ``"deterministic"``
+    (``"potential"``) entry; ``expr`` is its expression, the shape follows from it."""
     _keys(entry, path, ("name", "role", "expr"), ("shape", "dtype"))
     make(entry["name"], expr_from_dict(entry["expr"], f"{path}.expr", cache))
 
@@ -428,7 +454,7 @@ def _declare_deterministic(entry: dict, path: str, cache: dict, make: Callable, 
 ROLES: dict[str, Callable[[dict, str, dict, Callable, Any], None]] = {
     "data": _declare_data, "global": _declare_global, "local": _declare_local,
     "observed": _declare_observed, "param": _declare_param,
-    "deterministic": _declare_deterministic,
+    "deterministic": _declare_deterministic, "potential": _declare_deterministic,
 }
 
 
@@ -486,7 +512,7 @@ def model_from_dict(d, model_class: Callable[[str, Optional[int]], M],
     ...     kq.Observed("y", kq.Normal(mu, 1.0))
     >>> declare = {"data": kq.Data, "global": kq.Global, "local": kq.Local,
     ...            "observed": kq.Observed, "param": kq.Param,
-    ...            "deterministic": kq.Deterministic}
+    ...            "deterministic": kq.Deterministic, "potential": kq.Potential}
     >>> model_from_dict(m.to_dict(), kq.Model, declare)
     Model('m', total_size=None)
       global   mu ~ Normal(mu=0.0, sigma=10.0)  shape=()

@@ -124,7 +124,10 @@ class History:
         self._size = 0
         self._data = {k: np.zeros(1024) for k in self.keys}
         if previous is not None:
-            self.append({k: np.asarray(previous[k], dtype=float) for k in self.keys})
+            steps = len(np.atleast_1d(previous[self.keys[0]]))
+            # a figure the saved run did not record (klqp < 0.5 had no "potential"): 0
+            self.append({k: np.asarray(previous[k] if k in previous else np.zeros(steps),
+                                       dtype=float) for k in self.keys})
 
     def __len__(self) -> int:
         return self._size

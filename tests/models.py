@@ -100,7 +100,9 @@ def bnn(n=80, d=3, classes=3, seed=5):
 
 def array_ops(n=90, d=3, seed=6):
     """Every array operation in one likelihood: a two-component log-sum-exp, stack,
-    cumsum, expand_dims (x[..., None]), maximum/minimum, lgamma, sqrt, abs, log1p."""
+    cumsum, expand_dims (x[..., None]), maximum/minimum, lgamma, sqrt, abs, log1p, where
+    and the comparisons, reshape, NumPy-style tuple indexing; and kq.Potential terms, one
+    per row and one global."""
     rng = np.random.default_rng(seed)
     with kq.Model("array_ops") as model:
         x = kq.Data("x", shape=(d,))
@@ -113,7 +115,13 @@ def array_ops(n=90, d=3, seed=6):
         spread = kq.sum(kq.sum(x[..., None] * mus, -1), -1) + 0.1 * kq.sum(kq.cumsum(x, -1), -1)
         mu = (mixed + 0.3 * spread + kq.maximum(z, -0.5) - kq.minimum(lin, 0.5)
               + 0.1 * kq.lgamma(1.5 + kq.abs(z)))
+        grid = kq.reshape(kq.concat([x, x], -1), (2, d))          # (rows, 2, d)
+        mu = mu + 0.2 * kq.where(x[:, 0] > 0.0, grid[..., 1, :][..., 0], -grid[:, 0, 1])
+        mu = mu + 0.1 * kq.where(x[..., 1] <= mus[1], 1.0, 0.0) - 0.1 * (x[..., 2] < 0.5) \
+            + 0.1 * (x[..., 2] >= z)
         kq.Observed("y", kq.Normal(mu, kq.sqrt(s) + 0.2 + kq.log1p(s)))
+        kq.Potential("smooth", -0.5 * (z - 0.3 * lin) ** 2)      # per row: (N/b) * batch sum
+        kq.Potential("shrink", -kq.sum(w ** 2, -1) - 0.1 * (mus[0] > mus[1]))  # global
     data = {"x": rng.normal(size=(n, d)), "y": rng.normal(size=n)}
     return model, data
 
@@ -122,7 +130,8 @@ def more_families(n=200, seed=7):
     """Heavy tails and overdispersed counts: Cauchy, HalfCauchy, HalfStudentT, Laplace and
     Weibull as priors (global and local) and likelihoods; NegativeBinomial,
     ZeroInflatedPoisson, ZeroInflatedNegativeBinomial and OrderedLogistic (learned
-    cutpoints, c0 + cumsum(exp(gaps))) likelihoods."""
+    cutpoints, c0 + cumsum(exp(gaps)), and a Global with transform="ordered")
+    likelihoods; Uniform as a prior and a likelihood."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
     with kq.Model("more_families") as model:
@@ -144,6 +153,11 @@ def more_families(n=200, seed=7):
                                                             kq.exp(0.2 + a * xd), k))
         gaps = kq.Global("gaps", kq.Normal(0.0, 1.0), shape=(2,))
         kq.Observed("ord", kq.OrderedLogistic(a + b * xd, -0.5 + kq.cumsum(kq.exp(gaps), -1)))
+        cut = kq.Global("cut", kq.Normal(0.0, 2.0), shape=(3,), transform="ordered")
+        kq.Observed("ord2", kq.OrderedLogistic(b * xd, cut))
+        r = kq.Global("r", kq.Uniform(0.1, 3.0))
+        kq.Observed("un", kq.Uniform(-1.0, 5.0))
+        kq.Observed("ur", kq.Normal(r * xd, r))
     mean = np.exp(0.5 + 0.4 * x)
     data = {"x": x, "y": 0.5 + x + 0.8 * rng.standard_cauchy(n),
             "e": x + rng.laplace(0.0, 0.7, n), "w": 1.2 * rng.weibull(1.8, n),
@@ -151,7 +165,9 @@ def more_families(n=200, seed=7):
             "nb": rng.poisson(rng.gamma(2.0, mean / 2.0)),
             "zip": rng.poisson(np.exp(0.3 + 0.3 * x)) * (rng.random(n) < 0.7),
             "zinb": rng.poisson(rng.gamma(1.5, mean / 1.5)) * (rng.random(n) < 0.6),
-            "ord": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-0.5, 0.7])).sum(1)}
+            "ord": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-0.5, 0.7])).sum(1),
+            "ord2": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-1.0, 0.0, 1.0])).sum(1),
+            "un": rng.uniform(-1.0, 5.0, n), "ur": 1.3 * x + 1.3 * rng.normal(size=n)}
     return model, data
 
 

@@ -13,11 +13,18 @@ from klqp.expr import NumpyOps, evaluate
 
 
 def _forward(support, u):
+    """x = T(u) and log |T'(u)| entry by entry (written out, not klqp.transforms')."""
     if support == "real":
         return u, np.zeros_like(u)
     if support == "positive":
         return np.exp(u), u
+    if support == "ordered":  # x_0 = u_0, x_k = x_{k-1} + exp(u_k)
+        steps = np.concatenate([u[..., :1], np.exp(u[..., 1:])], axis=-1)
+        return np.cumsum(steps, axis=-1), np.concatenate([0.0 * u[..., :1], u[..., 1:]], -1)
     x = special.expit(u)
+    if support.startswith("interval("):  # "interval(lower, upper)": lower + width * expit(u)
+        lower, upper = (float(v) for v in support[9:-1].split(","))
+        return lower + (upper - lower) * x, np.log(upper - lower) + np.log(x) + np.log1p(-x)
     return x, np.log(x) + np.log1p(-x)
 
 
@@ -69,6 +76,8 @@ def logpdf(family: str, x, p: dict, component: str = ""):
         return stats.cauchy.logpdf(x, loc=p["alpha"], scale=p["beta"])
     if family == "Laplace":
         return stats.laplace.logpdf(x, loc=p["mu"], scale=p["b"])
+    if family == "Uniform":
+        return stats.uniform.logpdf(x, loc=p["lower"], scale=p["upper"] - p["lower"])
     if family == "Weibull":
         return stats.weibull_min.logpdf(x, c=p["alpha"], scale=p["beta"])
     if family == "NegativeBinomial":
@@ -134,9 +143,13 @@ def reference_terms(problem, params, indices, noise, *, step=0):
         else:
             kl_local += ratio * (log_q - log_p)
         env[v.name] = x
+    potential = 0.0  # per-row potentials: (N/b) * the batch's sum; global ones: once
+    for v in model.potentials:
+        value = np.sum(np.asarray(evaluate(v.expr, env, NumpyOps), float))
+        potential += ratio * value if v.per_row else value
     w = {k: float(val) for k, val in problem.weights.at(step).items()}
     s = b / n if problem.scale_cost_to_minibatch else 1.0
-    loss = s * (-w["likelihood_weight"] * loglik + w["beta_global"] * kl_global
+    loss = s * (-w["likelihood_weight"] * loglik - potential + w["beta_global"] * kl_global
                 + w["beta_local"] * kl_local)
-    return {"loss": loss, "elbo": loglik - kl_global - kl_local, "loglik": loglik,
-            "kl_global": kl_global, "kl_local": kl_local}
+    return {"loss": loss, "elbo": loglik + potential - kl_global - kl_local, "loglik": loglik,
+            "kl_global": kl_global, "kl_local": kl_local, "potential": potential}

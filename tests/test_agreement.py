@@ -120,6 +120,7 @@ FAMILY_MODELS = {  # family: (prior of z, y's distribution given z and m, y's ki
     "Cauchy": (kq.Cauchy(0.5, 2.0), lambda z, m: kq.Cauchy(z * m, m), "real"),
     "Laplace": (kq.Laplace(-0.2, 1.5), lambda z, m: kq.Laplace(z * m, m), "real"),
     "Weibull": (kq.Weibull(1.7, 1.2), lambda z, m: kq.Weibull(z + m, m), "positive"),
+    "Uniform": (kq.Uniform(0.2, 3.0), lambda z, m: kq.Uniform(-20.0, 20.0), "real"),
     "NegativeBinomial": (kq.Normal(0.0, 1.0),
                          lambda z, m: kq.NegativeBinomial(3.0 * m * kq.exp(z), 0.5 + m), "count"),
     "ZeroInflatedPoisson": (kq.Normal(0.0, 1.0),

@@ -135,7 +135,7 @@ def declare(s: dict) -> dict:
     pos = {"HalfNormal": lambda c: kq.HalfNormal(c), "Exponential": lambda c: kq.Exponential(c),
            "Gamma": lambda c: kq.Gamma(2.0, c), "LogNormal": lambda c: kq.LogNormal(0.0, c),
            "HalfCauchy": lambda c: kq.HalfCauchy(c), "HalfStudentT": lambda c: kq.HalfStudentT(3.0, c),
-           "Weibull": lambda c: kq.Weibull(2.0, c)}
+           "Weibull": lambda c: kq.Weibull(2.0, c), "Uniform": lambda c: kq.Uniform(0.0, 1.0 + 9.0 * c)}
     if s["scale_prior"] in pos:
         v["s"] = kq.Global("s", pos[s["scale_prior"]](s["scale_const"]))
     if s["param"]:
@@ -214,9 +214,19 @@ def declare(s: dict) -> dict:
                 "slice": lambda: (rs * rd)[0:1], "logsumexp": lambda: kq.logsumexp(rs * rd, -1),
                 "cumsum": lambda: kq.cumsum(rs * rd, -1), "maximum": lambda: kq.maximum(rs, rd),
                 "new_axis": lambda: (rs * rd)[..., None],
-                "stack": lambda: kq.stack([rs * rd, rd], -1)}[f["op"]]()
+                "stack": lambda: kq.stack([rs * rd, rd], -1),
+                "where": lambda: kq.where(rd > rs, rs * rd, -rd),
+                "column": lambda: (rs * rd)[:, 0],
+                "reshape": lambda: rs * kq.reshape(rd, (int(np.prod(f["data"], dtype=int)),)),
+                "potential": lambda: _with_potential(rs, rd)}[f["op"]]()
         kq.Observed("ro", kq.Normal(mean, 1.0))
     return v
+
+
+def _with_potential(rs, rd):
+    """A per-row kq.Potential on the random shapes; the mean is rs * rd."""
+    kq.Potential("rp", -0.5 * (rs * rd) ** 2)  # any per-row shape: each row's sum
+    return rs * rd
 
 
 def categorical_logits(s, v):
@@ -295,7 +305,8 @@ def specs(draw, small=False):
     vector_y = (x == (2,) and family in ("Normal", "StudentT", "Poisson") and local is None
                 and draw(st.booleans()))
     scale_prior = draw(st.sampled_from(["none", "HalfNormal", "Exponential", "Gamma",
-                                        "LogNormal", "HalfCauchy", "HalfStudentT", "Weibull"]))
+                                        "LogNormal", "HalfCauchy", "HalfStudentT", "Weibull",
+                                        "Uniform"]))
     stream = draw(st.sampled_from([None, None, "list", "iterator"]))
     sizes = []
     if stream:
@@ -315,7 +326,8 @@ def specs(draw, small=False):
     free = draw(st.one_of(st.none(), st.none(), st.fixed_dictionaries(
         {"global": shapes, "data": shapes, "rows": shapes,
          "op": st.sampled_from(["mul", "add", "matmul", "sum", "last", "slice", "logsumexp",
-                                "cumsum", "maximum", "new_axis", "stack"])})))
+                                "cumsum", "maximum", "new_axis", "stack", "where", "column",
+                                "reshape", "potential"])})))
     return dict(
         free=free, n=n, x=x, x_dtype=draw(st.sampled_from(["float64", "float32"])),
         groups=draw(st.sampled_from([0, 0, 2, 3])), g_float=draw(st.booleans()),
@@ -592,7 +604,7 @@ def _columns(s: dict) -> list:
             if present]
 
 
-FREE_NAMES = ("'rd'", "'rs'", "'ro'")
+FREE_NAMES = ("'rd'", "'rs'", "'ro'", "'rp'")
 
 
 def _stream_mutation(draw, case: Case) -> Case:

@@ -1,6 +1,6 @@
 """Array operations in expressions (kq.logsumexp, stack, cumsum, expand_dims, maximum,
-minimum, lgamma, sqrt, abs, log1p), NumPy functions on expressions, the shape probe, and
-DataFrames as data. The backends' agreement on every op: tests/test_agreement.py on
+minimum, lgamma, sqrt, abs, log1p, reshape, where and comparisons, NumPy-style tuple
+indexing), NumPy functions on expressions, the shape probe, and DataFrames as data. The backends' agreement on every op: tests/test_agreement.py on
 tests/models.py's array_ops model."""
 
 import numpy as np
@@ -27,6 +27,17 @@ CASES = [
     (kq.sqrt(kq.exp(X)), np.sqrt(np.exp(VALUE))),
     (kq.abs(X), np.abs(VALUE)),
     (kq.log1p(kq.exp(X)), np.log1p(np.exp(VALUE))),
+    (kq.where(X > 0.1, X, -2.0 * X), np.where(VALUE > 0.1, VALUE, -2 * VALUE)),
+    (kq.where(X <= X[..., None][..., 0], 1.0, 0.0), np.ones_like(VALUE)),
+    ((X >= 0.0) * 1.0 + (X < -0.5) * 2.0, (VALUE >= 0) * 1.0 + (VALUE < -0.5) * 2.0),
+    (kq.reshape(X, (12,)), VALUE.reshape(12)),
+    (kq.reshape(kq.stack([X, X], -1), (3, 2)), np.stack([VALUE, VALUE], -1).reshape(4, 3, 2)),
+    (X[:, 0], VALUE[:, 0]),
+    (X[1, :], VALUE[1, :]),
+    (X[1:3, 2], VALUE[1:3, 2]),
+    (X[2, 1], VALUE[2, 1]),
+    (X[..., 1:], VALUE[..., 1:]),
+    (kq.stack([X, X], -1)[..., 1, :], np.stack([VALUE, VALUE], -1)[..., 1, :]),
 ]
 
 
@@ -41,8 +52,9 @@ def test_each_op_computes_the_same_on_the_backends_namespace(backend):
         from klqp_numpyro.lowering import JaxOps as ops
         run = lambda e: np.asarray(evaluate(e, {"x": VALUE}, ops))  # noqa: E731
     else:
+        import pytensor.tensor as pt
         from klqp_pymc.tensors import PytensorOps as ops
-        run = lambda e: evaluate(e, {"x": VALUE}, ops).eval()  # noqa: E731
+        run = lambda e: evaluate(e, {"x": pt.as_tensor(VALUE)}, ops).eval()  # noqa: E731
     for expr, expected in CASES:
         np.testing.assert_allclose(run(expr), expected, rtol=1e-12, err_msg=repr(expr))
 
@@ -134,3 +146,40 @@ def test_a_laplace_likelihood_is_fitted_by_adam_under_auto():
     r = kq.fit(model, {"y": y}, backend=BACKENDS[0], steps=1500, batch_size=100,
                progress=False)
     assert abs(float(r.mean("mu")) - np.median(y)) < 0.1 and float(r.std("mu")) < 0.2
+
+
+def test_tuple_indexes_name_every_axis_or_start_with_an_ellipsis():
+    with pytest.raises(ValueError, match=r"names 3 axes, but the value has 2"):
+        evaluate(X[:, :, 0], {"x": VALUE}, NumpyOps)
+    with pytest.raises(TypeError, match="take ... only first"):
+        X[0, ...]
+    with pytest.raises(TypeError, match="no step"):
+        X[:, ::2]
+    with kq.Model("m"):
+        g = kq.Data("g", dtype="int")
+        w = kq.Global("w", kq.Normal(0.0, 1.0), shape=(4, 2))
+        with pytest.raises(TypeError, match="first axis only"):
+            w[:, g]
+    assert repr(w[g, :]) == "w[g]" and repr(w[1, :]) == "w[1, :]" and repr(X[2]) == "x[2]"
+    with pytest.raises(kq.ModelError, match=r"Observed 'y'.*names 3 axes"):
+        with kq.Model("m2"):
+            x = kq.Data("x", shape=(3,))
+            kq.Observed("y", kq.Normal(x[:, :, 0], 1.0))
+
+
+def test_reshape_refuses_a_size_its_trailing_axes_do_not_hold():
+    with pytest.raises(ValueError, match=r"trailing axes of a value of shape \(4, 3\) do not hold 5"):
+        evaluate(kq.reshape(X, (5,)), {"x": VALUE}, NumpyOps)
+    with pytest.raises(TypeError, match="positive ints"):
+        kq.reshape(X, (0, 2))
+
+
+def test_a_comparison_has_no_equality_and_a_where_of_a_global_round_trips_as_json():
+    with kq.Model("m") as m:
+        x = kq.Data("x")
+        w = kq.Global("w", kq.Normal(0.0, 1.0))
+        kq.Observed("y", kq.Normal(kq.where(x > w, x - w, 0.5 * (x - w)), 1.0))
+    assert (x == x) is True and (x == w) is False  # identity: expressions are hashable nodes
+    again = kq.Model.from_json(m.to_json())
+    assert again.to_json() == m.to_json()
+    assert repr(again["y"].dist.param_dict["mu"]) == "where((x > w), (x - w), (0.5 * (x - w)))"

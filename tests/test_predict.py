@@ -36,6 +36,7 @@ FAMILY_CASES = {
     "Cauchy": {"alpha": 1.0, "beta": 2.0},
     "Laplace": {"mu": 1.0, "b": 2.0},
     "Weibull": {"alpha": 1.5, "beta": 2.0},
+    "Uniform": {"lower": -1.0, "upper": 2.5},
     "NegativeBinomial": {"mu": 3.0, "alpha": 2.0},
     "ZeroInflatedPoisson": {"psi": 0.7, "mu": 3.0},
     "ZeroInflatedNegativeBinomial": {"psi": 0.6, "mu": 4.0, "alpha": 1.5},
@@ -43,7 +44,8 @@ FAMILY_CASES = {
 }
 SUPPORT = {"HalfNormal": (0, np.inf), "LogNormal": (0, np.inf), "Exponential": (0, np.inf),
            "Gamma": (0, np.inf), "Beta": (0, 1), "ContinuousBernoulli": (0, 1),
-           "HalfCauchy": (0, np.inf), "HalfStudentT": (0, np.inf), "Weibull": (0, np.inf)}
+           "HalfCauchy": (0, np.inf), "HalfStudentT": (0, np.inf), "Weibull": (0, np.inf),
+           "Uniform": (-1.0, 2.5)}
 DISCRETE = ("Bernoulli", "Binomial", "Poisson", "Categorical", "NegativeBinomial",
             "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial", "OrderedLogistic")
 HEAVY_TAILED = ("HalfCauchy", "Cauchy")  # no finite mean: quantiles instead of moments

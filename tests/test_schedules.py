@@ -77,7 +77,9 @@ def test_explain_coefficients_follow_design():
                        likelihood_weight=0.5, scale_cost_to_minibatch=scale)
         s = b / n if scale else 1.0
         assert e.coefficients == pytest.approx({"loglik": s * 0.5 * n / b, "kl_global": s * 0.3,
-                                                "kl_local": s * 2.0 * n / b})
+                                                "kl_local": s * 2.0 * n / b,
+                                                "potential_rows": s * n / b,  # weight 1
+                                                "potential_global": s})
         assert f"s = {'b/N' if scale else '1'}" in str(e)
     warm = kq.explain(m, total_size=n, batch_size=b, beta=schedules.linear_warmup(100), step=50)
     assert warm.coefficients["kl_global"] == pytest.approx(0.5)

@@ -87,7 +87,7 @@ class NumPyroObjective(CompiledObjective):
                                  self.problem.scale_cost_to_minibatch)
         return {"loss": objective.loss(t, cost_scale=s, **weights), "elbo": objective.elbo(t),
                 "loglik": t.loglik, "kl_global": jnp.asarray(t.kl_global),
-                "kl_local": jnp.asarray(t.kl_local)}
+                "kl_local": jnp.asarray(t.kl_local), "potential": jnp.asarray(t.potential)}
 
     def _batch_and_rows(self, params, indices):
         batch = {k: jnp.take(v, indices, axis=0) for k, v in self._data.items()}

@@ -30,15 +30,15 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from klqp.densities import continuous_bernoulli_log_norm
-from klqp.distributions import mixture_parts
+from klqp.distributions import interval_bounds, mixture_parts
 from klqp.expr import ArrayOps, evaluate
-from klqp.objective import Terms, terms_from_rows
+from klqp.objective import RowDensities, Terms, terms_from_rows
 from klqp.problem import Problem
 
 ROWS = "rows"  # the plate's name, also the key its subsample indices are substituted under
 
 _SUPPORT = {"real": constraints.real, "positive": constraints.positive,
-            "unit_interval": constraints.unit_interval}
+            "unit_interval": constraints.unit_interval, "ordered": constraints.ordered_vector}
 
 
 #: klqp.expr's array namespace for JAX.
@@ -205,6 +205,8 @@ def _family(family: str, p: dict):
         return dist.Cauchy(p["alpha"], p["beta"])
     if family == "Laplace":
         return dist.Laplace(p["mu"], p["b"])
+    if family == "Uniform":
+        return dist.Uniform(p["lower"], p["upper"])
     if family == "Weibull":  # NumPyro: Weibull(scale, concentration)
         return dist.Weibull(p["beta"], p["alpha"])
     if family == "NegativeBinomial":  # variance mu + mu^2 / alpha
@@ -260,7 +262,10 @@ def site_distribution(spec, env: dict, shape: tuple):
 
 
 def transform(support: str):
-    return biject_to(_SUPPORT[support])
+    """The bijection from the real line onto ``support`` (klqp.distributions'), NumPyro's
+    biject_to: exp, sigmoid, lower + (upper - lower) sigmoid, the ordered vector's."""
+    bounds = interval_bounds(support)
+    return biject_to(constraints.interval(*bounds) if bounds else _SUPPORT[support])
 
 
 def build_model(problem: Problem):
@@ -299,6 +304,13 @@ def build_model(problem: Problem):
                     else:
                         shape = ((b,) if v.role == "local" else ()) + tuple(v.shape)
                         env[v.name] = numpyro.sample(v.name, site_distribution(v, env, shape))
+            for v in model.potentials:  # weight 1 (klqp.objective), per-row ones in the plate
+                value = evaluate(v.expr, env, JaxOps)
+                with ExitStack() as stack:
+                    if v.per_row:
+                        stack.enter_context(rows)
+                        value = value.reshape((b, -1)).sum(-1)
+                    numpyro.factor(v.name, value if v.per_row else value.sum())
 
     return numpyro_model
 
@@ -339,14 +351,15 @@ def build_guide(problem: Problem, init: dict):
 
 
 def build_row_densities(problem: Problem):
-    """``densities(u, columns, point) -> (global_logp, loglik_rows, local_logp_rows)``: the
-    spec's log-densities, unscaled, one value per row.
+    """``densities(u, columns, point) -> klqp.objective.RowDensities``: the spec's
+    log-densities, unscaled, one value per row.
 
     u: each latent's UNCONSTRAINED value (globals: their own shape; locals: (R, *shape));
     columns: R rows of every Data/Observed column; point: each kq.Param's value.
     loglik_rows (R,): sum over a row's observations of log p(y_i | .); local_logp_rows
     (R,): sum over a row's locals of log p(z_i | .) + log|J|; global_logp: sum over the
-    globals of log p(theta) + log|J|. R is any number of rows: a batch, or a batch whose
+    globals of log p(theta) + log|J|; potential_rows (R,) and potential_global: the
+    kq.Potential terms, per row and global. R is any number of rows: a batch, or a batch whose
     rows are repeated once per quadrature node. Every term of the objective, and the
     local step's row log joint, is built from these.
     """
@@ -355,8 +368,7 @@ def build_row_densities(problem: Problem):
     def densities(u: dict, columns: dict, point: dict):
         env = {v.name: columns[v.name] for v in model.data_vars}
         env.update(point)
-        first = model.observed[0].name
-        rows = columns[first].shape[0]
+        rows = columns[model.row_column].shape[0]
         global_logp = jnp.zeros(())
         loglik_rows = jnp.zeros(rows)
         local_logp_rows = jnp.zeros(rows)
@@ -377,7 +389,15 @@ def build_row_densities(problem: Problem):
             else:
                 global_logp = global_logp + d.log_prob(x) + jac.sum()
             env[v.name] = x
-        return global_logp, loglik_rows, local_logp_rows
+        potential_rows, potential_global = jnp.zeros(rows), jnp.zeros(())
+        for v in model.potentials:
+            value = evaluate(v.expr, env, JaxOps)
+            if v.per_row:
+                potential_rows = potential_rows + value.reshape((rows, -1)).sum(-1)
+            else:
+                potential_global = potential_global + value.sum()
+        return RowDensities(global_logp, loglik_rows, local_logp_rows, potential_rows,
+                            potential_global)
 
     return densities
 
@@ -416,7 +436,7 @@ def build_terms(problem: Problem):
     def terms(params, batch, noise, row_weights=None, stl=False) -> Terms:
         point = {v.name: params[v.name]["value"] for v in model.params}
         q = q_location(problem, params, batch)
-        rows = batch[model.observed[0].name].shape[0]
+        rows = batch[model.row_column].shape[0]
         u, log_q_global, log_q_rows = {}, jnp.zeros(()), jnp.zeros(rows)
         for v in model.latents:
             loc, sd = q[v.name]
@@ -428,10 +448,13 @@ def build_terms(problem: Problem):
                 log_q_rows = log_q_rows + log_q.reshape((rows, -1)).sum(-1)
             else:
                 log_q_global = log_q_global + log_q.sum()
-        global_logp, loglik_rows, local_logp_rows = densities(u, batch, point)
+        d = densities(u, batch, point)
         weights = jnp.ones(rows) if row_weights is None else row_weights
         return terms_from_rows(total_size=problem.total_size, row_weights=weights,
-                               loglik_rows=loglik_rows, local_kl_rows=log_q_rows - local_logp_rows,
-                               kl_global=log_q_global - global_logp, xp=jnp)
+                               loglik_rows=d.loglik_rows,
+                               local_kl_rows=log_q_rows - d.local_logp_rows,
+                               kl_global=log_q_global - d.global_logp,
+                               potential_rows=d.potential_rows,
+                               potential_global=d.potential_global, xp=jnp)
 
     return terms

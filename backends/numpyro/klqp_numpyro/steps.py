@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from klqp import steps as rule, transforms
-from klqp.objective import Terms
+from klqp.objective import Terms, weighted_global, weighted_rows
 from klqp.problem import Problem
 
 from .lowering import build_row_densities, build_terms, q_location
@@ -38,8 +38,7 @@ def tile_rows(tree, copies: int):
 
 
 def average_terms(a: Terms, b: Terms) -> Terms:
-    return Terms(*(0.5 * (x + y) for x, y in zip((a.loglik, a.kl_global, a.kl_local),
-                                                   (b.loglik, b.kl_global, b.kl_local))))
+    return Terms(*(0.5 * (x + y) for x, y in zip(a.values(), b.values())))
 
 
 class Stepper:
@@ -82,11 +81,10 @@ class Stepper:
                 if v.role == "global" or v.amortized}
 
     def row_log_joint(self, flat_u, fixed: dict, columns: dict, point: dict, weights: dict):
-        """l(u) = T log p(y | .) + beta_local (log p(z | .) + log|J|) for each of the
+        """l(u) = T log p(y | .) + f + beta_local (log p(z | .) + log|J|) for each of the
         rows of ``flat_u`` (R', K), with ``columns``/``fixed`` locals aligned to them."""
         u = {**fixed, **self.unflat(flat_u)}
-        _, loglik_rows, local_logp_rows = self.densities(u, columns, point)
-        return weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
+        return weighted_rows(self.densities(u, columns, point), weights)
 
     def _node_values(self, loc, log_scale):
         """u at every node of every row: (R * P, K), row-major."""
@@ -165,7 +163,7 @@ class Stepper:
         without, the batch itself."""
         if self.layout is None:
             return params, batch, noise, None
-        p, b = self.layout.num_nodes, batch[self.model.observed[0].name].shape[0]
+        p, b = self.layout.num_nodes, batch[self.model.row_column].shape[0]
         free = set(self.layout.names)
         params = {k: (tile_rows(a, p) if k in free else a) for k, a in params.items()}
         node_noise = self.unflat(jnp.tile(self.nodes, (b, 1)))
@@ -202,8 +200,9 @@ class Stepper:
         """The global step's curvature sample, from Hessian-vector products of H = d^2 J /
         d theta^2 at the global draw theta = m + s * eps (averaged with m - s * eps under
         the antithetic pair), J the weighted full-data log joint estimated from the batch:
-        (N/b) sum_rows (T log p(y|.) + beta_local log p(z|.)) + beta_global log p(theta),
-        locals as in the estimator.
+        (N/b) sum_rows (T log p(y|.) + f + beta_local log p(z|.)) + beta_global log p(theta)
+        + f_global (``klqp.objective.weighted_rows`` / ``weighted_global``), locals as in
+        the estimator.
 
         ``probe`` (r, as {global: array of its shape}): the scaled Hutchinson estimate of
         the diagonal, -(r / s) * H (s * r) ({global: array}). ``column`` (an index j,
@@ -212,7 +211,7 @@ class Stepper:
         for training)."""
         model, n = self.model, self.problem.total_size
         params_v, batch_v, noise_v, row_weights = self._virtual(params, batch, noise)
-        rows = batch_v[model.observed[0].name].shape[0]
+        rows = batch_v[model.row_column].shape[0]
         row_weights = jnp.ones(rows) if row_weights is None else row_weights
         point = {v.name: params[v.name]["value"] for v in model.params}
         q = q_location(self.problem, params_v, batch_v)
@@ -226,11 +225,9 @@ class Stepper:
 
         def joint(theta_flat):
             u = {**self.unflat_globals(theta_flat), **local_u}
-            global_logp, loglik_rows, local_logp_rows = self.densities(u, batch_v, point)
-            rows_j = (weights["likelihood_weight"] * loglik_rows
-                      + weights["beta_local"] * local_logp_rows)
-            return (n / row_weights.sum()) * jnp.sum(row_weights * rows_j) + \
-                weights["beta_global"] * global_logp
+            d = self.densities(u, batch_v, point)
+            return (n / row_weights.sum()) * jnp.sum(row_weights * weighted_rows(d, weights)) + \
+                weighted_global(d, weights)
 
         draws = [loc + scale * eps] + ([loc - scale * eps] if self.antithetic else [])
         grad = jax.grad(joint)

@@ -184,7 +184,7 @@ class Trainer:
 
         def loss_of(dense, rows):
             t = st.training_terms(_as_params({**dense, **rows}), batch, noise, stl=stl)
-            return objective.loss(t, cost_scale=s, **w), (t.loglik, t.kl_global, t.kl_local)
+            return objective.loss(t, cost_scale=s, **w), t.values()
 
         argnums = (0, 1) if st.layout is None else 0
         (loss, aux), grads = jax.value_and_grad(loss_of, argnums=argnums, has_aux=True)(dense, rows)
@@ -200,7 +200,7 @@ class Trainer:
         # A step with a non-finite loss, term, gradient or new value is not applied
         # (klqp.guard): ``apply`` selects old or new values, all inside the compiled step.
         figures = {"loss": loss, "loglik": t.loglik, "kl_global": t.kl_global,
-                   "kl_local": t.kl_local}
+                   "kl_local": t.kl_local, "potential": t.potential}
         checked = [jax.tree.leaves((g_dense[k], new_dense[k])) if k in g_dense else
                    jax.tree.leaves(rows[k]) + ([] if g_rows is None else jax.tree.leaves(g_rows[k]))
                    for k in self.checked_names]
@@ -222,7 +222,7 @@ class Trainer:
                                  variables["rows"], rows, old_rows)
         record = {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
                   "kl_global": jnp.asarray(t.kl_global), "kl_local": jnp.asarray(t.kl_local),
-                  "local_gain": gain, "skipped": jnp.logical_and(active, ~ok), **w}
+                  "potential": jnp.asarray(t.potential), "local_gain": gain, "skipped": jnp.logical_and(active, ~ok), **w}
         record = {k: jnp.asarray(record[k], jnp.result_type(float)) for k in HISTORY_KEYS}
         record.update(nonfinite_term=bad_term, nonfinite_variable=bad_variable)
         return ({"dense": new_dense, "rows": table},

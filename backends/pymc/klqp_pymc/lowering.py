@@ -80,13 +80,16 @@ class Blocks:
     locals: tuple
     observed: tuple
     total_size: int
+    potentials: tuple = ()      # kq.Potential terms (pm.Potential), and which are per row
+    per_row_potentials: tuple = ()
 
     @classmethod
     def of(cls, problem: Problem) -> "Blocks":
         spec = problem.model
         names = lambda vs: tuple(v.name for v in vs)
         return cls(names(spec.globals), names(spec.locals), names(spec.observed),
-                   problem.total_size)
+                   problem.total_size, names(spec.potentials),
+                   names(v for v in spec.potentials if v.per_row))
 
 
 def _flat(parts: list):
@@ -113,10 +116,14 @@ def build_pm_model(problem: Problem, batch: Batch, point: dict,
                 rvs[v.name] = cls(v.name, **kwargs, observed=batch.columns[v.name], total_size=n)
                 continue
             rows = (b,) if v.role == "local" else ()
+            if v.transform == "ordered":  # x_0 = u_0, x_k = x_{k-1} + exp(u_k), as NumPyro's
+                kwargs = {**kwargs, "transform": pm.distributions.transforms.ordered}
             # A constant initval: the default initial point would read the batch inputs.
             rvs[v.name] = cls(v.name, **kwargs, shape=rows + tuple(v.shape),
                               initval=as_float(spec.dummy_value(v, rows=b)))
             env[v.name] = rvs[v.name]
+        for v in spec.potentials:  # unscaled: block_terms applies N/b to the per-row ones
+            rvs[v.name] = pm.Potential(v.name, evaluate(v.expr, env, PytensorOps))
     return pm_model, rvs
 
 
@@ -194,20 +201,19 @@ def _sample(approx: Approximation, nodes: list, k: int) -> list:
 
 def block_terms(blocks: Blocks, approx: Approximation, rvs: dict, groups: dict,
                 batch: Batch, samples: int = 1, stl: bool = False) -> Terms:
-    """klqp's three terms in full-data nats, as graphs of the groups' symbolic noise,
+    """klqp's terms in full-data nats, as graphs of the groups' symbolic noise,
     averaged over ``samples`` noise samples (2: the antithetic pair of global draws).
 
     log p comes from ``pm.Model.logp(jacobian=True, sum=False)`` (observations already
     carry PyMC's N/b from total_size), evaluated at q's draw of each sample.
     """
-    names = blocks.globals + blocks.locals + blocks.observed
+    names = blocks.globals + blocks.locals + blocks.observed + blocks.potentials
     logps = approx.model.logp(vars=[rvs[k] for k in names], jacobian=True, sum=False)
     each = [_sample_terms(blocks, approx, groups, batch, dict(zip(names, _sample(approx, logps, k))),
                           stl) for k in range(samples)]
     if samples == 1:
         return each[0]
-    return Terms(*(sum(getattr(t, f) for t in each) / samples
-                   for f in ("loglik", "kl_global", "kl_local")))
+    return Terms(*(sum(t.values()[i] for t in each) / samples for i in range(len(Terms.FIELDS))))
 
 
 def _sample_terms(blocks: Blocks, approx: Approximation, groups: dict, batch: Batch,
@@ -219,8 +225,10 @@ def _sample_terms(blocks: Blocks, approx: Approximation, groups: dict, batch: Ba
 
     # PyMC scaled each observation by N/b with b the (padded) batch length; a padded
     # batch's real length is batch.count.
-    obs_rows = sum(_row_sums(logps[k], b) for k in blocks.observed)
-    loglik = _masked_sum(obs_rows, mask) * (b / batch.count if mask is not None else 1.0)
+    loglik = pt.as_tensor(0.0)  # a model may have only kq.Potential terms
+    if blocks.observed:
+        obs_rows = sum(_row_sums(logps[k], b) for k in blocks.observed)
+        loglik = _masked_sum(obs_rows, mask) * (b / batch.count if mask is not None else 1.0)
 
     kl_global = pt.as_tensor(0.0)
     if blocks.globals:
@@ -232,7 +240,14 @@ def _sample_terms(blocks: Blocks, approx: Approximation, groups: dict, batch: Ba
         logq_rows = _local_logq_rows(groups["local"], value_names, b, stl)
         logp_rows = sum(_row_sums(logps[k], b) for k in blocks.locals)
         kl_local = (n / batch.count) * _masked_sum(logq_rows - logp_rows, mask)
-    return Terms(loglik=loglik, kl_global=kl_global, kl_local=kl_local)
+
+    potential = pt.as_tensor(0.0)
+    for k in blocks.potentials:
+        if k in blocks.per_row_potentials:
+            potential = potential + (n / batch.count) * _masked_sum(_row_sums(logps[k], b), mask)
+        else:
+            potential = potential + logps[k].sum()
+    return Terms(loglik=loglik, kl_global=kl_global, kl_local=kl_local, potential=potential)
 
 
 def cost_scale(approx: Approximation, batch: Batch, total_size: int):
@@ -327,9 +342,10 @@ class Lowered:
     def records(self, loss) -> dict:
         """Per-step figures for the history: loss, elbo, the terms and the weights."""
         t = self.operator.terms()
-        t = Terms(*self.sampled([t.loglik, t.kl_global, t.kl_local]))
+        t = Terms(*self.sampled(list(t.values())))
         return {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
-                "kl_global": t.kl_global, "kl_local": t.kl_local, **self.weights}
+                "kl_global": t.kl_global, "kl_local": t.kl_local, "potential": t.potential,
+                **self.weights}
 
     def refresh_shared_weights(self) -> None:
         for weight, holder in self.shared_weights:

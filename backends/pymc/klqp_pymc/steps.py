@@ -25,6 +25,7 @@ from pytensor.graph.replace import graph_replace
 
 from klqp import steps as rule
 from klqp.expr import evaluate
+from klqp.objective import RowDensities, weighted_global, weighted_rows
 from klqp.problem import Problem
 
 from .lowering import build_pm_model
@@ -61,15 +62,16 @@ class RowModel:
         self.pm_model, self.rvs = build_pm_model(problem, Batch(None, columns, rows), point,
                                                  scaled=False)
         names = [v.name for v in spec.vars.values() if v.role in ("global", "local", "observed")]
+        names += [v.name for v in spec.potentials]
         logps = self.pm_model.logp(vars=[self.rvs[k] for k in names], jacobian=True, sum=False)
         self.logp = {k: pt.cast(lp, float_dtype()) for k, lp in zip(names, logps)}
         self.values = {v.name: self.pm_model.rvs_to_values[self.rvs[v.name]] for v in spec.latents}
         self.spec = spec
 
-    def densities(self, u: dict):
-        """(global_logp, loglik_rows (R,), local_logp_rows (R,)) at the unconstrained values
-        ``u`` (globals: their own shape; locals: (R, *shape)); log p of a latent includes
-        log|J| (PyMC's value-variable log-density)."""
+    def densities(self, u: dict) -> RowDensities:
+        """``klqp.objective.RowDensities`` at the unconstrained values ``u`` (globals: their
+        own shape; locals: (R, *shape)); log p of a latent includes log|J| (PyMC's
+        value-variable log-density)."""
         # the value variables' static shapes: their symbolic shape would keep them in the graph
         replace = {self.values[k]: pt.cast(a, self.values[k].dtype).reshape(self.values[k].type.shape)
                    for k, a in u.items()}
@@ -88,7 +90,16 @@ class RowModel:
                 local_logp_rows = local_logp_rows + row_sums(lp)
             else:
                 global_logp = global_logp + lp.sum()
-        return global_logp, loglik_rows, local_logp_rows
+        potential_rows = pt.zeros((r,), dtype=float_dtype())
+        potential_global = pt.as_tensor(as_float(0.0))
+        for v in spec.potentials:
+            lp = graph_replace(self.logp[v.name], replace, strict=False)
+            if v.per_row:
+                potential_rows = potential_rows + row_sums(lp)
+            else:
+                potential_global = potential_global + lp.sum()
+        return RowDensities(global_logp, loglik_rows, local_logp_rows, potential_rows,
+                            potential_global)
 
 
 class LocalSolver:
@@ -128,11 +139,10 @@ class LocalSolver:
         return {**global_loc, **{k: tile_rows(a, p) for k, a in amortized_loc.items()}}
 
     def log_joint(self, flat_u, fixed: dict, weights: dict):
-        """l(u) = T log p(y | .) + beta_local (log p(z | .) + log|J|) per virtual row."""
+        """l(u) = T log p(y | .) + f + beta_local (log p(z | .) + log|J|) per virtual row."""
         n_virtual = self.layout.num_nodes * self.rows
         u = {**fixed, **self.unflat(flat_u, n_virtual)}
-        _, loglik_rows, local_logp_rows = self.row_model.densities(u)
-        return weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
+        return weighted_rows(self.row_model.densities(u), weights)
 
     def expectations(self, loc, log_scale, fixed: dict, weights: dict):
         """(E[l] (R,), E[l'] (R, K), diagonal of E[l''] (R, K)) by the layout's quadrature."""
@@ -180,18 +190,17 @@ def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, glo
     """The global step's curvature sample (``klqp.steps.probe_curvature``): -(r / s) * H v
     at v = s * r (r = ``probe``, flat (D,)), H = d^2 J / d theta^2 at the global draw theta
     = m + s * eps (and averaged with m - s * eps when ``antithetic``), J = (N/b) sum_rows
-    w_r (T log p(y|.) + beta_local log p(z|.)) + beta_global log p(theta), the locals held
+    w_r (T log p(y|.) + f + beta_local log p(z|.)) + beta_global log p(theta) + f_global
+    (``klqp.objective.weighted_rows`` / ``weighted_global``), the locals held
     at ``local_u`` (per virtual row). Two Hessian-vector products (reverse over reverse),
     whatever D is. With ``column`` (an index j, symbolic): also the exact column -H e_j
     at the same draws, and the pair is returned."""
     d = int(global_loc_flat.type.shape[0])
     theta = pt.tensor("theta_flat", dtype=float_dtype(), shape=(d,))
     local_u = {k: disconnected_grad(a) for k, a in local_u.items()}
-    global_logp, loglik_rows, local_logp_rows = row_model.densities(
-        {**split_flat(problem, theta), **local_u})
-    rows = weights["likelihood_weight"] * loglik_rows + weights["beta_local"] * local_logp_rows
-    joint = (problem.total_size / row_weights.sum()) * (row_weights * rows).sum() + \
-        weights["beta_global"] * global_logp
+    dens = row_model.densities({**split_flat(problem, theta), **local_u})
+    joint = ((problem.total_size / row_weights.sum()) * (row_weights * weighted_rows(dens, weights)).sum()
+             + weighted_global(dens, weights))
     loc, scale = disconnected_grad(global_loc_flat), disconnected_grad(global_scale_flat)
     draws = [loc + scale * global_eps_flat] + ([loc - scale * global_eps_flat] if antithetic else [])
     gradient = pytensor.grad(joint, theta)
