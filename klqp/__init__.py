@@ -12,7 +12,8 @@ from . import backends, cache, checkpoint, data, guard, loop, nn, schedules, ste
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, ContinuousBernoulli,
                             Distribution, Exponential, Gamma, HalfCauchy, HalfNormal, Mixture,
-                            HalfStudentT, Laplace, LogNormal, NegativeBinomial, Normal, Poisson,
+                            HalfStudentT, Laplace, LogNormal, MvNormal, NegativeBinomial, Normal,
+                            Poisson,
                             OrderedLogistic, StudentT, Uniform, Weibull,
                             ZeroInflatedNegativeBinomial, ZeroInflatedPoisson)
 from .explain import Explanation, explain
@@ -36,7 +37,7 @@ __all__ = [
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "HalfCauchy",
     "HalfStudentT", "Cauchy", "Laplace", "Weibull", "NegativeBinomial", "ZeroInflatedPoisson",
-    "ZeroInflatedNegativeBinomial", "OrderedLogistic", "Uniform",
+    "ZeroInflatedNegativeBinomial", "OrderedLogistic", "Uniform", "MvNormal",
     "Distribution",
     "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
     "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS"]
+__all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS", "per_value"]
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
@@ -92,6 +92,16 @@ def _ordered_logistic(x, eta, cutpoints):
     return np.where(valid, out, -np.inf)
 
 
+def _mv_normal(x, mu, chol):
+    """log N(x; mu, chol chol^T) over the last axis (one number per draw)."""
+    x, mu, chol = (np.asarray(a, dtype=float) for a in (x, mu, chol))
+    diff = x - mu
+    chol = np.broadcast_to(chol, diff.shape + diff.shape[-1:])
+    white = np.linalg.solve(chol, diff[..., None])[..., 0]
+    log_det = np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    return -0.5 * (white ** 2).sum(-1) - log_det - 0.5 * diff.shape[-1] * _LOG_2PI
+
+
 def _zero_inflated(x, psi, logp):
     """log of (1 - psi) [x = 0] + psi p(x), from the count family's log p(x)."""
     with np.errstate(divide="ignore"):
@@ -129,6 +139,7 @@ _FAMILIES = {
     "Cauchy": lambda x, p: (-np.log(np.pi) - np.log(p["beta"])
                             - np.log1p(((x - p["alpha"]) / p["beta"]) ** 2)),
     "Laplace": lambda x, p: -np.log(2.0 * p["b"]) - np.abs(x - p["mu"]) / p["b"],
+    "MvNormal": lambda x, p: _mv_normal(x, p["mu"], p["chol"]),
     "Uniform": lambda x, p: np.where((x >= p["lower"]) & (x <= p["upper"]),
                                      -np.log(p["upper"] - p["lower"]), -np.inf),
     "Weibull": lambda x, p: (np.log(p["alpha"]) - np.log(p["beta"])
@@ -230,6 +241,8 @@ _DRAWS = {
         np.broadcast_to(p["nu"], _size(p)))),
     "Cauchy": lambda p, rng: p["alpha"] + p["beta"] * rng.standard_cauchy(_size(p)),
     "Laplace": lambda p, rng: rng.laplace(p["mu"], p["b"]),
+    "MvNormal": lambda p, rng: p["mu"] + np.einsum("...ij,...j->...i", p["chol"],
+                                                   rng.standard_normal(p["mu"].shape)),
     "Uniform": lambda p, rng: rng.uniform(p["lower"], p["upper"]),
     "Weibull": lambda p, rng: p["beta"] * rng.weibull(np.broadcast_to(p["alpha"], _size(p))),
     # a Gamma(alpha, rate alpha / mu) mixture of Poissons
@@ -249,7 +262,15 @@ assert set(_DRAWS) == set(_FAMILIES)
 
 #: Parameters whose trailing axes are not the draw's (a Categorical's categories).
 EVENT_DIMS = {"Categorical": {"logits": 1}, "OrderedLogistic": {"cutpoints": 1},
-              "Mixture": {"w": 1}}
+              "Mixture": {"w": 1}, "MvNormal": {"chol": 1}}
+
+
+def per_value(family: str, logp, shape) -> np.ndarray:
+    """``logpdf``'s values broadcast to a value of ``shape``, one per entry, or one per draw
+    of a family whose draws span trailing axes (an MvNormal's last): what a row sums."""
+    from .distributions import VALUE_EVENT_DIMS
+    shape = tuple(shape)
+    return np.broadcast_to(logp, shape[:len(shape) - VALUE_EVENT_DIMS.get(family, 0)])
 
 
 def sample(family: str, params: dict, rng: np.random.Generator, shape=None,

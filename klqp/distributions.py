@@ -27,7 +27,7 @@ __all__ = [
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
     "ContinuousBernoulli", "HalfCauchy", "HalfStudentT", "Cauchy", "Laplace", "Weibull",
     "NegativeBinomial", "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial",
-    "OrderedLogistic", "Uniform",
+    "OrderedLogistic", "Uniform", "MvNormal",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
@@ -42,6 +42,9 @@ SUPPORT_TRANSFORM = {
     "ordered": "ordered",
 }
 DISCRETE_SUPPORTS = ("boolean", "nonnegative_integer", "categorical")
+#: Families whose value's trailing axes form one draw (an MvNormal's K coordinates): its
+#: log density has one value per draw, not per entry.
+VALUE_EVENT_DIMS = {"MvNormal": 1}
 
 
 def interval_support(lower: float, upper: float) -> str:
@@ -91,6 +94,11 @@ class Distribution:
     @property
     def param_dict(self) -> dict[str, Expr]:
         return dict(self.params)
+
+    @property
+    def event_dims(self) -> int:
+        """How many trailing axes of a value form one draw (1 for MvNormal, else 0)."""
+        return VALUE_EVENT_DIMS.get(self.family, 0)
 
     @property
     def is_discrete(self) -> bool:
@@ -154,6 +162,7 @@ PARAM_DOMAINS = {
     "ZeroInflatedPoisson": {"psi": _PSI, "mu": _POSITIVE},
     "ZeroInflatedNegativeBinomial": {"psi": _PSI, "mu": _POSITIVE, "alpha": _POSITIVE},
     "OrderedLogistic": {},  # cutpoints: increasing, checked by kq.OrderedLogistic
+    "MvNormal": {},  # chol: lower-triangular with a positive diagonal, checked by kq.MvNormal
 }
 
 
@@ -306,6 +315,41 @@ def Uniform(lower=0.0, upper=1.0) -> Distribution:
         raise ModelError(f"kq.Uniform: lower={bounds[0]!r} must be < upper={bounds[1]!r}; "
                          "give an interval such as kq.Uniform(0.0, 10.0)")
     return Distribution("Uniform", d.params, interval_support(*bounds))
+
+
+def MvNormal(mu, chol) -> Distribution:
+    """Multivariate normal: mean ``mu``, whose LAST axis holds the K coordinates, and
+    covariance chol @ chol.T, ``chol`` the (K, K) lower-triangular Cholesky factor with a
+    positive diagonal (PyMC's ``pm.MvNormal(mu, chol=...)``, NumPyro's ``scale_tril=``).
+    A value's last axis is one draw; its log density is one number per draw. ``chol``
+    may be an expression, e.g. ``kq.exp(log_s) * L`` with a constant correlation factor L.
+
+    >>> import numpy as np, klqp as kq
+    >>> kq.MvNormal(np.zeros(2), np.linalg.cholesky([[1.0, 0.5], [0.5, 2.0]])).family
+    'MvNormal'
+    """
+    d = _make("MvNormal", "real", event_dims={"chol": 1}.items(), mu=mu, chol=chol)
+    from .expr import NumpyOps, evaluate, variables_in
+    c = d.param_dict["chol"]
+    if not variables_in(c):
+        try:
+            value = np.asarray(evaluate(c, {}, NumpyOps), dtype=float)
+        except (ValueError, IndexError):
+            return d  # inconsistent constant shapes: the model's shape check names them
+        if value.ndim < 2 or value.shape[-1] != value.shape[-2]:
+            raise ModelError(f"kq.MvNormal: chol={c!r} has shape {value.shape}; give the (K, K) "
+                             "Cholesky factor of the covariance, np.linalg.cholesky(cov)")
+        upper = np.triu(value, 1)
+        if (upper != 0).any():
+            raise ModelError(f"kq.MvNormal: chol={c!r} is not lower-triangular (entry "
+                             f"{_first(upper != 0)} is {float(upper[_first(upper != 0)])!r}); give "
+                             "np.linalg.cholesky(cov), not the covariance itself")
+        diagonal = np.diagonal(value, axis1=-2, axis2=-1)
+        if (diagonal <= 0).any():
+            raise ModelError(f"kq.MvNormal: chol={c!r} has a diagonal entry "
+                             f"{float(diagonal[_first(diagonal <= 0)])!r} <= 0; a Cholesky factor's "
+                             "diagonal is positive (np.linalg.cholesky(cov))")
+    return d
 
 
 def Weibull(alpha, beta) -> Distribution:

@@ -401,7 +401,8 @@ def draws(result, columns: dict, local_q: dict, num_samples: int, seed: int,
                 log_prior = densities.logpdf(v.dist.family, z, p)
                 log_q = (-0.5 * ((u - loc) / scale) ** 2 - np.log(scale) - 0.5 * _LOG_2PI
                          - transforms.log_abs_det_jacobian(v.support, u))
-                log_ratio += _per_row(np.broadcast_to(log_prior, np.shape(u)) - log_q, n)
+                log_ratio += (_per_row(densities.per_value(v.dist.family, log_prior, np.shape(u)), n)
+                              - _per_row(log_q, n))
             else:
                 p = {k: evaluate(e, env, NumpyOps) for k, e in v.dist.params}
                 z = densities.sample(v.dist.family, p, rng, shape=(n,) + tuple(v.shape))
@@ -538,7 +539,7 @@ def _log_weights(result, data, num_samples: int, seed: int, locals: Optional[str
             y = columns[v.name]
             logp = densities.logpdf(v.dist.family, y, _observed_params(v, draw.env),
                                     v.dist.component)
-            total += _per_row(np.broadcast_to(logp, y.shape), n)
+            total += _per_row(densities.per_value(v.dist.family, logp, y.shape), n)
         out[d] = total
     return out, locals_label(result, training, locals)
 

@@ -131,7 +131,7 @@ class FitResult:
         belong to the training loss). Draws are ``sample``'s with the same seed.
         Needs the training data in memory; NumPy (and SciPy for gamma-function families).
         """
-        from .densities import logpdf
+        from .densities import logpdf, per_value
         from .expr import NumpyOps, evaluate
 
         if self.problem.data is None:
@@ -146,7 +146,8 @@ class FitResult:
             for v in model.observed:
                 p = {k: evaluate(e, env, NumpyOps) for k, e in v.dist.params}
                 y = data[v.name]
-                rows = np.broadcast_to(logpdf(v.dist.family, y, p, v.dist.component), y.shape)
+                rows = per_value(v.dist.family, logpdf(v.dist.family, y, p, v.dist.component),
+                                 y.shape)
                 out[v.name][d] = rows.reshape(len(y), -1).sum(axis=1)
         return out
 

@@ -126,12 +126,15 @@ def array_ops(n=90, d=3, seed=6):
     return model, data
 
 
+_CHOL = np.linalg.cholesky(np.array([[1.0, 0.6, 0.2], [0.6, 1.5, -0.3], [0.2, -0.3, 0.8]]))
+
+
 def more_families(n=200, seed=7):
     """Heavy tails and overdispersed counts: Cauchy, HalfCauchy, HalfStudentT, Laplace and
     Weibull as priors (global and local) and likelihoods; NegativeBinomial,
     ZeroInflatedPoisson, ZeroInflatedNegativeBinomial and OrderedLogistic (learned
     cutpoints, c0 + cumsum(exp(gaps)), and a Global with transform="ordered")
-    likelihoods; Uniform as a prior and a likelihood."""
+    likelihoods; Uniform and MvNormal as priors and likelihoods."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
     with kq.Model("more_families") as model:
@@ -158,6 +161,10 @@ def more_families(n=200, seed=7):
         r = kq.Global("r", kq.Uniform(0.1, 3.0))
         kq.Observed("un", kq.Uniform(-1.0, 5.0))
         kq.Observed("ur", kq.Normal(r * xd, r))
+        f = kq.Global("f", kq.MvNormal(np.zeros(3), 2.0 * _CHOL))  # correlated coordinates
+        g = kq.Local("g", kq.MvNormal(0.5 * f[:2], np.eye(2)))
+        kq.Observed("mv", kq.MvNormal(f + b * xd[..., None] + kq.concat([g, g[..., :1]], -1),
+                                      s * _CHOL))
     mean = np.exp(0.5 + 0.4 * x)
     data = {"x": x, "y": 0.5 + x + 0.8 * rng.standard_cauchy(n),
             "e": x + rng.laplace(0.0, 0.7, n), "w": 1.2 * rng.weibull(1.8, n),
@@ -167,7 +174,8 @@ def more_families(n=200, seed=7):
             "zinb": rng.poisson(rng.gamma(1.5, mean / 1.5)) * (rng.random(n) < 0.6),
             "ord": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-0.5, 0.7])).sum(1),
             "ord2": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-1.0, 0.0, 1.0])).sum(1),
-            "un": rng.uniform(-1.0, 5.0, n), "ur": 1.3 * x + 1.3 * rng.normal(size=n)}
+            "un": rng.uniform(-1.0, 5.0, n), "ur": 1.3 * x + 1.3 * rng.normal(size=n),
+            "mv": x[:, None] + rng.normal(size=(n, 3)) @ _CHOL.T}
     return model, data
 
 

@@ -78,6 +78,14 @@ def logpdf(family: str, x, p: dict, component: str = ""):
         return stats.laplace.logpdf(x, loc=p["mu"], scale=p["b"])
     if family == "Uniform":
         return stats.uniform.logpdf(x, loc=p["lower"], scale=p["upper"] - p["lower"])
+    if family == "MvNormal":  # one draw per last axis: scipy's, draw by draw
+        x = np.asarray(x, float)
+        mu = np.broadcast_to(p["mu"], x.shape)
+        chol = np.broadcast_to(p["chol"], x.shape + x.shape[-1:])
+        flat = [stats.multivariate_normal.logpdf(xi, mi, ci @ ci.T) for xi, mi, ci in
+                zip(x.reshape(-1, x.shape[-1]), mu.reshape(-1, x.shape[-1]),
+                    chol.reshape(-1, x.shape[-1], x.shape[-1]))]
+        return np.asarray(flat).reshape(x.shape[:-1])
     if family == "Weibull":
         return stats.weibull_min.logpdf(x, c=p["alpha"], scale=p["beta"])
     if family == "NegativeBinomial":
@@ -109,6 +117,11 @@ def logpdf(family: str, x, p: dict, component: str = ""):
     raise NotImplementedError(family)
 
 
+def _per_entry(family, logp, shape):
+    """A density's values broadcast to the value's entries; an MvNormal has one per draw."""
+    return np.broadcast_to(logp, shape[:-1] if family == "MvNormal" else shape)
+
+
 def reference_terms(problem, params, indices, noise, *, step=0):
     """docs/objective.md's loss and terms, computed with NumPy in float64."""
     model, n = problem.model, problem.total_size
@@ -124,7 +137,8 @@ def reference_terms(problem, params, indices, noise, *, step=0):
         p = {k: np.asarray(evaluate(e, env, NumpyOps), float) for k, e in v.dist.params}
         if v.role == "observed":
             y = problem.data[v.name][indices]
-            loglik += ratio * np.sum(np.broadcast_to(logpdf(v.dist.family, y, p, v.dist.component),
+            loglik += ratio * np.sum(_per_entry(v.dist.family, logpdf(v.dist.family, y, p,
+                                                                       v.dist.component),
                                                      y.shape))
             continue
         if v.amortized:
@@ -137,7 +151,8 @@ def reference_terms(problem, params, indices, noise, *, step=0):
         u = loc + scale * np.asarray(noise[v.name])
         x, log_jac = _forward(v.support, u)
         log_q = np.sum(stats.norm.logpdf(u, loc, scale))
-        log_p = np.sum(np.broadcast_to(logpdf(v.dist.family, x, p), u.shape)) + np.sum(log_jac)
+        log_p = np.sum(_per_entry(v.dist.family, logpdf(v.dist.family, x, p), u.shape)) \
+            + np.sum(log_jac)
         if v.role == "global":
             kl_global += log_q - log_p
         else:

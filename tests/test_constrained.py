@@ -102,3 +102,39 @@ def test_the_ordered_transform_and_uniform_are_checked_and_saved():
         kq.Observed("u", kq.Uniform(-1.0, 1.0))
     with pytest.raises(ValueError, match=r"column 'u' has values in \[-1, 1.5\], outside the support"):
         kq.compile(m, {"u": np.array([-1.0, 0.2, 1.5])})
+
+
+def test_an_mvnormal_factor_is_checked_when_written():
+    with pytest.raises(kq.ModelError, match="not lower-triangular.*not the covariance itself"):
+        kq.MvNormal(np.zeros(2), [[1.0, 0.5], [0.5, 1.0]])
+    with pytest.raises(kq.ModelError, match="diagonal entry -1.0 <= 0"):
+        kq.MvNormal(np.zeros(2), [[1.0, 0.0], [0.5, -1.0]])
+    with pytest.raises(kq.ModelError, match=r"has shape \(3,\); give the \(K, K\)"):
+        kq.MvNormal(np.zeros(3), np.ones(3))
+    with pytest.raises(kq.ModelError, match="Observed 'y'.*do not broadcast|inconsistent"):
+        with kq.Model("m"):
+            mu = kq.Global("mu", kq.Normal(0.0, 1.0), shape=(3,))
+            kq.Observed("y", kq.MvNormal(mu, np.eye(2)))
+    with pytest.raises(kq.ModelError, match="components of MvNormal are not supported"):
+        kq.Mixture([0.5, 0.5], [kq.MvNormal(np.zeros(2), np.eye(2))] * 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_mvnormal_mean_reaches_its_exact_mean_field_optimum(backend):
+    """y_i ~ MvNormal(m, S) with S known, m ~ MvNormal(0, 3 I): the posterior of m is
+    Gaussian with precision P = I/3 + N S^-1, so the mean-field optimum has the exact
+    posterior mean and sds 1 / sqrt(diag P). q is within 0.1 of those sds of it."""
+    rng = np.random.default_rng(4)
+    cov = np.array([[1.0, 0.6, 0.2], [0.6, 1.5, -0.3], [0.2, -0.3, 0.8]])
+    chol = np.linalg.cholesky(cov)
+    y = np.array([0.5, -1.0, 2.0]) + rng.normal(size=(200, 3)) @ chol.T
+    with kq.Model("mv") as model:
+        m = kq.Global("m", kq.MvNormal(np.zeros(3), np.sqrt(3.0) * np.eye(3)))
+        kq.Observed("y", kq.MvNormal(m, chol))
+    precision = np.eye(3) / 3.0 + len(y) * np.linalg.inv(cov)
+    mean = np.linalg.solve(precision, len(y) * np.linalg.solve(cov, y.mean(0)))
+    sd = 1.0 / np.sqrt(np.diag(precision))
+    r = kq.fit(model, {"y": y}, backend=backend, batch_size=50, steps=1500, seed=0,
+               progress=False)
+    assert np.all(np.abs(r.mean("m") - mean) < 0.1 * sd), (r.mean("m"), mean, sd)
+    np.testing.assert_allclose(r.std("m"), sd, rtol=0.1)

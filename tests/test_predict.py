@@ -37,6 +37,7 @@ FAMILY_CASES = {
     "Laplace": {"mu": 1.0, "b": 2.0},
     "Weibull": {"alpha": 1.5, "beta": 2.0},
     "Uniform": {"lower": -1.0, "upper": 2.5},
+    "MvNormal": {"mu": np.array([1.0, -2.0]), "chol": np.array([[1.0, 0.0], [0.8, 0.5]])},
     "NegativeBinomial": {"mu": 3.0, "alpha": 2.0},
     "ZeroInflatedPoisson": {"psi": 0.7, "mu": 3.0},
     "ZeroInflatedNegativeBinomial": {"psi": 0.6, "mu": 4.0, "alpha": 1.5},
@@ -61,6 +62,11 @@ def test_draws_follow_the_familys_density(family):
     no moments) or frequencies (discrete) against klqp's own NumPy density (held to
     scipy.stats in test_results.py), at 5 standard errors of 200,000 draws."""
     params = FAMILY_CASES[family]
+    if family == "MvNormal":  # draws of 2 coordinates: mean mu, covariance chol chol^T
+        draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000, 2))
+        np.testing.assert_allclose(draws.mean(0), params["mu"], atol=5 * 1.0 / np.sqrt(2e5))
+        np.testing.assert_allclose(np.cov(draws.T), params["chol"] @ params["chol"].T, atol=0.01)
+        return
     draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000,))
     assert draws.shape == (200_000,)
     density = lambda x: float(np.exp(densities.logpdf(family, x, params)))

@@ -207,6 +207,8 @@ def _family(family: str, p: dict):
         return dist.Laplace(p["mu"], p["b"])
     if family == "Uniform":
         return dist.Uniform(p["lower"], p["upper"])
+    if family == "MvNormal":
+        return dist.MultivariateNormal(p["mu"], scale_tril=p["chol"])
     if family == "Weibull":  # NumPyro: Weibull(scale, concentration)
         return dist.Weibull(p["beta"], p["alpha"])
     if family == "NegativeBinomial":  # variance mu + mu^2 / alpha
@@ -255,9 +257,10 @@ def site_distribution(spec, env: dict, shape: tuple):
     params = {k: evaluate(e, env, JaxOps) for k, e in spec.dist.params}
     d = (_mixture(spec.dist, params) if spec.dist.components
          else _family(spec.dist.family, params))
-    if d.batch_shape != shape:
-        d = d.expand(shape)
-    event = len(spec.shape) if spec.role != "observed" else len(shape) - 1
+    own = len(shape) - len(d.event_shape)  # an MvNormal's draws span the last axis
+    if d.batch_shape != shape[:own]:
+        d = d.expand(shape[:own])
+    event = (len(spec.shape) if spec.role != "observed" else len(shape) - 1) - len(d.event_shape)
     return d.to_event(event) if event else d
 
 

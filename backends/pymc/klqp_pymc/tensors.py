@@ -157,6 +157,7 @@ _FAMILIES = {
     "Cauchy": lambda p: (pm.Cauchy, {"alpha": p["alpha"], "beta": p["beta"]}),
     "Laplace": lambda p: (pm.Laplace, {"mu": p["mu"], "b": p["b"]}),
     "Uniform": lambda p: (pm.Uniform, {"lower": p["lower"], "upper": p["upper"]}),
+    "MvNormal": lambda p: (pm.MvNormal, {"mu": p["mu"], "chol": p["chol"]}),
     "Weibull": lambda p: (pm.Weibull, {"alpha": p["alpha"], "beta": p["beta"]}),
     "NegativeBinomial": lambda p: (pm.NegativeBinomial, {"mu": p["mu"], "alpha": p["alpha"]}),
     "ZeroInflatedPoisson": lambda p: (pm.ZeroInflatedPoisson, {"psi": p["psi"], "mu": p["mu"]}),
