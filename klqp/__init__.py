@@ -11,7 +11,7 @@
 from . import backends, cache, checkpoint, data, guard, loop, nn, schedules, steps
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, ContinuousBernoulli,
-                            Distribution, Exponential, Gamma, HalfCauchy, HalfNormal, Mixture,
+                            Dirichlet, Distribution, Exponential, Gamma, HalfCauchy, HalfNormal, Mixture,
                             HalfStudentT, Laplace, LogNormal, MvNormal, NegativeBinomial, Normal,
                             Poisson,
                             OrderedLogistic, StudentT, Uniform, Weibull,
@@ -37,7 +37,7 @@ __all__ = [
     "Normal", "HalfNormal", "LogNormal", "Exponential", "Gamma", "Beta", "Bernoulli",
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "HalfCauchy",
     "HalfStudentT", "Cauchy", "Laplace", "Weibull", "NegativeBinomial", "ZeroInflatedPoisson",
-    "ZeroInflatedNegativeBinomial", "OrderedLogistic", "Uniform", "MvNormal",
+    "ZeroInflatedNegativeBinomial", "OrderedLogistic", "Uniform", "MvNormal", "Dirichlet",
     "Distribution",
     "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
     "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .distributions import VALUE_EVENT_DIMS, split_mixture
+
 __all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS", "per_value"]
 
 _LOG_2PI = np.log(2.0 * np.pi)
@@ -102,6 +104,10 @@ def _mv_normal(x, mu, chol):
     return -0.5 * (white ** 2).sum(-1) - log_det - 0.5 * diff.shape[-1] * _LOG_2PI
 
 
+def _normalized(y):
+    return y / y.sum(axis=-1, keepdims=True)
+
+
 def _zero_inflated(x, psi, logp):
     """log of (1 - psi) [x = 0] + psi p(x), from the count family's log p(x)."""
     with np.errstate(divide="ignore"):
@@ -140,6 +146,9 @@ _FAMILIES = {
                             - np.log1p(((x - p["alpha"]) / p["beta"]) ** 2)),
     "Laplace": lambda x, p: -np.log(2.0 * p["b"]) - np.abs(x - p["mu"]) / p["b"],
     "MvNormal": lambda x, p: _mv_normal(x, p["mu"], p["chol"]),
+    "Dirichlet": lambda x, p: (_gammaln(np.sum(np.broadcast_to(p["alpha"], np.shape(x)), -1))
+                               - np.sum(_gammaln(np.broadcast_to(p["alpha"], np.shape(x))), -1)
+                               + np.sum((p["alpha"] - 1.0) * np.log(x), -1)),
     "Uniform": lambda x, p: np.where((x >= p["lower"]) & (x <= p["upper"]),
                                      -np.log(p["upper"] - p["lower"]), -np.inf),
     "Weibull": lambda x, p: (np.log(p["alpha"]) - np.log(p["beta"])
@@ -163,7 +172,7 @@ def logpdf(family: str, x, params: dict, component: str = "") -> np.ndarray:
     """log p(x) elementwise, for a klqp family with parameters ``params`` (NumPy arrays);
     a kq.Mixture also needs its ``component`` family (``dist.component``)."""
     if family == "Mixture":
-        w, parts = _mixture_split(params)
+        w, parts = split_mixture(params)
         logps = np.stack([logpdf(component, x, p) for p in parts], axis=-1)
         with np.errstate(divide="ignore"):
             terms = np.log(np.asarray(w, dtype=float)) + logps
@@ -174,16 +183,6 @@ def logpdf(family: str, x, params: dict, component: str = "") -> np.ndarray:
     x = np.asarray(x, dtype=int if family == "Categorical" else float)
     params = {k: np.asarray(v, dtype=float) for k, v in params.items()}
     return np.asarray(_FAMILIES[family](x, params))
-
-
-def _mixture_split(params: dict) -> tuple:
-    """A mixture's (w, [component k's {name: value}, ...]) from its ``<name>_<k>`` keys."""
-    parts: dict = {}
-    for key, value in params.items():
-        if key != "w":
-            name, k = key.rsplit("_", 1)
-            parts.setdefault(int(k), {})[name] = value
-    return params["w"], [parts[k] for k in sorted(parts)]
 
 
 def _probs(p: dict):
@@ -241,6 +240,7 @@ _DRAWS = {
         np.broadcast_to(p["nu"], _size(p)))),
     "Cauchy": lambda p, rng: p["alpha"] + p["beta"] * rng.standard_cauchy(_size(p)),
     "Laplace": lambda p, rng: rng.laplace(p["mu"], p["b"]),
+    "Dirichlet": lambda p, rng: _normalized(rng.gamma(p["alpha"])),
     "MvNormal": lambda p, rng: p["mu"] + np.einsum("...ij,...j->...i", p["chol"],
                                                    rng.standard_normal(p["mu"].shape)),
     "Uniform": lambda p, rng: rng.uniform(p["lower"], p["upper"]),
@@ -268,7 +268,6 @@ EVENT_DIMS = {"Categorical": {"logits": 1}, "OrderedLogistic": {"cutpoints": 1},
 def per_value(family: str, logp, shape) -> np.ndarray:
     """``logpdf``'s values broadcast to a value of ``shape``, one per entry, or one per draw
     of a family whose draws span trailing axes (an MvNormal's last): what a row sums."""
-    from .distributions import VALUE_EVENT_DIMS
     shape = tuple(shape)
     return np.broadcast_to(logp, shape[:len(shape) - VALUE_EVENT_DIMS.get(family, 0)])
 
@@ -291,7 +290,7 @@ def sample(family: str, params: dict, rng: np.random.Generator, shape=None,
     params = {k: np.broadcast_to(v, target + v.shape[v.ndim - events.get(k, 0):])
               for k, v in params.items()}
     if family == "Mixture":
-        w, parts = _mixture_split(params)
+        w, parts = split_mixture(params)
         # the component of each element by one uniform against w's cumulative sums
         which = (rng.uniform(size=target)[..., None] > np.cumsum(w, axis=-1)[..., :-1]).sum(-1)
         draws = np.stack([sample(component, p, rng, target) for p in parts], axis=-1)

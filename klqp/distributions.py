@@ -27,7 +27,7 @@ __all__ = [
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
     "ContinuousBernoulli", "HalfCauchy", "HalfStudentT", "Cauchy", "Laplace", "Weibull",
     "NegativeBinomial", "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial",
-    "OrderedLogistic", "Uniform", "MvNormal",
+    "OrderedLogistic", "Uniform", "MvNormal", "Dirichlet",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
@@ -40,11 +40,12 @@ SUPPORT_TRANSFORM = {
     "positive": "exp",
     "unit_interval": "sigmoid",
     "ordered": "ordered",
+    "simplex": "softmax",  # a Dirichlet Global: u = (x, a), p = softmax([x, 0])
 }
 DISCRETE_SUPPORTS = ("boolean", "nonnegative_integer", "categorical")
 #: Families whose value's trailing axes form one draw (an MvNormal's K coordinates): its
 #: log density has one value per draw, not per entry.
-VALUE_EVENT_DIMS = {"MvNormal": 1}
+VALUE_EVENT_DIMS = {"MvNormal": 1, "Dirichlet": 1}
 
 
 def interval_support(lower: float, upper: float) -> str:
@@ -163,6 +164,7 @@ PARAM_DOMAINS = {
     "ZeroInflatedNegativeBinomial": {"psi": _PSI, "mu": _POSITIVE, "alpha": _POSITIVE},
     "OrderedLogistic": {},  # cutpoints: increasing, checked by kq.OrderedLogistic
     "MvNormal": {},  # chol: lower-triangular with a positive diagonal, checked by kq.MvNormal
+    "Dirichlet": {"alpha": _POSITIVE},
 }
 
 
@@ -315,6 +317,31 @@ def Uniform(lower=0.0, upper=1.0) -> Distribution:
         raise ModelError(f"kq.Uniform: lower={bounds[0]!r} must be < upper={bounds[1]!r}; "
                          "give an interval such as kq.Uniform(0.0, 10.0)")
     return Distribution("Uniform", d.params, interval_support(*bounds))
+
+
+def Dirichlet(alpha) -> Distribution:
+    """Dirichlet on the simplex of ``alpha``'s LAST axis (K >= 2 concentrations > 0): for
+    a Global (mixture weights, category probabilities) or an Observed of compositions.
+
+    As a Global, q is Gaussian in K numbers u = (x, a): p = softmax([x, 0]) (the additive
+    log-ratio map of K - 1 numbers, with its log-Jacobian sum(log p)), and a, an auxiliary
+    number with prior N(0, 1) that nothing else reads (so p's prior is Dirichlet(alpha)
+    exactly). The data never inform a, so q(a) -> N(0, 1) and its KL -> 0: at the optimum
+    the ELBO is the K - 1-number one. ``kq.explain`` says so.
+
+    >>> import klqp as kq
+    >>> kq.Dirichlet([1.0, 2.0, 3.0]).support
+    'simplex'
+    """
+    d = _make("Dirichlet", "simplex", alpha=alpha)
+    from .expr import NumpyOps, evaluate, variables_in
+    a = d.param_dict["alpha"]
+    if not variables_in(a):
+        value = np.asarray(evaluate(a, {}, NumpyOps), dtype=float)
+        if value.ndim == 0 or value.shape[-1] < 2:
+            raise ModelError(f"kq.Dirichlet: alpha={a!r} has shape {value.shape}; its last axis "
+                             "holds the K >= 2 concentrations, e.g. kq.Dirichlet(np.ones(3))")
+    return d
 
 
 def MvNormal(mu, chol) -> Distribution:
@@ -471,10 +498,20 @@ def Mixture(w, components) -> Distribution:
     return Distribution("Mixture", params, components[0].support, (("w", 1),), components)
 
 
-def mixture_parts(dist: Distribution) -> tuple[str, list[list[str]]]:
-    """(component family, [[parameter names of component k as in ``params``], ...])."""
-    names = [k for k, _ in dist.components[0].params]
-    return dist.component, [[f"{k}_{i}" for k in names] for i in range(len(dist.components))]
+def split_mixture(params) -> tuple:
+    """A kq.Mixture's parameter values, keyed as its ``params`` (``w`` and
+    ``<name>_<k>``), as (w, [component k's {name: value}, ...]): how every backend and
+    the NumPy density take a mixture apart.
+
+    >>> split_mixture({"w": [0.3, 0.7], "mu_0": -1.0, "sigma_0": 1.0, "mu_1": 2.0, "sigma_1": 0.5})
+    ([0.3, 0.7], [{'mu': -1.0, 'sigma': 1.0}, {'mu': 2.0, 'sigma': 0.5}])
+    """
+    parts: dict = {}
+    for key, value in params.items():
+        if key != "w":
+            name, k = key.rsplit("_", 1)
+            parts.setdefault(int(k), {})[name] = value
+    return params["w"], [parts[k] for k in sorted(parts)]
 
 
 def Categorical(logits) -> Distribution:

@@ -115,6 +115,12 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
         + (",\n  potential = the kq.Potential terms (per-row ones scaled by N/b, beta and T never "
            "apply)." if model.potentials else "."),
     ]
+    simplex = [v.name for v in model.globals if v.dist.family == "Dirichlet"]
+    if simplex:
+        lines += [f"  Dirichlet globals {', '.join(simplex)}: q is Gaussian in K numbers (x, a): "
+                  "p = softmax([x, 0]) (K - 1 numbers, the",
+                  "  log-Jacobian sum(log p) in log p(theta)) and an auxiliary a ~ N(0, 1) that "
+                  "nothing reads: q(a) -> N(0, 1), its KL -> 0."]
     if values["beta_global"] != values["beta_local"] and model.globals and model.locals:
         lines.append("  beta_global != beta_local: the global and the local KL are weighted apart.")
     lines.append("")

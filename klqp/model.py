@@ -261,6 +261,8 @@ class Model:
             return np.full(shape, 0.5 * (bounds[0] + bounds[1]))
         if spec.support == "ordered":  # increasing along the last axis
             return np.broadcast_to(np.arange(shape[-1], dtype=float), shape).copy()
+        if spec.support == "simplex":  # the simplex's centre
+            return np.full(shape, 1.0 / shape[-1])
         return np.full(shape, _DUMMY_VALUE.get(spec.support, 0.5))
 
     def _param_shapes(self, kind: str, name: str, dist: Distribution) -> tuple[bool, tuple]:
@@ -475,6 +477,10 @@ def Local(name: str, dist: Distribution, shape=None, encoder=None, transform=Non
     model = current_model()
     model._check_name("Local", name)
     _no_mixture("Local", name, dist)
+    if isinstance(dist, Distribution) and dist.family == "Dirichlet":
+        raise ModelError(f"Local {name!r}: kq.Dirichlet is for a Global (or an Observed); a "
+                         "per-row simplex can be written as kq.exp(a - kq.logsumexp(a, -1)"
+                         "[..., None]) of a Normal Local vector a")
     _, pshape = model._param_shapes("Local", name, dist)
     if dist.is_discrete:
         raise ModelError(f"Local {name!r}: {dist.family} is discrete; reparameterized VI needs a "

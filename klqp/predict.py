@@ -232,6 +232,8 @@ def _for_new_rows(model: Model, free_encoded: bool) -> Model:
     for v in model.vars.values():
         if v.dist is not None:
             read.update(n for _, e in v.dist.params for n in variables_in(e))
+    for v in model.potentials:
+        read.update(variables_in(v.expr))
     d = model.objective_dict()
     d["total_size"] = None
     if free_encoded:

@@ -242,6 +242,10 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
             elif support == "unit_interval":
                 inside = (low > 0 and high < 1) if is_open else (low >= 0 and high <= 1)
                 shown = "(0, 1)" if is_open else "[0, 1]"
+            elif support == "simplex":  # entries > 0 summing to 1 in each row
+                sums = arr.sum(axis=-1) if arr.size else np.ones(1)
+                inside = low > 0 and bool(np.all(np.abs(sums - 1.0) < 1e-6))
+                shown = f"entries > 0 summing to 1 on the last axis; sums in [{sums.min():g}, {sums.max():g}]"
             elif interval_bounds(support):
                 lower, upper = interval_bounds(support)
                 inside, shown = lower <= low and high <= upper, f"[{lower:g}, {upper:g}]"

@@ -18,6 +18,8 @@ def _forward(support, u):
         return u, np.zeros_like(u)
     if support == "positive":
         return np.exp(u), u
+    if support == "simplex":  # a Dirichlet Global's u = (x, a) is its own value (below)
+        return u, np.zeros_like(u)
     if support == "ordered":  # x_0 = u_0, x_k = x_{k-1} + exp(u_k)
         steps = np.concatenate([u[..., :1], np.exp(u[..., 1:])], axis=-1)
         return np.cumsum(steps, axis=-1), np.concatenate([0.0 * u[..., :1], u[..., 1:]], -1)
@@ -78,6 +80,12 @@ def logpdf(family: str, x, p: dict, component: str = ""):
         return stats.laplace.logpdf(x, loc=p["mu"], scale=p["b"])
     if family == "Uniform":
         return stats.uniform.logpdf(x, loc=p["lower"], scale=p["upper"] - p["lower"])
+    if family == "Dirichlet":  # one draw per last axis
+        x = np.asarray(x, float)
+        alpha = np.broadcast_to(p["alpha"], x.shape)
+        flat = [stats.dirichlet.logpdf(xi, ai) for xi, ai in
+                zip(x.reshape(-1, x.shape[-1]), alpha.reshape(-1, x.shape[-1]))]
+        return np.asarray(flat).reshape(x.shape[:-1])
     if family == "MvNormal":  # one draw per last axis: scipy's, draw by draw
         x = np.asarray(x, float)
         mu = np.broadcast_to(p["mu"], x.shape)
@@ -119,7 +127,7 @@ def logpdf(family: str, x, p: dict, component: str = ""):
 
 def _per_entry(family, logp, shape):
     """A density's values broadcast to the value's entries; an MvNormal has one per draw."""
-    return np.broadcast_to(logp, shape[:-1] if family == "MvNormal" else shape)
+    return np.broadcast_to(logp, shape[:-1] if family in ("MvNormal", "Dirichlet") else shape)
 
 
 def reference_terms(problem, params, indices, noise, *, step=0):
@@ -151,8 +159,14 @@ def reference_terms(problem, params, indices, noise, *, step=0):
         u = loc + scale * np.asarray(noise[v.name])
         x, log_jac = _forward(v.support, u)
         log_q = np.sum(stats.norm.logpdf(u, loc, scale))
-        log_p = np.sum(_per_entry(v.dist.family, logpdf(v.dist.family, x, p), u.shape)) \
-            + np.sum(log_jac)
+        if v.dist.family == "Dirichlet":  # u = (x, a): p = softmax([x, 0]), a ~ N(0, 1)
+            logits = np.concatenate([x[..., :-1], np.zeros_like(x[..., :1])], axis=-1)
+            x = special.softmax(logits, axis=-1)
+            log_p = (np.sum(stats.dirichlet.logpdf(x, np.asarray(p["alpha"], float)))
+                     + np.sum(np.log(x)) + np.sum(stats.norm.logpdf(u[..., -1])))
+        else:
+            log_p = np.sum(_per_entry(v.dist.family, logpdf(v.dist.family, x, p), u.shape)) \
+                + np.sum(log_jac)
         if v.role == "global":
             kl_global += log_q - log_p
         else:

@@ -121,6 +121,8 @@ FAMILY_MODELS = {  # family: (prior of z, y's distribution given z and m, y's ki
     "Laplace": (kq.Laplace(-0.2, 1.5), lambda z, m: kq.Laplace(z * m, m), "real"),
     "Weibull": (kq.Weibull(1.7, 1.2), lambda z, m: kq.Weibull(z + m, m), "positive"),
     "Uniform": (kq.Uniform(0.2, 3.0), lambda z, m: kq.Uniform(-20.0, 20.0), "real"),
+    "Dirichlet": (kq.Dirichlet([1.5, 2.0, 0.7]),
+                  lambda z, m: kq.Dirichlet(5.0 * z * m[..., None] + 0.5), "simplex"),
     "MvNormal": (kq.Normal(0.0, 1.0),
                  lambda z, m: kq.MvNormal(z * m[..., None] + np.array([0.0, 1.0, -1.0]),
                                           kq.exp(z) * np.array([[1.0, 0.0, 0.0], [0.5, 1.2, 0.0],
@@ -147,7 +149,7 @@ def _family_model(family, n=60, seed=0):
         z = kq.Global("z", prior)
         kq.Observed("y", likelihood(z, m))
     y = {"positive": rng.uniform(0.05, 6.0, n), "real": 3.0 * rng.normal(size=n),
-         "vector": rng.normal(size=(n, 3)),
+         "vector": rng.normal(size=(n, 3)), "simplex": rng.dirichlet([1.0, 2.0, 3.0], n),
          "count": rng.integers(0, 12, n), "ordinal": rng.integers(0, 4, n)}[kind]
     return model, {"m": rng.uniform(0.5, 2.0, n), "y": y}
 

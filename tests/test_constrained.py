@@ -138,3 +138,45 @@ def test_an_mvnormal_mean_reaches_its_exact_mean_field_optimum(backend):
                progress=False)
     assert np.all(np.abs(r.mean("m") - mean) < 0.1 * sd), (r.mean("m"), mean, sd)
     np.testing.assert_allclose(r.std("m"), sd, rtol=0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dirichlet_weights_reach_the_conjugate_posterior_mean(backend):
+    """p ~ Dirichlet(alpha), y_i ~ Categorical(p): the posterior is Dirichlet(alpha + n).
+    q's mean of p is within 0.15 posterior sds of the exact mean (measured: 0.01 or
+    less); its sds are mean-field's in the log-ratio coordinates (measured 0.84 to 1.11
+    of the exact ones), held within 20 %; the auxiliary number's q is its prior N(0, 1)."""
+    rng = np.random.default_rng(5)
+    labels = rng.choice(3, 300, p=[0.6, 0.1, 0.3])
+    alpha = np.array([1.0, 2.0, 1.5])
+    with kq.Model("dirichlet") as model:
+        p = kq.Global("p", kq.Dirichlet(alpha))
+        kq.Observed("y", kq.Categorical(logits=kq.log(p)))
+    post = alpha + np.bincount(labels, minlength=3)
+    mean = post / post.sum()
+    sd = np.sqrt(mean * (1 - mean) / (post.sum() + 1))
+    r = kq.fit(model, {"y": labels}, backend=backend, batch_size=100, steps=2000, seed=0,
+               progress=False)
+    assert "Dirichlet globals p" in str(kq.explain(model, total_size=300))
+    draws = r.sample("p", 4000)
+    np.testing.assert_allclose(draws.sum(-1), 1.0, atol=1e-12)
+    assert np.all(np.abs(r.mean("p") - mean) < 0.15 * sd), (r.mean("p"), mean, sd)
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.2)
+    np.testing.assert_allclose(r.mean("p"), draws.mean(0), atol=0.1 * sd.min())
+    q = r.q("p")
+    assert abs(q["loc"][-1]) < 0.1 and abs(q["scale"][-1] - 1.0) < 0.1, q
+
+
+def test_a_dirichlet_is_checked_where_it_is_declared_and_its_data_on_the_simplex():
+    with pytest.raises(kq.ModelError, match="K >= 2 concentrations"):
+        kq.Dirichlet([1.0])
+    with pytest.raises(kq.ModelError, match=r"alpha=.* must be > 0"):
+        kq.Dirichlet([1.0, -1.0])
+    with kq.Model("m"):
+        with pytest.raises(kq.ModelError, match="Local 'z': kq.Dirichlet is for a Global"):
+            kq.Local("z", kq.Dirichlet([1.0, 1.0]))
+    with kq.Model("m") as m:
+        a = kq.Global("a", kq.HalfNormal(1.0))
+        kq.Observed("comp", kq.Dirichlet(a + np.ones(3)))
+    with pytest.raises(ValueError, match="column 'comp' .*summing to 1 on the last axis"):
+        kq.compile(m, {"comp": np.array([[0.2, 0.3, 0.5], [0.2, 0.2, 0.2]])})

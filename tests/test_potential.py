@@ -140,3 +140,31 @@ def test_a_history_saved_before_the_potential_term_resumes_with_zeros():
     old = {"loss": np.array([3.0, 2.0]), "elbo": np.array([-3.0, -2.0])}
     h = History(("loss", "elbo", "potential"), previous=old)
     assert h.arrays()["potential"].tolist() == [0.0, 0.0] and len(h) == 2
+
+
+def test_a_piecewise_linear_potential_is_fitted_by_adam_under_auto():
+    """-|y - w x - b| / 0.5 as a Potential (a Laplace likelihood written out) has 0
+    curvature almost everywhere: the curvature step left q's sds at the prior's 5.0.
+    Under "auto" it takes Adam steps and matches the Laplace Observed's fit."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    data = {"x": x, "y": 1.5 * x + 0.3 + 0.5 * rng.laplace(size=400)}
+    fits = {}
+    for kind in ("observed", "potential"):
+        with kq.Model(kind) as model:
+            xd = kq.Data("x")
+            w = kq.Global("w", kq.Normal(0.0, 5.0))
+            b = kq.Global("b", kq.Normal(0.0, 5.0))
+            if kind == "observed":
+                kq.Observed("y", kq.Laplace(w * xd + b, 0.5))
+            else:
+                kq.Potential("lik", -kq.abs(kq.Data("y") - w * xd - b) / 0.5 - np.log(1.0))
+        if kind == "potential":
+            text = str(kq.explain(model, total_size=400, batch_size=100))
+            assert "global_step='auto' chose Adam" in text and "lik" in text
+        fits[kind] = kq.fit(model, data, backend=BACKENDS[0], steps=1500, batch_size=100,
+                            seed=1, progress=False)
+    for name in ("w", "b"):
+        assert fits["potential"].mean(name) == pytest.approx(fits["observed"].mean(name), abs=1e-6)
+        assert fits["potential"].std(name) == pytest.approx(fits["observed"].std(name), rel=1e-4)
+        assert fits["potential"].std(name) < 0.05

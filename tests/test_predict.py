@@ -38,6 +38,7 @@ FAMILY_CASES = {
     "Weibull": {"alpha": 1.5, "beta": 2.0},
     "Uniform": {"lower": -1.0, "upper": 2.5},
     "MvNormal": {"mu": np.array([1.0, -2.0]), "chol": np.array([[1.0, 0.0], [0.8, 0.5]])},
+    "Dirichlet": {"alpha": np.array([0.5, 2.0, 3.5])},
     "NegativeBinomial": {"mu": 3.0, "alpha": 2.0},
     "ZeroInflatedPoisson": {"psi": 0.7, "mu": 3.0},
     "ZeroInflatedNegativeBinomial": {"psi": 0.6, "mu": 4.0, "alpha": 1.5},
@@ -66,6 +67,14 @@ def test_draws_follow_the_familys_density(family):
         draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000, 2))
         np.testing.assert_allclose(draws.mean(0), params["mu"], atol=5 * 1.0 / np.sqrt(2e5))
         np.testing.assert_allclose(np.cov(draws.T), params["chol"] @ params["chol"].T, atol=0.01)
+        return
+    if family == "Dirichlet":  # draws of 3 coordinates: Dirichlet's mean and variance
+        a = params["alpha"]
+        draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000, 3))
+        mean, total = a / a.sum(), a.sum()
+        np.testing.assert_allclose(draws.sum(-1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(draws.mean(0), mean, atol=5 * 0.5 / np.sqrt(2e5))
+        np.testing.assert_allclose(draws.var(0), mean * (1 - mean) / (total + 1), rtol=0.02)
         return
     draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000,))
     assert draws.shape == (200_000,)

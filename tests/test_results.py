@@ -60,6 +60,7 @@ def test_numpy_densities_match_scipy():
         "Cauchy": (rng.normal(size=50) * 3, {"alpha": 0.4, "beta": 1.5}),
         "Laplace": (rng.normal(size=50), {"mu": -0.3, "b": 0.7}),
         "Uniform": (np.append(u * 3, [-1.0, 4.0]), {"lower": -0.5, "upper": 2.6}),  # 2 outside
+        "Dirichlet": (rng.dirichlet([1.0, 2.0, 3.0], 50), {"alpha": u[:, None] * [1.0, 3.0, 5.0]}),
         "MvNormal": (rng.normal(size=(50, 3)), {"mu": rng.normal(size=(50, 3)), "chol": np.array(
             [[1.0, 0.0, 0.0], [0.5, 1.2, 0.0], [-0.3, 0.4, 0.7]])}),
         "Weibull": (u * 3, {"alpha": 1.7, "beta": 1.3}),

@@ -30,15 +30,17 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
 from klqp.densities import continuous_bernoulli_log_norm
-from klqp.distributions import interval_bounds, mixture_parts
+from klqp.distributions import interval_bounds, split_mixture
 from klqp.expr import ArrayOps, evaluate
+from klqp.transforms import simplex_log_prior, simplex_of
 from klqp.objective import RowDensities, Terms, terms_from_rows
 from klqp.problem import Problem
 
 ROWS = "rows"  # the plate's name, also the key its subsample indices are substituted under
 
 _SUPPORT = {"real": constraints.real, "positive": constraints.positive,
-            "unit_interval": constraints.unit_interval, "ordered": constraints.ordered_vector}
+            "unit_interval": constraints.unit_interval, "ordered": constraints.ordered_vector,
+            "simplex": constraints.real_vector}  # a Dirichlet Global's u = (x, a): SimplexPrior
 
 
 #: klqp.expr's array namespace for JAX.
@@ -138,6 +140,28 @@ def _log1mexp(x):
     return jnp.where(x > -jnp.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
+class SimplexPrior(dist.Distribution):
+    """A Dirichlet(alpha) Global's prior on its K unconstrained numbers u = (x, a)
+    (klqp.distributions.Dirichlet): klqp.transforms.simplex_log_prior."""
+
+    arg_constraints = {"alpha": constraints.positive}
+    support = constraints.real_vector
+
+    def __init__(self, alpha, *, validate_args=None):
+        self.alpha = jnp.asarray(alpha)
+        super().__init__(batch_shape=self.alpha.shape[:-1], event_shape=self.alpha.shape[-1:],
+                         validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        k1, k2 = jax.random.split(key)
+        p = dist.Dirichlet(self.alpha).sample(k1, sample_shape)
+        x = jnp.log(p[..., :-1]) - jnp.log(p[..., -1:])
+        return jnp.concatenate([x, jax.random.normal(k2, p.shape[:-1] + (1,))], axis=-1)
+
+    def log_prob(self, value):
+        return simplex_log_prior(value, self.alpha, jnp, gammaln)
+
+
 class OrderedLogistic(dist.Distribution):
     """PyMC's pm.OrderedLogistic(eta, cutpoints): labels 0..K-1, the K-1 cutpoints on the
     last axis. NumPyro's dist.OrderedLogistic takes log(probs) of differences of
@@ -209,6 +233,8 @@ def _family(family: str, p: dict):
         return dist.Uniform(p["lower"], p["upper"])
     if family == "MvNormal":
         return dist.MultivariateNormal(p["mu"], scale_tril=p["chol"])
+    if family == "Dirichlet":
+        return dist.Dirichlet(p["alpha"])
     if family == "Weibull":  # NumPyro: Weibull(scale, concentration)
         return dist.Weibull(p["beta"], p["alpha"])
     if family == "NegativeBinomial":  # variance mu + mu^2 / alpha
@@ -245,23 +271,32 @@ class Mixture(dist.Distribution):
 
 
 def _mixture(dist_spec, params: dict) -> Mixture:
-    family, names = mixture_parts(dist_spec)
-    components = [_family(family, {k.rsplit("_", 1)[0]: params[k] for k in keys})
-                  for keys in names]
-    return Mixture(params["w"], components)
+    w, parts = split_mixture(params)
+    return Mixture(w, [_family(dist_spec.component, p) for p in parts])
 
 
 def site_distribution(spec, env: dict, shape: tuple):
     """The NumPyro distribution of a variable, with batch shape ``shape`` made an event
     except for a leading row axis (the plate's dim) when ``shape`` has one more axis."""
     params = {k: evaluate(e, env, JaxOps) for k, e in spec.dist.params}
-    d = (_mixture(spec.dist, params) if spec.dist.components
-         else _family(spec.dist.family, params))
+    if spec.dist.family == "Dirichlet" and spec.role != "observed":
+        d = SimplexPrior(params["alpha"])  # klqp.distributions.Dirichlet: u = (x, a)
+    else:
+        d = (_mixture(spec.dist, params) if spec.dist.components
+             else _family(spec.dist.family, params))
     own = len(shape) - len(d.event_shape)  # an MvNormal's draws span the last axis
     if d.batch_shape != shape[:own]:
         d = d.expand(shape[:own])
     event = (len(spec.shape) if spec.role != "observed" else len(shape) - 1) - len(d.event_shape)
     return d.to_event(event) if event else d
+
+
+def value_of(spec, x):
+    """A latent's value as the model's expressions read it: a Dirichlet Global's
+    p = softmax([x, 0]) (its site holds u = (x, a)), any other latent's x itself."""
+    if spec.dist.family == "Dirichlet":
+        return simplex_of(x, jnp)
+    return x
 
 
 def transform(support: str):
@@ -306,7 +341,8 @@ def build_model(problem: Problem):
                         numpyro.sample(v.name, site_distribution(v, env, obs.shape), obs=obs)
                     else:
                         shape = ((b,) if v.role == "local" else ()) + tuple(v.shape)
-                        env[v.name] = numpyro.sample(v.name, site_distribution(v, env, shape))
+                        env[v.name] = value_of(v, numpyro.sample(v.name,
+                                                                 site_distribution(v, env, shape)))
             for v in model.potentials:  # weight 1 (klqp.objective), per-row ones in the plate
                 value = evaluate(v.expr, env, JaxOps)
                 with ExitStack() as stack:
@@ -391,7 +427,7 @@ def build_row_densities(problem: Problem):
                 local_logp_rows = local_logp_rows + d.log_prob(x) + jac.reshape((rows, -1)).sum(-1)
             else:
                 global_logp = global_logp + d.log_prob(x) + jac.sum()
-            env[v.name] = x
+            env[v.name] = value_of(v, x)
         potential_rows, potential_global = jnp.zeros(rows), jnp.zeros(())
         for v in model.potentials:
             value = evaluate(v.expr, env, JaxOps)

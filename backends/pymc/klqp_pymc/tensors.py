@@ -24,8 +24,9 @@ from pymc.distributions.transforms import log as log_transform
 from pymc.distributions.transforms import logodds
 
 from klqp.densities import continuous_bernoulli_log_norm
+from klqp.distributions import split_mixture
 from klqp.expr import ArrayOps
-from klqp.transforms import softplus_inverse
+from klqp.transforms import simplex_log_prior, softplus_inverse
 
 __all__ = ["float_dtype", "as_float", "as_column", "PytensorOps", "pm_distribution",
            "inv_softplus", "inv_softplus_pt", "Batch", "QParams"]
@@ -101,6 +102,14 @@ def _half_student_t(name, nu, sigma, **kwargs):
                          default_transform=log_transform, **kwargs)
 
 
+def simplex_prior(name, alpha, **kwargs):
+    """A Dirichlet(alpha) Global's prior on its K unconstrained numbers u = (x, a)
+    (klqp.distributions.Dirichlet) as a pm.CustomDist on the real line:
+    klqp.transforms.simplex_log_prior, one value per draw."""
+    return pm.CustomDist(name, alpha, logp=lambda value, alpha: simplex_log_prior(
+        value, alpha, pt, pt.gammaln), signature="(k)->(k)", **kwargs)
+
+
 def _log1mexp(x):
     """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
     return pt.switch(pt.gt(x, -_LOG_2), pt.log(-pt.expm1(x)), pt.log1p(-pt.exp(x)))
@@ -158,6 +167,7 @@ _FAMILIES = {
     "Laplace": lambda p: (pm.Laplace, {"mu": p["mu"], "b": p["b"]}),
     "Uniform": lambda p: (pm.Uniform, {"lower": p["lower"], "upper": p["upper"]}),
     "MvNormal": lambda p: (pm.MvNormal, {"mu": p["mu"], "chol": p["chol"]}),
+    "Dirichlet": lambda p: (pm.Dirichlet, {"a": p["alpha"]}),
     "Weibull": lambda p: (pm.Weibull, {"alpha": p["alpha"], "beta": p["beta"]}),
     "NegativeBinomial": lambda p: (pm.NegativeBinomial, {"mu": p["mu"], "alpha": p["alpha"]}),
     "ZeroInflatedPoisson": lambda p: (pm.ZeroInflatedPoisson, {"psi": p["psi"], "mu": p["mu"]}),
@@ -172,15 +182,13 @@ def _mixture(name, w, *flat, component: str, keys: list, **kwargs):
     """kq.Mixture as a pm.CustomDist: logsumexp_k(log w_k + log p_k(y)) over w's last axis,
     each component's log density PyMC's own (``pm.logp`` of its ``.dist``)."""
     def logp(value, w, *flat):
-        values = dict(zip(keys, flat))
-        logps = []
-        for k in range(len(keys) // len(names)):
-            cls, kw = pm_distribution(component, {n: values[f"{n}_{k}"] for n in names})
-            logps.append(pm.logp(cls.dist(**kw), value))
+        _, parts = split_mixture({"w": w, **dict(zip(keys, flat))})
+        logps = [pm.logp(cls.dist(**kw), value)
+                 for cls, kw in (pm_distribution(component, p) for p in parts)]
         return pt.logsumexp(pt.log(w) + pt.stack(logps, axis=-1), axis=-1)
 
-    names = sorted({key.rsplit("_", 1)[0] for key in keys})
-    return pm.CustomDist(name, w, *flat, logp=logp, signature=f"({len(keys) // len(names)}),"
+    count = len(split_mixture({"w": None, **dict.fromkeys(keys)})[1])  # K components
+    return pm.CustomDist(name, w, *flat, logp=logp, signature=f"({count}),"
                          + ",".join("()" for _ in flat) + "->()", **kwargs)
 
 
