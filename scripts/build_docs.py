@@ -16,6 +16,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "generated"
@@ -36,6 +37,7 @@ EXAMPLES = {
 
 
 def run_example(name: str, flags: list[str], backend: str) -> None:
+    start = time.perf_counter()
     args = [a.format(out=OUT) for a in flags] + ["--backend", backend]
     shown = " ".join(["python", f"examples/{name}.py"] + [a.replace(str(ROOT) + "/", "") for a in args])
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), *args],
@@ -45,7 +47,7 @@ def run_example(name: str, flags: list[str], backend: str) -> None:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"example {name} failed")
     (OUT / f"{name}.txt").write_text(f"$ {shown}\n{proc.stdout}")
-    print(f"ran {name}")
+    print(f"ran {name} ({time.perf_counter() - start:.0f} s)")
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ OBSERVED_FAMILIES = ("Normal", "StudentT", "LogNormal", "Bernoulli", "Poisson", 
                      "Categorical", "Gamma", "Exponential", "HalfNormal", "Beta",
                      "ContinuousBernoulli", "NegativeBinomial", "ZeroInflatedPoisson",
                      "ZeroInflatedNegativeBinomial", "Laplace", "Cauchy", "HalfCauchy",
-                     "Weibull", "Mixture")
+                     "Weibull", "Mixture", "OrderedLogistic", "MvNormal", "Dirichlet")
 
 # -- the random case ---------------------------------------------------------------------
 SPEC_MUTATIONS = ("bad_constant", "bad_shape", "unknown_variable", "duplicate_name",
@@ -201,6 +201,11 @@ def declare(s: dict) -> dict:
            "Weibull": lambda: kq.Weibull(1.5, rate),
            "Mixture": lambda: kq.Mixture(kq.stack([kq.sigmoid(lin), 1.0 - kq.sigmoid(lin)], -1),
                                          [kq.Normal(lin, sigma), kq.Normal(lin + 1.0, sigma)]),
+           "OrderedLogistic": lambda: kq.OrderedLogistic(lin, np.array([-1.0, 0.5])),
+           "MvNormal": lambda: kq.MvNormal(kq.stack([lin, lin + 1.0], -1),
+                                           np.array([[1.0, 0.0], [0.3, 0.8]]) * sigma),
+           "Dirichlet": lambda: kq.Dirichlet(kq.exp(kq.stack([0.5 * lin, -0.5 * lin, 0.0 * lin],
+                                                             -1)) + 0.5),
            }[fam]
     kq.Observed("y", obs())
     if s["free"] is not None:  # random shapes: refused by klqp, or fitted
@@ -268,7 +273,10 @@ def make_columns(s: dict) -> dict:
          "Laplace": lambda: rng.laplace(size=shape), "Cauchy": lambda: rng.standard_cauchy(shape),
          "HalfCauchy": lambda: np.abs(rng.standard_cauchy(shape)),
          "Weibull": lambda: rng.weibull(1.5, size=shape) + 0.01,
-         "Mixture": lambda: rng.normal(size=shape)}[fam]()
+         "Mixture": lambda: rng.normal(size=shape),
+         "OrderedLogistic": lambda: rng.integers(0, 3, size=shape),
+         "MvNormal": lambda: rng.normal(size=(n, 2)),   # one draw of 2 coordinates per row
+         "Dirichlet": lambda: rng.dirichlet([1.0, 2.0, 3.0], size=n)}[fam]()
     if s["y_as_float"]:
         y = y.astype(float)
     if fam == "Bernoulli" and s["y_as_bool"]:
@@ -356,7 +364,8 @@ def _outside_value(draw, s):
                "Beta": [0.0, 1.0, 1.5], "ContinuousBernoulli": [-0.1, 1.1],
                "NegativeBinomial": [-1, 0.5], "ZeroInflatedPoisson": [-1, 0.5],
                "ZeroInflatedNegativeBinomial": [-1, 2.5], "HalfCauchy": [-0.1],
-               "Weibull": [0.0, -1.0]}
+               "Weibull": [0.0, -1.0], "OrderedLogistic": [3, -1, 0.5],
+               "Dirichlet": [1.5, -0.1, 0.0]}
     return draw(st.sampled_from(options[fam])) if fam in options else None
 
 
