@@ -44,8 +44,10 @@ One step on a minibatch B of b rows:
 
    unbiased for the diagonal (E[r r^T] = I), at the cost of two Hessian-vector
    products whatever the number of global numbers D (never D of them). The samples are
-   averaged over steps (a plain mean over the first 1/``curvature_decay`` steps, then an
-   exponential average). Each global number with c > 0 then takes a natural-gradient
+   averaged over steps (a plain mean at first, then an exponential average whose weight
+   on the newest sample, ``curvature_decay`` x rho_t, shrinks with the step size rho_t:
+   a fixed horizon would keep a floor of minibatch noise in c, and with it a bias in
+   s = sqrt(beta / c) that no number of steps removes). Each global number with c > 0 then takes a natural-gradient
    step m <- m + rho_t * dJ/dm / c and moves its scale toward the one the objective's
    optimum has at that curvature, s = sqrt(beta_global / c) (both changes clipped to
    ``max_change``); a number whose averaged curvature is not positive takes Adam's step
@@ -209,8 +211,9 @@ class GlobalStep:
         (default ``kq.schedules.natural_step(1.0, 50)``: 1 / sqrt(1 + t / 50) for a full
         batch, ~1 / (1 + t / 50) for minibatches, where sampling noise must be averaged
         away).
-    curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1),
-        once 1/d steps have been averaged with equal weights.
+    curvature_decay: weight of the newest batch in the running curvature is
+        d x min(rho_t, 1) (0 < d <= 1), once that many steps have been averaged with
+        equal weights: its horizon grows as the steps shrink.
     antithetic: average the global gradient over the pair theta = m +- s * eps.
     average: report the polynomial-decay average of the global iterates.
     max_change: a natural-gradient step moves a location, and the log of a scale, by at
@@ -696,7 +699,11 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
     >>> new[0], new[1], new[2]   # m + g / c (clipped to 1), s = sqrt(1 / c), c averaged
     (array([ 0.5, -1. ]), array([0.5, 1. ]), array([4., 1.]))
     """
-    running = curvature_average(xp, running, sample, rule.curvature_decay, step)
+    # the curvature's horizon follows the step's: 1/(decay * rho_t) steps, so as the
+    # minibatch noise is averaged out of the means it is averaged out of the curvature
+    # (a fixed horizon keeps a noise floor, and 1/c's Jensen bias with it)
+    running = curvature_average(xp, running, sample,
+                                rule.curvature_decay * xp.minimum(step_size, 1.0), step)
     curvature = running
     if matrix is not None:
         size = loc.shape[0]
