@@ -12,7 +12,8 @@ from . import backends, cache, checkpoint, data, guard, loop, nn, schedules, ste
 from .api import compile, fit
 from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, ContinuousBernoulli,
                             Dirichlet, Distribution, Exponential, Gamma, HalfCauchy, HalfNormal, Mixture,
-                            HalfStudentT, Laplace, LogNormal, MvNormal, NegativeBinomial, Normal,
+                            HalfStudentT, Laplace, LKJCholesky, LogNormal, MvNormal,
+                            NegativeBinomial, Normal,
                             Poisson,
                             OrderedLogistic, StudentT, Uniform, Weibull,
                             ZeroInflatedNegativeBinomial, ZeroInflatedPoisson)
@@ -38,7 +39,7 @@ __all__ = [
     "Binomial", "Poisson", "Categorical", "StudentT", "ContinuousBernoulli", "HalfCauchy",
     "HalfStudentT", "Cauchy", "Laplace", "Weibull", "NegativeBinomial", "ZeroInflatedPoisson",
     "ZeroInflatedNegativeBinomial", "OrderedLogistic", "Uniform", "MvNormal", "Dirichlet",
-    "Distribution",
+    "LKJCholesky", "Distribution",
     "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
     "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
     "expand_dims", "reshape", "where", "nn",

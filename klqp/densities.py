@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import transforms
 from .distributions import VALUE_EVENT_DIMS, split_mixture
 
 __all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS", "per_value"]
@@ -104,6 +105,16 @@ def _mv_normal(x, mu, chol):
     return -0.5 * (white ** 2).sum(-1) - log_det - 0.5 * diff.shape[-1] * _LOG_2PI
 
 
+def _lkj_draws(dim, eta, rng):
+    """LKJCholesky draws; ``sample`` may have broadcast the (scalar) parameters to the
+    value's shape, (..., K, K): its trailing axes are then the matrix's own."""
+    size = int(np.max(dim))
+    eta = np.asarray(eta, dtype=float)
+    if eta.shape[-2:] == (size, size):
+        eta = eta[..., 0, 0]
+    return transforms.lkj_draw(size, eta[..., None, None], rng, eta.shape)
+
+
 def _normalized(y):
     return y / y.sum(axis=-1, keepdims=True)
 
@@ -149,6 +160,7 @@ _FAMILIES = {
     "Dirichlet": lambda x, p: (_gammaln(np.sum(np.broadcast_to(p["alpha"], np.shape(x)), -1))
                                - np.sum(_gammaln(np.broadcast_to(p["alpha"], np.shape(x))), -1)
                                + np.sum((p["alpha"] - 1.0) * np.log(x), -1)),
+    "LKJCholesky": lambda x, p: transforms.lkj_log_density(x, p["eta"]),
     "Uniform": lambda x, p: np.where((x >= p["lower"]) & (x <= p["upper"]),
                                      -np.log(p["upper"] - p["lower"]), -np.inf),
     "Weibull": lambda x, p: (np.log(p["alpha"]) - np.log(p["beta"])
@@ -243,6 +255,7 @@ _DRAWS = {
     "Dirichlet": lambda p, rng: _normalized(rng.gamma(p["alpha"])),
     "MvNormal": lambda p, rng: p["mu"] + np.einsum("...ij,...j->...i", p["chol"],
                                                    rng.standard_normal(p["mu"].shape)),
+    "LKJCholesky": lambda p, rng: _lkj_draws(p["dim"], p["eta"], rng),
     "Uniform": lambda p, rng: rng.uniform(p["lower"], p["upper"]),
     "Weibull": lambda p, rng: p["beta"] * rng.weibull(np.broadcast_to(p["alpha"], _size(p))),
     # a Gamma(alpha, rate alpha / mu) mixture of Poissons

@@ -27,7 +27,7 @@ __all__ = [
     "Gamma", "Beta", "Bernoulli", "Binomial", "Poisson", "Categorical", "StudentT",
     "ContinuousBernoulli", "HalfCauchy", "HalfStudentT", "Cauchy", "Laplace", "Weibull",
     "NegativeBinomial", "ZeroInflatedPoisson", "ZeroInflatedNegativeBinomial",
-    "OrderedLogistic", "Uniform", "MvNormal", "Dirichlet",
+    "OrderedLogistic", "Uniform", "MvNormal", "Dirichlet", "LKJCholesky",
 ]
 
 # Support -> the bijection from the real line that q's Gaussian is pushed through.
@@ -41,11 +41,12 @@ SUPPORT_TRANSFORM = {
     "unit_interval": "sigmoid",
     "ordered": "ordered",
     "simplex": "softmax",  # a Dirichlet Global: u = (x, a), p = softmax([x, 0])
+    "corr_cholesky": "corr_cholesky",  # an LKJCholesky Global: L from u's lower triangle
 }
 DISCRETE_SUPPORTS = ("boolean", "nonnegative_integer", "categorical")
 #: Families whose value's trailing axes form one draw (an MvNormal's K coordinates): its
 #: log density has one value per draw, not per entry.
-VALUE_EVENT_DIMS = {"MvNormal": 1, "Dirichlet": 1}
+VALUE_EVENT_DIMS = {"MvNormal": 1, "Dirichlet": 1, "LKJCholesky": 2}
 
 
 def interval_support(lower: float, upper: float) -> str:
@@ -100,6 +101,15 @@ class Distribution:
     def event_dims(self) -> int:
         """How many trailing axes of a value form one draw (1 for MvNormal, else 0)."""
         return VALUE_EVENT_DIMS.get(self.family, 0)
+
+    @property
+    def value_shape(self) -> tuple:
+        """Trailing axes of the value that no parameter carries: an LKJCholesky's (K, K)."""
+        if self.family != "LKJCholesky":
+            return ()
+        from .expr import NumpyOps, evaluate
+        size = int(evaluate(self.param_dict["dim"], {}, NumpyOps))
+        return (size, size)
 
     @property
     def is_discrete(self) -> bool:
@@ -165,6 +175,7 @@ PARAM_DOMAINS = {
     "OrderedLogistic": {},  # cutpoints: increasing, checked by kq.OrderedLogistic
     "MvNormal": {},  # chol: lower-triangular with a positive diagonal, checked by kq.MvNormal
     "Dirichlet": {"alpha": _POSITIVE},
+    "LKJCholesky": {"eta": _POSITIVE},  # dim: checked by kq.LKJCholesky
 }
 
 
@@ -341,6 +352,37 @@ def Dirichlet(alpha) -> Distribution:
         if value.ndim == 0 or value.shape[-1] < 2:
             raise ModelError(f"kq.Dirichlet: alpha={a!r} has shape {value.shape}; its last axis "
                              "holds the K >= 2 concentrations, e.g. kq.Dirichlet(np.ones(3))")
+    return d
+
+
+def LKJCholesky(dim, eta=1.0) -> Distribution:
+    """The LKJ prior on the Cholesky factor L of a ``dim`` x ``dim`` correlation matrix
+    (NumPyro's ``dist.LKJCholesky(dim, eta)``; PyMC's ``pm.LKJCholeskyCov`` without the
+    scales): density proportional to det(L L^T)^(eta - 1), so eta = 1 is uniform over
+    correlation matrices and larger eta favours weaker correlations. For a Global; a
+    covariance's factor is ``sigma[..., None] * L`` (scales sigma, a positive Global of
+    shape (dim,)), e.g. ``kq.MvNormal(mu, sigma[..., None] * L)``. ``dim`` and ``eta``
+    are numbers.
+
+    q is Gaussian in dim x dim numbers u, the value's own shape: tanh of u's strictly
+    lower triangle are L's partial correlations (Stan's and NumPyro's map), and the
+    other dim (dim + 1) / 2 numbers are auxiliaries with prior N(0, 1) that nothing
+    reads, so q(aux) -> N(0, 1) and their KL -> 0. ``kq.explain`` says so.
+
+    >>> import klqp as kq
+    >>> kq.LKJCholesky(3, eta=2.0).value_shape
+    (3, 3)
+    """
+    d = _make("LKJCholesky", "corr_cholesky", dim=dim, eta=eta)
+    from .expr import NumpyOps, evaluate, variables_in
+    for name, e in d.params:
+        value = None if variables_in(e) else np.asarray(evaluate(e, {}, NumpyOps), dtype=float)
+        if value is None or value.ndim:
+            raise ModelError(f"kq.LKJCholesky: {name}={e!r} must be a number (it fixes the "
+                             "prior's shape and normalizer), e.g. kq.LKJCholesky(3, eta=2.0)")
+        if name == "dim" and not (value >= 2 and value == int(value)):
+            raise ModelError(f"kq.LKJCholesky: dim={e!r} must be a whole number >= 2 (the "
+                             "correlation matrix's size), e.g. kq.LKJCholesky(3)")
     return d
 
 

@@ -121,6 +121,13 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
                   "p = softmax([x, 0]) (K - 1 numbers, the",
                   "  log-Jacobian sum(log p) in log p(theta)) and an auxiliary a ~ N(0, 1) that "
                   "nothing reads: q(a) -> N(0, 1), its KL -> 0."]
+    corr = [v.name for v in model.globals if v.dist.family == "LKJCholesky"]
+    if corr:
+        lines += [f"  LKJCholesky globals {', '.join(corr)}: q is Gaussian in the K x K numbers u: "
+                  "L's partial correlations are tanh of u's",
+                  "  strictly lower triangle (the log-Jacobian in log p(theta)); the other "
+                  "K (K + 1) / 2 are auxiliaries ~ N(0, 1) that",
+                  "  nothing reads: their q -> N(0, 1), their KL -> 0."]
     if values["beta_global"] != values["beta_local"] and model.globals and model.locals:
         lines.append("  beta_global != beta_local: the global and the local KL are weighted apart.")
     lines.append("")

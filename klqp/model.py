@@ -263,6 +263,8 @@ class Model:
             return np.broadcast_to(np.arange(shape[-1], dtype=float), shape).copy()
         if spec.support == "simplex":  # the simplex's centre
             return np.full(shape, 1.0 / shape[-1])
+        if spec.support == "corr_cholesky":  # the identity correlation's factor
+            return np.broadcast_to(np.eye(shape[-1]), shape).copy()
         return np.full(shape, _DUMMY_VALUE.get(spec.support, 0.5))
 
     def _param_shapes(self, kind: str, name: str, dist: Distribution) -> tuple[bool, tuple]:
@@ -327,7 +329,7 @@ class Model:
                                  "categories; give it shape (..., K), e.g. a Global of shape=(K,)")
             shapes.append(shp[: len(shp) - drop] if drop else shp)
         try:
-            return per_row, tuple(np.broadcast_shapes(*shapes))
+            return per_row, tuple(np.broadcast_shapes(*shapes)) + dist.value_shape
         except ValueError:
             raise ModelError(f"{kind} {name!r}: parameter shapes {shapes} do not broadcast; "
                              "fix the shapes of the variables its parameters read") from None
@@ -477,6 +479,9 @@ def Local(name: str, dist: Distribution, shape=None, encoder=None, transform=Non
     model = current_model()
     model._check_name("Local", name)
     _no_mixture("Local", name, dist)
+    if isinstance(dist, Distribution) and dist.family == "LKJCholesky":
+        raise ModelError(f"Local {name!r}: kq.LKJCholesky is for a Global (one correlation "
+                         "matrix shared by the rows or groups)")
     if isinstance(dist, Distribution) and dist.family == "Dirichlet":
         raise ModelError(f"Local {name!r}: kq.Dirichlet is for a Global (or an Observed); a "
                          "per-row simplex can be written as kq.exp(a - kq.logsumexp(a, -1)"
@@ -606,6 +611,9 @@ def Observed(name: str, dist: Distribution) -> None:
     are data, and other variables read data through kq.Data)."""
     model = current_model()
     model._check_name("Observed", name)
+    if isinstance(dist, Distribution) and dist.family == "LKJCholesky":
+        raise ModelError(f"Observed {name!r}: kq.LKJCholesky is a prior for a Global; observed "
+                         "correlations are not a likelihood klqp has")
     _, pshape = model._param_shapes("Observed", name, dist)
     model._add(VarSpec(name, "observed", pshape, dist,
                        "int" if dist.is_discrete else "float"))

@@ -309,7 +309,7 @@ FAMILIES: dict[str, Callable[..., Distribution]] = {
     "ZeroInflatedNegativeBinomial": _d.ZeroInflatedNegativeBinomial,
     "OrderedLogistic": _d.OrderedLogistic,
     "HalfCauchy": _d.HalfCauchy, "HalfStudentT": _d.HalfStudentT, "Cauchy": _d.Cauchy,
-    "Laplace": _d.Laplace, "Uniform": _d.Uniform, "MvNormal": _d.MvNormal, "Dirichlet": _d.Dirichlet, "Weibull": _d.Weibull, "NegativeBinomial": _d.NegativeBinomial,
+    "Laplace": _d.Laplace, "Uniform": _d.Uniform, "MvNormal": _d.MvNormal, "Dirichlet": _d.Dirichlet, "LKJCholesky": _d.LKJCholesky, "Weibull": _d.Weibull, "NegativeBinomial": _d.NegativeBinomial,
     "ZeroInflatedPoisson": _d.ZeroInflatedPoisson, "Mixture": _d.Mixture,
 }
 

@@ -134,7 +134,8 @@ def more_families(n=200, seed=7):
     Weibull as priors (global and local) and likelihoods; NegativeBinomial,
     ZeroInflatedPoisson, ZeroInflatedNegativeBinomial and OrderedLogistic (learned
     cutpoints, c0 + cumsum(exp(gaps)), and a Global with transform="ordered")
-    likelihoods; Uniform, MvNormal and Dirichlet as priors and likelihoods."""
+    likelihoods; Uniform, MvNormal and Dirichlet as priors and likelihoods; an
+    LKJCholesky prior on an MvNormal likelihood's correlation."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
     with kq.Model("more_families") as model:
@@ -168,6 +169,8 @@ def more_families(n=200, seed=7):
         pw = kq.Global("pw", kq.Dirichlet(np.array([2.0, 1.0, 1.5])))
         kq.Observed("cat", kq.Categorical(logits=kq.log(pw)))
         kq.Observed("comp", kq.Dirichlet(5.0 * pw + 0.5 + 0.1 * kq.exp(b * xd)[..., None]))
+        corr = kq.Global("corr", kq.LKJCholesky(3, eta=1.5))  # a covariance's factor
+        kq.Observed("mvc", kq.MvNormal(b * xd[..., None], t * corr))
     mean = np.exp(0.5 + 0.4 * x)
     data = {"x": x, "y": 0.5 + x + 0.8 * rng.standard_cauchy(n),
             "e": x + rng.laplace(0.0, 0.7, n), "w": 1.2 * rng.weibull(1.8, n),
@@ -179,7 +182,9 @@ def more_families(n=200, seed=7):
             "ord2": ((0.8 * x + rng.logistic(size=n))[:, None] > np.array([-1.0, 0.0, 1.0])).sum(1),
             "un": rng.uniform(-1.0, 5.0, n), "ur": 1.3 * x + 1.3 * rng.normal(size=n),
             "mv": x[:, None] + rng.normal(size=(n, 3)) @ _CHOL.T,
-            "cat": rng.choice(3, n, p=[0.5, 0.2, 0.3]), "comp": rng.dirichlet([2.0, 3.0, 4.0], n)}
+            "cat": rng.choice(3, n, p=[0.5, 0.2, 0.3]), "comp": rng.dirichlet([2.0, 3.0, 4.0], n),
+            "mvc": rng.normal(size=(n, 3)) @ np.linalg.cholesky(
+                [[1.0, 0.5, 0.2], [0.5, 1.0, -0.3], [0.2, -0.3, 1.0]]).T}
     return model, data
 
 

@@ -18,7 +18,7 @@ def _forward(support, u):
         return u, np.zeros_like(u)
     if support == "positive":
         return np.exp(u), u
-    if support == "simplex":  # a Dirichlet Global's u = (x, a) is its own value (below)
+    if support in ("simplex", "corr_cholesky"):  # u is the site's value itself (below)
         return u, np.zeros_like(u)
     if support == "ordered":  # x_0 = u_0, x_k = x_{k-1} + exp(u_k)
         steps = np.concatenate([u[..., :1], np.exp(u[..., 1:])], axis=-1)
@@ -86,6 +86,19 @@ def logpdf(family: str, x, p: dict, component: str = ""):
         flat = [stats.dirichlet.logpdf(xi, ai) for xi, ai in
                 zip(x.reshape(-1, x.shape[-1]), alpha.reshape(-1, x.shape[-1]))]
         return np.asarray(flat).reshape(x.shape[:-1])
+    if family == "LKJCholesky":  # Lewandowski, Kurowicka & Joe (2009): C = L L^T has
+        # density det(C)^(eta - 1) / c_K, c_K = prod_k 2^((2 eta - 2 + K - k)(K - k))
+        # B(b_k, b_k)^(K - k), b_k = eta + (K - k - 1) / 2; L -> C has Jacobian
+        # prod_i L_ii^(K - i)
+        x = np.asarray(x, float)
+        size, eta = x.shape[-1], float(p["eta"])
+        log_diag = np.log(np.diagonal(x, axis1=-2, axis2=-1))
+        k = np.arange(1, size)
+        log_c = np.sum((2 * eta - 2 + size - k) * (size - k) * np.log(2.0)
+                       + (size - k) * special.betaln(eta + (size - k - 1) / 2,
+                                                     eta + (size - k - 1) / 2))
+        return (2 * (eta - 1) * log_diag.sum(-1)
+                + ((size - np.arange(1, size + 1)) * log_diag).sum(-1) - log_c)
     if family == "MvNormal":  # one draw per last axis: scipy's, draw by draw
         x = np.asarray(x, float)
         mu = np.broadcast_to(p["mu"], x.shape)
@@ -127,7 +140,25 @@ def logpdf(family: str, x, p: dict, component: str = ""):
 
 def _per_entry(family, logp, shape):
     """A density's values broadcast to the value's entries; an MvNormal has one per draw."""
-    return np.broadcast_to(logp, shape[:-1] if family in ("MvNormal", "Dirichlet") else shape)
+    events = {"MvNormal": 1, "Dirichlet": 1, "LKJCholesky": 2}.get(family, 0)
+    return np.broadcast_to(logp, shape[:len(shape) - events])
+
+
+def corr_cholesky(u):
+    """An LKJCholesky Global's L from its (K, K) numbers u, row by row (written out, not
+    klqp.transforms'), and log |dL/du| over u's strictly lower triangle: z = tanh(u),
+    L_ij = z_ij sqrt(1 - sum_{k<j} L_ik^2), L_ii = sqrt(1 - sum_{k<i} L_ik^2)."""
+    size = u.shape[-1]
+    chol, log_jac = np.zeros_like(u), 0.0
+    for i in range(size):
+        left = 1.0
+        for j in range(i):
+            z = np.tanh(u[i, j])
+            chol[i, j] = z * np.sqrt(left)
+            log_jac += np.log1p(-z * z) + 0.5 * np.log(left)  # dz/du, then d L_ij / dz
+            left -= chol[i, j] ** 2
+        chol[i, i] = np.sqrt(left)
+    return chol, log_jac
 
 
 def reference_terms(problem, params, indices, noise, *, step=0):
@@ -164,6 +195,10 @@ def reference_terms(problem, params, indices, noise, *, step=0):
             x = special.softmax(logits, axis=-1)
             log_p = (np.sum(stats.dirichlet.logpdf(x, np.asarray(p["alpha"], float)))
                      + np.sum(np.log(x)) + np.sum(stats.norm.logpdf(u[..., -1])))
+        elif v.dist.family == "LKJCholesky":  # u's other entries: auxiliaries ~ N(0, 1)
+            x, log_jac = corr_cholesky(u)
+            aux = u[np.triu_indices(u.shape[-1])]
+            log_p = logpdf("LKJCholesky", x, p) + log_jac + np.sum(stats.norm.logpdf(aux))
         else:
             log_p = np.sum(_per_entry(v.dist.family, logpdf(v.dist.family, x, p), u.shape)) \
                 + np.sum(log_jac)

@@ -39,6 +39,7 @@ FAMILY_CASES = {
     "Uniform": {"lower": -1.0, "upper": 2.5},
     "MvNormal": {"mu": np.array([1.0, -2.0]), "chol": np.array([[1.0, 0.0], [0.8, 0.5]])},
     "Dirichlet": {"alpha": np.array([0.5, 2.0, 3.5])},
+    "LKJCholesky": {"dim": 3.0, "eta": 1.5},
     "NegativeBinomial": {"mu": 3.0, "alpha": 2.0},
     "ZeroInflatedPoisson": {"psi": 0.7, "mu": 3.0},
     "ZeroInflatedNegativeBinomial": {"psi": 0.6, "mu": 4.0, "alpha": 1.5},
@@ -75,6 +76,14 @@ def test_draws_follow_the_familys_density(family):
         np.testing.assert_allclose(draws.sum(-1), 1.0, atol=1e-12)
         np.testing.assert_allclose(draws.mean(0), mean, atol=5 * 0.5 / np.sqrt(2e5))
         np.testing.assert_allclose(draws.var(0), mean * (1 - mean) / (total + 1), rtol=0.02)
+        return
+    if family == "LKJCholesky":  # each correlation 2 Beta(b, b) - 1, b = eta + (K - 2) / 2
+        chol = densities.sample(family, params, np.random.default_rng(0), shape=(200_000, 3, 3))
+        corr = chol @ np.swapaxes(chol, -1, -2)
+        i, j = np.tril_indices(3, -1)
+        b = params["eta"] + 0.5
+        np.testing.assert_allclose(corr[:, i, j].mean(0), 0.0, atol=5 * 0.5 / np.sqrt(2e5))
+        np.testing.assert_allclose((corr[:, i, j] ** 2).mean(0), 1 / (2 * b + 1), rtol=0.02)
         return
     draws = densities.sample(family, params, np.random.default_rng(0), shape=(200_000,))
     assert draws.shape == (200_000,)

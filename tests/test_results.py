@@ -64,6 +64,7 @@ def test_numpy_densities_match_scipy():
         "MvNormal": (rng.normal(size=(50, 3)), {"mu": rng.normal(size=(50, 3)), "chol": np.array(
             [[1.0, 0.0, 0.0], [0.5, 1.2, 0.0], [-0.3, 0.4, 0.7]])}),
         "Weibull": (u * 3, {"alpha": 1.7, "beta": 1.3}),
+        "LKJCholesky": (kq.transforms.lkj_draw(3, 1.7, rng, (50,)), {"dim": 3.0, "eta": 1.7}),
         "NegativeBinomial": (rng.integers(0, 12, 50), {"mu": u * 5, "alpha": 2.3}),
         "ZeroInflatedPoisson": (rng.integers(0, 6, 50), {"psi": 0.7, "mu": u * 4}),
         "ZeroInflatedNegativeBinomial": (rng.integers(0, 12, 50),

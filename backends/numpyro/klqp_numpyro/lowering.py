@@ -32,7 +32,7 @@ from numpyro.distributions.transforms import biject_to
 from klqp.densities import continuous_bernoulli_log_norm
 from klqp.distributions import interval_bounds, split_mixture
 from klqp.expr import ArrayOps, evaluate
-from klqp.transforms import simplex_log_prior, simplex_of
+from klqp.transforms import ON_U, corr_cholesky_inverse, log_prior_on_u, value_on_u
 from klqp.objective import RowDensities, Terms, terms_from_rows
 from klqp.problem import Problem
 
@@ -40,7 +40,8 @@ ROWS = "rows"  # the plate's name, also the key its subsample indices are substi
 
 _SUPPORT = {"real": constraints.real, "positive": constraints.positive,
             "unit_interval": constraints.unit_interval, "ordered": constraints.ordered_vector,
-            "simplex": constraints.real_vector}  # a Dirichlet Global's u = (x, a): SimplexPrior
+            # an ON_U Global's site holds u itself (PriorOnU)
+            "simplex": constraints.real_vector, "corr_cholesky": constraints.real_matrix}
 
 
 #: klqp.expr's array namespace for JAX.
@@ -140,26 +141,39 @@ def _log1mexp(x):
     return jnp.where(x > -jnp.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-class SimplexPrior(dist.Distribution):
-    """A Dirichlet(alpha) Global's prior on its K unconstrained numbers u = (x, a)
-    (klqp.distributions.Dirichlet): klqp.transforms.simplex_log_prior."""
+class PriorOnU(dist.Distribution):
+    """The prior of a Global whose density klqp writes on its unconstrained numbers u
+    (klqp.transforms.ON_U): a Dirichlet's u = (x, a), an LKJCholesky's (K, K) numbers;
+    klqp.transforms.log_prior_on_u, one value per draw."""
 
-    arg_constraints = {"alpha": constraints.positive}
-    support = constraints.real_vector
+    def __init__(self, family: str, params: dict, value_shape=(), *, validate_args=None):
+        self.family, self.params = family, params
+        if family == "Dirichlet":
+            alpha = jnp.asarray(params["alpha"])
+            batch, event = alpha.shape[:-1], alpha.shape[-1:]
+        else:  # LKJCholesky: its (K, K), from the spec (params may be traced)
+            batch, event = (), tuple(value_shape)
+        super().__init__(batch_shape=batch, event_shape=event, validate_args=validate_args)
 
-    def __init__(self, alpha, *, validate_args=None):
-        self.alpha = jnp.asarray(alpha)
-        super().__init__(batch_shape=self.alpha.shape[:-1], event_shape=self.alpha.shape[-1:],
-                         validate_args=validate_args)
+    @property
+    def support(self):
+        return constraints.real_vector if len(self.event_shape) == 1 else constraints.real_matrix
 
     def sample(self, key, sample_shape=()):
         k1, k2 = jax.random.split(key)
-        p = dist.Dirichlet(self.alpha).sample(k1, sample_shape)
-        x = jnp.log(p[..., :-1]) - jnp.log(p[..., -1:])
-        return jnp.concatenate([x, jax.random.normal(k2, p.shape[:-1] + (1,))], axis=-1)
+        shape = sample_shape + self.batch_shape + self.event_shape
+        aux = jax.random.normal(k2, shape)
+        if self.family == "Dirichlet":
+            p = dist.Dirichlet(self.params["alpha"]).sample(k1, sample_shape)
+            x = jnp.log(p[..., :-1]) - jnp.log(p[..., -1:])
+            return jnp.concatenate([x, aux[..., -1:]], axis=-1)
+        size = self.event_shape[-1]
+        chol = dist.LKJCholesky(size, self.params["eta"]).sample(k1, sample_shape)
+        lower = jnp.tril(jnp.ones((size, size)), -1)
+        return corr_cholesky_inverse(chol, jnp) + aux * (1.0 - lower)
 
     def log_prob(self, value):
-        return simplex_log_prior(value, self.alpha, jnp, gammaln)
+        return log_prior_on_u(self.family, value, self.params, jnp, gammaln)
 
 
 class OrderedLogistic(dist.Distribution):
@@ -279,8 +293,8 @@ def site_distribution(spec, env: dict, shape: tuple):
     """The NumPyro distribution of a variable, with batch shape ``shape`` made an event
     except for a leading row axis (the plate's dim) when ``shape`` has one more axis."""
     params = {k: evaluate(e, env, JaxOps) for k, e in spec.dist.params}
-    if spec.dist.family == "Dirichlet" and spec.role != "observed":
-        d = SimplexPrior(params["alpha"])  # klqp.distributions.Dirichlet: u = (x, a)
+    if spec.dist.family in ON_U and spec.role != "observed":
+        d = PriorOnU(spec.dist.family, params, spec.dist.value_shape)  # its site holds u
     else:
         d = (_mixture(spec.dist, params) if spec.dist.components
              else _family(spec.dist.family, params))
@@ -292,10 +306,10 @@ def site_distribution(spec, env: dict, shape: tuple):
 
 
 def value_of(spec, x):
-    """A latent's value as the model's expressions read it: a Dirichlet Global's
-    p = softmax([x, 0]) (its site holds u = (x, a)), any other latent's x itself."""
-    if spec.dist.family == "Dirichlet":
-        return simplex_of(x, jnp)
+    """A latent's value as the model's expressions read it: an ON_U Global's (a
+    Dirichlet's p, an LKJCholesky's L) from its site's u, any other latent's x itself."""
+    if spec.dist.family in ON_U:
+        return value_on_u(spec.dist.family, x, jnp)
     return x
 
 

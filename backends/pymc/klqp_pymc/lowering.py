@@ -61,10 +61,10 @@ from klqp.expr import evaluate
 from klqp.objective import Shared, Terms
 from klqp.problem import Problem
 
-from klqp.transforms import simplex_of
+from klqp.transforms import ON_U, value_on_u
 
 from .tensors import (Batch, PytensorOps, QParams, as_float, float_dtype, inv_softplus_pt,
-                      pm_distribution, simplex_prior)
+                      pm_distribution, prior_on_u)
 
 __all__ = ["Blocks", "KlqpKL", "Lowered", "lower"]
 
@@ -113,21 +113,23 @@ def build_pm_model(problem: Problem, batch: Batch, point: dict,
             if v.role in ("data", "param"):
                 continue
             params = {k: evaluate(e, env, PytensorOps) for k, e in v.dist.params}
-            cls, kwargs = pm_distribution(v.dist.family, params, v.dist.component)
+            if v.dist.family in ON_U and v.role != "observed":  # its site holds u
+                cls, kwargs = prior_on_u, {"family": v.dist.family, "params": params,
+                                           "value_shape": v.dist.value_shape}
+            else:
+                cls, kwargs = pm_distribution(v.dist.family, params, v.dist.component)
             if v.role == "observed":
                 rvs[v.name] = cls(v.name, **kwargs, observed=batch.columns[v.name], total_size=n)
                 continue
             rows = (b,) if v.role == "local" else ()
             if v.transform == "ordered":  # x_0 = u_0, x_k = x_{k-1} + exp(u_k), as NumPyro's
                 kwargs = {**kwargs, "transform": pm.distributions.transforms.ordered}
-            if v.dist.family == "Dirichlet":  # klqp.distributions.Dirichlet: u = (x, a)
-                cls, kwargs = simplex_prior, {"alpha": params["alpha"]}
             # A constant initval: the default initial point would read the batch inputs.
             rvs[v.name] = cls(v.name, **kwargs, shape=rows + tuple(v.shape),
                               initval=as_float(spec.dummy_value(v, rows=b)))
             env[v.name] = rvs[v.name]
-            if v.dist.family == "Dirichlet":  # the model reads p = softmax([x, 0])
-                env[v.name] = simplex_of(rvs[v.name], pt)
+            if v.dist.family in ON_U:  # the model reads a Dirichlet's p, an LKJ's L
+                env[v.name] = value_on_u(v.dist.family, rvs[v.name], pt)
         for v in spec.potentials:  # unscaled: block_terms applies N/b to the per-row ones
             rvs[v.name] = pm.Potential(v.name, evaluate(v.expr, env, PytensorOps))
     return pm_model, rvs

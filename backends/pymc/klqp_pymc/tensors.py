@@ -26,7 +26,7 @@ from pymc.distributions.transforms import logodds
 from klqp.densities import continuous_bernoulli_log_norm
 from klqp.distributions import split_mixture
 from klqp.expr import ArrayOps
-from klqp.transforms import simplex_log_prior, softplus_inverse
+from klqp.transforms import log_prior_on_u, softplus_inverse
 
 __all__ = ["float_dtype", "as_float", "as_column", "PytensorOps", "pm_distribution",
            "inv_softplus", "inv_softplus_pt", "Batch", "QParams"]
@@ -102,12 +102,18 @@ def _half_student_t(name, nu, sigma, **kwargs):
                          default_transform=log_transform, **kwargs)
 
 
-def simplex_prior(name, alpha, **kwargs):
-    """A Dirichlet(alpha) Global's prior on its K unconstrained numbers u = (x, a)
-    (klqp.distributions.Dirichlet) as a pm.CustomDist on the real line:
-    klqp.transforms.simplex_log_prior, one value per draw."""
-    return pm.CustomDist(name, alpha, logp=lambda value, alpha: simplex_log_prior(
-        value, alpha, pt, pt.gammaln), signature="(k)->(k)", **kwargs)
+def prior_on_u(name, family, params, value_shape, **kwargs):
+    """The prior of a Global whose density klqp writes on its unconstrained numbers u
+    (klqp.transforms.ON_U: a Dirichlet's u = (x, a), an LKJCholesky's (K, K) numbers) as
+    a pm.CustomDist on the real line: klqp.transforms.log_prior_on_u, one value per draw.
+    An LKJCholesky's eta travels as a (K, K) matrix, so the signature carries K."""
+    if family == "Dirichlet":
+        return pm.CustomDist(name, params["alpha"], logp=lambda value, alpha: log_prior_on_u(
+            family, value, {"alpha": alpha}, pt, pt.gammaln), signature="(k)->(k)", **kwargs)
+    eta = params["eta"] * pt.ones(tuple(value_shape))
+    return pm.CustomDist(name, eta, logp=lambda value, eta: log_prior_on_u(
+        family, value, {"eta": eta[..., 0, 0]}, pt, pt.gammaln), signature="(k,k)->(k,k)",
+        **kwargs)
 
 
 def _log1mexp(x):
