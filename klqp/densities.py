@@ -21,15 +21,11 @@ import numpy as np
 
 from . import transforms
 from .distributions import VALUE_EVENT_DIMS, split_mixture
+from .expr import scipy_gammaln as _gammaln
 
 __all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS", "per_value"]
 
 _LOG_2PI = np.log(2.0 * np.pi)
-
-
-def _gammaln(x):
-    from scipy.special import gammaln  # lazily: the core's only hard dependency is NumPy
-    return gammaln(x)
 
 
 def _logits(p: dict):

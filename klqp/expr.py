@@ -348,7 +348,7 @@ class ArrayOps:
         self.exp, self.log, self.tanh = xp.exp, xp.log, xp.tanh
         self.log1p, self.sqrt, self.abs = xp.log1p, xp.sqrt, xp.abs
         self.maximum, self.minimum = xp.maximum, xp.minimum
-        self.lgamma = lgamma or _scipy_gammaln
+        self.lgamma = lgamma or scipy_gammaln
         self.sigmoid = sigmoid or (lambda x: 0.5 * (1.0 + xp.tanh(0.5 * x)))
         self.softplus = softplus or (lambda x: xp.logaddexp(0.0, x))
         self.log_sigmoid = log_sigmoid or (lambda x: -xp.logaddexp(0.0, -x))
@@ -396,8 +396,10 @@ class ArrayOps:
         return self.xp.log(total) + self.xp.squeeze(top, axis)
 
 
-def _scipy_gammaln(x):
-    from scipy.special import gammaln  # lazily: the core's only hard dependency is NumPy
+def scipy_gammaln(x):
+    """scipy.special.gammaln, imported when first called: the core's only hard dependency
+    is NumPy (klqp.densities and klqp.transforms use this one too)."""
+    from scipy.special import gammaln
     return gammaln(x)
 
 

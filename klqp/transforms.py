@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .distributions import interval_bounds, transform_kind
+from .expr import scipy_gammaln as _gammaln
 
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(64)  # nodes/weights for E over N(0, 1)
 _GH_W = _GH_W / _GH_W.sum()
@@ -101,11 +102,6 @@ def simplex_log_prior(u, alpha, xp=np, gammaln=None):
     aux = u[..., -1]
     return (gammaln(xp.sum(alpha, axis=-1)) - xp.sum(gammaln(alpha), axis=-1)
             + xp.sum(alpha * log_p, axis=-1) - 0.5 * aux * aux - 0.5 * np.log(2.0 * np.pi))
-
-
-def _gammaln(x):
-    from scipy.special import gammaln
-    return gammaln(x)
 
 
 # -- an LKJCholesky Global: q in the (K, K) numbers u of its value's own shape ------------
