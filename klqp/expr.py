@@ -386,8 +386,7 @@ class ArrayOps:
         if held != size:
             raise ValueError(f"kq.reshape to {tuple(shape)}: the trailing axes of a value of "
                              f"shape {tuple(dims)} do not hold {size} entries")
-        lead = tuple(self.xp.shape(x)[i] if hasattr(self.xp, "shape") else x.shape[i]
-                     for i in range(len(dims) - k))
+        lead = tuple(x.shape[i] for i in range(len(dims) - k))  # symbolic on PyTensor
         return self.xp.reshape(x, lead + tuple(shape))
 
     def logsumexp(self, x, axis):

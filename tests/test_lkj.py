@@ -90,6 +90,7 @@ def _correlated(n=2000, seed=0):
     return model, {"y": y}
 
 
+@pytest.mark.slow  # end-to-end fits (the README's suite keeps under 8 minutes)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_covariance_with_an_lkj_prior_reaches_the_sample_correlations(backend):
     """y_i ~ MvNormal(0, diag(sigma) C diag(sigma)), C ~ LKJ(2), 2,000 rows: the posterior's

@@ -49,7 +49,7 @@ def test_each_op_computes_numpys_value(expr, expected):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_op_computes_the_same_on_the_backends_namespace(backend):
     if backend == "numpyro":
-        from klqp_numpyro.lowering import JaxOps as ops
+        from klqp_numpyro.families import JaxOps as ops
         run = lambda e: np.asarray(evaluate(e, {"x": VALUE}, ops))  # noqa: E731
     else:
         import pytensor.tensor as pt

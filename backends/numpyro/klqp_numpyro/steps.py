@@ -6,7 +6,9 @@ supplies each row's log joint at the quadrature nodes with its gradient and diag
 curvature (``jax.vjp`` / ``jax.jvp``: rows are independent given the globals, so one
 Hessian-vector product per local number gives every row's diagonal at once), the
 training estimator (quadrature nodes as weighted virtual rows, an antithetic pair of
-global draws) and the diagonal of the global block's Hessian (``jax.hessian``).
+global draws) and the global curvature: Hessian-vector products (``jax.jvp`` of
+``jax.grad``) for the Hutchinson probe and the dense block's column, ``jax.hessian``'s
+diagonal only where ``CompiledObjective.global_curvature`` asks for the exact one.
 """
 
 from __future__ import annotations
