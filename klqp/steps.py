@@ -416,8 +416,9 @@ def describe(model, local_step, global_step) -> list[str]:
                          f"steps (step size {_schedule_text(global_step.step_size)}), q's scales "
                          "from the expected curvature E_q[-diag H],")
             lines.append("      estimated at the global draws by one scaled Hutchinson probe "
-                         "(two Hessian-vector products a step), averaged over steps; a number "
-                         "whose curvature is not positive takes Adam steps")
+                         "(two Hessian-vector products a step), averaged over steps (weight "
+                         f"{global_step.curvature_decay:g} x the step size on the newest); a "
+                         "number whose curvature is not positive takes Adam steps")
             if global_step.uses_dense(size):
                 lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
                              "one exact column a step; where the curvature's coupling "
