@@ -45,9 +45,9 @@ One step on a minibatch B of b rows:
    unbiased for the diagonal (E[r r^T] = I), at the cost of two Hessian-vector
    products whatever the number of global numbers D (never D of them). The samples are
    averaged over steps (a plain mean at first, then an exponential average whose weight
-   on the newest sample, ``curvature_decay`` x rho_t, shrinks with the step size rho_t:
-   a fixed horizon would keep a floor of minibatch noise in c, and with it a bias in
-   s = sqrt(beta / c) that no number of steps removes). Each global number with c > 0 then takes a natural-gradient
+   on the newest sample, ``curvature_weight``, shrinks like the step size with
+   minibatches: a fixed horizon would keep a floor of sampling noise in c, and with it a
+   bias in s = sqrt(beta / c) that no number of steps removes). Each global number with c > 0 then takes a natural-gradient
    step m <- m + rho_t * dJ/dm / c and moves its scale toward the one the objective's
    optimum has at that curvature, s = sqrt(beta_global / c) (both changes clipped to
    ``max_change``); a number whose averaged curvature is not positive takes Adam's step
@@ -86,7 +86,7 @@ from . import schedules as _schedules
 __all__ = ["LocalStep", "RowAdam", "GlobalStep", "Rule", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
-           "curvature_average", "probe_curvature", "column_average", "dense_direction",
+           "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_direction",
            "coupling",
            "natural_gradient_loc", "curvature_scale", "global_update", "row_adam",
            "running_average",
@@ -211,9 +211,9 @@ class GlobalStep:
         (default ``kq.schedules.natural_step(1.0, 50)``: 1 / sqrt(1 + t / 50) for a full
         batch, ~1 / (1 + t / 50) for minibatches, where sampling noise must be averaged
         away).
-    curvature_decay: weight of the newest batch in the running curvature is
-        d x min(rho_t, 1) (0 < d <= 1), once that many steps have been averaged with
-        equal weights: its horizon grows as the steps shrink.
+    curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1),
+        once 1/d steps have been averaged with equal weights; with minibatches and the
+        default step size it shrinks as 1 / (1 + f t / 50) (``curvature_weight``).
     antithetic: average the global gradient over the pair theta = m +- s * eps.
     average: report the polynomial-decay average of the global iterates.
     max_change: a natural-gradient step moves a location, and the log of a scale, by at
@@ -417,8 +417,9 @@ def describe(model, local_step, global_step) -> list[str]:
                          "from the expected curvature E_q[-diag H],")
             lines.append("      estimated at the global draws by one scaled Hutchinson probe "
                          "(two Hessian-vector products a step), averaged over steps (weight "
-                         f"{global_step.curvature_decay:g} x the step size on the newest); a "
-                         "number whose curvature is not positive takes Adam steps")
+                         f"{global_step.curvature_decay:g} on the newest, shrinking as the step "
+                         "size with minibatches); a number whose curvature is not positive takes Adam "
+                         "steps")
             if global_step.uses_dense(size):
                 lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
                              "one exact column a step; where the curvature's coupling "
@@ -680,6 +681,25 @@ def curvature_scale(xp, curvature, beta_global, scale, fallback, max_change):
     return xp.where(usable, scale * xp.exp(change), fallback)
 
 
+def curvature_weight(rule: GlobalStep, step):
+    """The running curvature's weight on the newest sample: ``curvature_decay`` divided
+    by the default step size's sampling factor 1 + f t / delay (f = 1 - 1/M, M batches an
+    epoch). With minibatches the horizon grows as the steps shrink, so sampling noise
+    leaves the curvature as it leaves the means (a fixed horizon keeps a noise floor in
+    c, and a Jensen bias in sqrt(beta / c) that no number of steps removes); with a full
+    batch, or another step-size schedule, it stays ``curvature_decay``: there the
+    curvature must follow q as it moves (a funnel's scale).
+
+    >>> from klqp import schedules
+    >>> full = GlobalStep(step_size=schedules.natural_step(1.0, 50, num_batches=1))
+    >>> mini = GlobalStep(step_size=schedules.natural_step(1.0, 50, num_batches=10))
+    >>> float(curvature_weight(full, 450)), round(float(curvature_weight(mini, 450)), 4)
+    (0.1, 0.011)
+    """
+    decay = getattr(rule.step_size, "sampling_decay", None)
+    return rule.curvature_decay if decay is None else rule.curvature_decay / decay(step)
+
+
 def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sample, running,
                   beta_global, fallback_loc, fallback_scale, matrix=None, column=None):
     """One global step on the flat global block (D numbers; the module docstring, 2.):
@@ -700,11 +720,7 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
     >>> new[0], new[1], new[2]   # m + g / c (clipped to 1), s = sqrt(1 / c), c averaged
     (array([ 0.5, -1. ]), array([0.5, 1. ]), array([4., 1.]))
     """
-    # the curvature's horizon follows the step's: 1/(decay * rho_t) steps, so as the
-    # minibatch noise is averaged out of the means it is averaged out of the curvature
-    # (a fixed horizon keeps a noise floor, and 1/c's Jensen bias with it)
-    running = curvature_average(xp, running, sample,
-                                rule.curvature_decay * xp.minimum(step_size, 1.0), step)
+    running = curvature_average(xp, running, sample, curvature_weight(rule, step), step)
     curvature = running
     if matrix is not None:
         size = loc.shape[0]
