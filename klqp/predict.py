@@ -499,6 +499,8 @@ def _at_means(result, expr, columns, local_q, reads_locals, where) -> np.ndarray
     env = {**columns, **{v.name: result.params[v.name]["value"] for v in model.params}}
     for v in model.globals:
         env[v.name] = result.mean(v.name)
+        if v.support == "corr_cholesky":  # E[L]'s rows are shorter than 1: unit rows again
+            env[v.name] = env[v.name] / np.linalg.norm(env[v.name], axis=-1, keepdims=True)
     if reads_locals:
         for v in model.locals:
             if v.name not in local_q:

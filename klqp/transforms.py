@@ -109,8 +109,10 @@ def simplex_log_prior(u, alpha, xp=np, gammaln=None):
 # correlation matrix; its diagonal and upper triangle are auxiliaries with prior N(0, 1)
 # that nothing reads (a Dirichlet's a, K (K + 1) / 2 of them): q keeps the value's shape.
 
-def _strict_lower(size: int) -> np.ndarray:
-    return np.tril(np.ones((size, size)), -1)
+def _strict_lower(size: int, dtype="float64") -> np.ndarray:
+    """1 below the diagonal, else 0; in the values' dtype (a float64 constant would make
+    a float32 PyTensor graph float64)."""
+    return np.tril(np.ones((size, size), dtype=dtype), -1)
 
 
 def _matrix_size(u) -> int:
@@ -126,7 +128,7 @@ def _matrix_size(u) -> int:
 def _log_sech(u, xp):
     """log sech(u) = log(1 - tanh(u)^2) / 2, without overflow at large |u|."""
     a = xp.abs(u)
-    return np.log(2.0) - a - xp.log1p(xp.exp(-2.0 * a))
+    return float(np.log(2.0)) - a - xp.log1p(xp.exp(-2.0 * a))
 
 
 def corr_cholesky_of(u, xp=np):
@@ -141,19 +143,20 @@ def corr_cholesky_of(u, xp=np):
     ([[1.0, 0.0], [0.4621, 0.8868]], 0.4621)
     """
     size = _matrix_size(u)
-    lower = _strict_lower(size)
+    lower = _strict_lower(size, u.dtype)
     log_left = _log_sech(u, xp) * lower          # log sqrt(1 - z_ik^2) where k < i
     before = xp.cumsum(log_left, axis=-1) - log_left
-    return (xp.tanh(u) * lower + np.eye(size)) * xp.exp(before)
+    return (xp.tanh(u) * lower + np.eye(size, dtype=u.dtype)) * xp.exp(before)
 
 
 def corr_cholesky_inverse(chol, xp=np):
     """u with ``corr_cholesky_of(u) = chol``: atanh of the partial correlations below the
     diagonal, 0 on and above it."""
-    lower = _strict_lower(_matrix_size(chol))
+    lower = _strict_lower(_matrix_size(chol), chol.dtype)
     left = 1.0 - (xp.cumsum(chol**2, axis=-1) - chol**2)   # 1 - sum_{k<j} L_ik^2
-    z = xp.clip(chol / xp.sqrt(xp.maximum(left, 1e-300)), -1.0 + 1e-16, 1.0 - 1e-16)
-    return xp.arctanh(z) * lower
+    bound = 1.0 - np.finfo(chol.dtype).eps                 # +-1 would give atanh = inf
+    z = xp.clip(chol / xp.sqrt(xp.maximum(left, np.finfo(chol.dtype).tiny)), -bound, bound)
+    return xp.arctanh(xp.where(lower > 0, z, 0.0))
 
 
 def lkj_log_prior(u, eta, xp=np, gammaln=None):
@@ -165,14 +168,14 @@ def lkj_log_prior(u, eta, xp=np, gammaln=None):
     ``eta``: a number; ``gammaln``: the namespace's."""
     gammaln = gammaln or _gammaln
     size = _matrix_size(u)
-    lower = _strict_lower(size)
+    lower = _strict_lower(size, u.dtype)
     log_left = _log_sech(u, xp) * lower
     before = xp.cumsum(log_left, axis=-1) - log_left
     log_jacobian = xp.sum((before + 2.0 * log_left) * lower, axis=(-2, -1))
     log_diag = xp.sum(log_left, axis=-1)          # log L_ii
     aux = u * (1.0 - lower)
     log_aux = (-0.5 * xp.sum(aux * aux, axis=(-2, -1))
-               - 0.25 * size * (size + 1) * np.log(2.0 * np.pi))
+               - 0.25 * size * (size + 1) * float(np.log(2.0 * np.pi)))
     return _lkj_on_diagonal(log_diag, eta, xp, gammaln) + log_jacobian + log_aux
 
 
@@ -182,9 +185,10 @@ def _lkj_on_diagonal(log_diag, eta, xp, gammaln):
     (K - 1) log(pi) / 2 + multigammaln(alpha - 1/2, K - 1) - (K - 1) gammaln(alpha),
     alpha = eta + (K - 1) / 2."""
     size = _matrix_size(log_diag)
-    order = 2.0 * (eta[..., None] if hasattr(eta, "ndim") else eta) - 3.0 + size - np.arange(1, size)
+    steps = np.arange(1, size, dtype=log_diag.dtype)
+    order = 2.0 * (eta[..., None] if hasattr(eta, "ndim") else eta) - 3.0 + size - steps
     dm1, alpha = size - 1, eta + 0.5 * (size - 1)
-    log_norm = (0.5 * dm1 * np.log(np.pi) + dm1 * (dm1 - 1) / 4.0 * np.log(np.pi)
+    log_norm = (float((0.5 * dm1 + dm1 * (dm1 - 1) / 4.0) * np.log(np.pi))
                 + sum(gammaln(alpha - 0.5 - 0.5 * k) for k in range(dm1))
                 - dm1 * gammaln(alpha))
     return xp.sum(order * log_diag[..., 1:], axis=-1) - log_norm
@@ -207,8 +211,9 @@ def lkj_draw(size: int, eta: float, rng: np.random.Generator, batch=()) -> np.nd
     # the last column has no entry below the diagonal: any valid b there
     b = np.where(column < size - 1, eta + 0.5 * (size - 2 - column), 1.0)
     b = np.broadcast_to(b, tuple(batch) + (size, size))
-    z = np.clip(2.0 * rng.beta(b, b) - 1.0, -1.0 + 1e-16, 1.0 - 1e-16)
-    return corr_cholesky_of(np.arctanh(z) * _strict_lower(size))
+    bound = 1.0 - np.finfo(float).eps
+    z = np.clip(2.0 * rng.beta(b, b) - 1.0, -bound, bound)
+    return corr_cholesky_of(np.where(_strict_lower(size) > 0, np.arctanh(z), 0.0))
 
 
 #: Families whose Global's prior is written on u, in the value's own shape, because the

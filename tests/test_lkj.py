@@ -56,6 +56,23 @@ def test_the_prior_on_u_is_lkj_times_the_jacobian(size, eta):
         assert transforms.lkj_log_prior(u, eta) == pytest.approx(expected, abs=1e-6)
 
 
+def test_prior_draws_on_u_are_finite_in_float32_and_the_prior_rebuilds_as_a_pytree():
+    """NumPyro's prior site for an LKJ Global draws u through corr_cholesky_inverse; in
+    float32 a clip at 1 - 1e-16 is 1 and atanh(1) = inf (the draws were NaN)."""
+    jax = pytest.importorskip("jax")
+    from klqp_numpyro.families import PriorOnU
+
+    chol = transforms.lkj_draw(3, 1.0, np.random.default_rng(0), (50,)).astype(np.float32)
+    u = transforms.corr_cholesky_inverse(chol)
+    assert u.dtype == np.float32 and np.isfinite(u).all()
+    d = PriorOnU("LKJCholesky", {"eta": 1.0}, (3, 3))
+    x = d.sample(jax.random.PRNGKey(0), (4,))
+    assert np.isfinite(np.asarray(x)).all()
+    leaves, tree = jax.tree_util.tree_flatten(d)
+    again = jax.tree_util.tree_unflatten(tree, leaves)
+    np.testing.assert_allclose(np.asarray(again.log_prob(x)), np.asarray(d.log_prob(x)))
+
+
 def test_lkj_density_matches_numpyro():
     dist = pytest.importorskip("numpyro.distributions")  # float64: tests/conftest.py
     chol = transforms.lkj_draw(4, 1.7, np.random.default_rng(2), (5,))
@@ -87,6 +104,7 @@ def _correlated(n=2000, seed=0):
         chol = kq.Global("chol", kq.LKJCholesky(3, eta=2.0))
         sigma = kq.Global("sigma", kq.HalfNormal(2.0), shape=(3,))
         kq.Observed("y", kq.MvNormal(np.zeros(3), sigma[..., None] * chol))
+    model.covariance_factor = sigma[..., None] * chol  # for the test's result.evaluate
     return model, {"y": y}
 
 
@@ -111,6 +129,9 @@ def test_a_covariance_with_an_lkj_prior_reaches_the_sample_correlations(backend)
     upper = np.triu_indices(3)
     assert np.all(np.abs(q["loc"][upper]) < 0.15) and np.all(np.abs(q["scale"][upper] - 1) < 0.15), q
     assert "LKJCholesky globals chol" in str(kq.explain(model, total_size=2000))
+    # an expression at q's means takes L with unit rows (E_q[L]'s rows are shorter)
+    factor = r.evaluate(model.covariance_factor)
+    np.testing.assert_allclose(np.sqrt((factor**2).sum(-1)), r.mean("sigma"), rtol=1e-12)
 
 
 def test_lkj_is_checked_where_it_is_declared_and_saved_as_plain_data():

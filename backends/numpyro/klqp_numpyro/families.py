@@ -131,6 +131,10 @@ class PriorOnU(dist.Distribution):
     (klqp.transforms.ON_U): a Dirichlet's u = (x, a), an LKJCholesky's (K, K) numbers;
     klqp.transforms.log_prior_on_u, one value per draw."""
 
+    # kept when JAX flattens and rebuilds the distribution (it has no arg_constraints)
+    pytree_data_fields = ("params",)
+    pytree_aux_fields = ("family",)
+
     def __init__(self, family: str, params: dict, value_shape=(), *, validate_args=None):
         self.family, self.params = family, params
         if family == "Dirichlet":
