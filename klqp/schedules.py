@@ -96,13 +96,8 @@ class NaturalStep(Schedule):
         return self if self.num_batches is not None else replace(self, num_batches=int(num_batches))
 
     def __call__(self, step, xp: Any = np):
-        return self.start * ((1.0 + step / self.delay) * self.sampling_decay(step)) ** -0.5
-
-    def sampling_decay(self, step):
-        """1 + f t / delay, f = 1 - 1/M: the factor minibatch sampling adds (1 for a full
-        batch); the global step's curvature average shrinks its weight by it too."""
         sampled = 0.0 if self.num_batches is None else 1.0 - 1.0 / self.num_batches
-        return 1.0 + sampled * step / self.delay
+        return self.start * ((1.0 + step / self.delay) * (1.0 + sampled * step / self.delay)) ** -0.5
 
 
 @dataclass(frozen=True)

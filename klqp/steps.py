@@ -213,7 +213,7 @@ class GlobalStep:
         away).
     curvature_decay: weight of the newest batch in the running curvature (0 < d <= 1),
         once 1/d steps have been averaged with equal weights; with minibatches and the
-        default step size it shrinks as 1 / (1 + f t / 50) (``curvature_weight``).
+        default step size it is d x min(rho_t, 1) (``curvature_weight``).
     antithetic: average the global gradient over the pair theta = m +- s * eps.
     average: report the polynomial-decay average of the global iterates.
     max_change: a natural-gradient step moves a location, and the log of a scale, by at
@@ -681,23 +681,24 @@ def curvature_scale(xp, curvature, beta_global, scale, fallback, max_change):
     return xp.where(usable, scale * xp.exp(change), fallback)
 
 
-def curvature_weight(rule: GlobalStep, step):
-    """The running curvature's weight on the newest sample: ``curvature_decay`` divided
-    by the default step size's sampling factor 1 + f t / delay (f = 1 - 1/M, M batches an
-    epoch). With minibatches the horizon grows as the steps shrink, so sampling noise
-    leaves the curvature as it leaves the means (a fixed horizon keeps a noise floor in
-    c, and a Jensen bias in sqrt(beta / c) that no number of steps removes); with a full
-    batch, or another step-size schedule, it stays ``curvature_decay``: there the
-    curvature must follow q as it moves (a funnel's scale).
+def curvature_weight(xp, rule: GlobalStep, step_size):
+    """The running curvature's weight on the newest sample: with minibatches (the default
+    step size bound to M > 1 batches an epoch) ``curvature_decay`` x min(rho_t, 1), rho_t
+    this step's size, so the horizon grows as the steps shrink and sampling noise leaves
+    the curvature as it leaves the means (a fixed horizon keeps a noise floor in c, and a
+    Jensen bias in sqrt(beta / c) that no number of steps removes); with a full batch, or
+    another step-size schedule, ``curvature_decay``: there the curvature must follow q as
+    it moves (a funnel's scale).
 
     >>> from klqp import schedules
     >>> full = GlobalStep(step_size=schedules.natural_step(1.0, 50, num_batches=1))
     >>> mini = GlobalStep(step_size=schedules.natural_step(1.0, 50, num_batches=10))
-    >>> float(curvature_weight(full, 450)), round(float(curvature_weight(mini, 450)), 4)
-    (0.1, 0.011)
+    >>> float(curvature_weight(np, full, 0.2)), round(float(curvature_weight(np, mini, 0.2)), 4)
+    (0.1, 0.02)
     """
-    decay = getattr(rule.step_size, "sampling_decay", None)
-    return rule.curvature_decay if decay is None else rule.curvature_decay / decay(step)
+    if (getattr(rule.step_size, "num_batches", None) or 1) > 1:
+        return rule.curvature_decay * xp.minimum(step_size, 1.0)
+    return rule.curvature_decay
 
 
 def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sample, running,
@@ -720,7 +721,7 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
     >>> new[0], new[1], new[2]   # m + g / c (clipped to 1), s = sqrt(1 / c), c averaged
     (array([ 0.5, -1. ]), array([0.5, 1. ]), array([4., 1.]))
     """
-    running = curvature_average(xp, running, sample, curvature_weight(rule, step), step)
+    running = curvature_average(xp, running, sample, curvature_weight(xp, rule, step_size), step)
     curvature = running
     if matrix is not None:
         size = loc.shape[0]
