@@ -73,6 +73,18 @@ class ProgramCache:
             self._entries.append((key, program))
             del self._entries[:-self.size or None]
 
+    def take_for(self, model, key) -> Any:
+        """``take`` under (the model's ``structure_key``, ``key``); None for a model that
+        JSON cannot hold (never cached)."""
+        structure = structure_key(model)
+        return None if structure is None else self.take((structure, key))
+
+    def give_back_for(self, model, key, program) -> None:
+        """``give_back`` under (the model's ``structure_key``, ``key``), if it has one."""
+        structure = structure_key(model)
+        if structure is not None:
+            self.give_back((structure, key), program)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

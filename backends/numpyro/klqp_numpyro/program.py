@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from klqp import loop
-from klqp.cache import backend_cache, structure_key
+from klqp.cache import backend_cache
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.results import FitResult
 
@@ -24,16 +24,13 @@ TRAINERS = backend_cache()
 
 
 def trainer_key(problem: Problem, config: FitConfig):
-    """Everything a compiled trainer reads as a constant: the model's structure, N, b,
-    the weights (schedules by value, a kq.Shared by identity: its value is an argument),
-    the data's shapes and dtypes, the step rule, the learning rate and JAX's float
-    dtype. None: not cached (a model that JSON cannot hold)."""
-    structure = structure_key(problem.model)
-    if structure is None:
-        return None
+    """Everything a compiled trainer reads as a constant besides the model's structure
+    (``klqp.cache.ProgramCache.take_for`` adds it): N, b, the weights (schedules by value,
+    a kq.Shared by identity: its value is an argument), the data's shapes and dtypes, the
+    step rule, the learning rate and JAX's float dtype."""
     columns = (None if problem.data is None else
                tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in problem.data.items()))
-    return (structure, jnp.result_type(float).name, problem.total_size, problem.batch_size,
+    return (jnp.result_type(float).name, problem.total_size, problem.batch_size,
             problem.weights, problem.scale_cost_to_minibatch, columns, config.learning_rate,
             config.local_step, config.global_step, config.max_nonfinite)
 
@@ -103,7 +100,7 @@ class Program:
 
     def close(self) -> None:
         if self.cache_key is not None:
-            TRAINERS.give_back(self.cache_key, self.trainer.release())
+            TRAINERS.give_back_for(self.problem.model, self.cache_key, self.trainer.release())
             self.cache_key = None
 
 
@@ -115,7 +112,7 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
     structure is reused (``TRAINERS``)."""
     key = trainer_key(problem, config) if trainer is None and place is None and host is None \
         else None
-    cached = None if key is None else TRAINERS.take(key)
+    cached = None if key is None else TRAINERS.take_for(problem.model, key)
     trainer = trainer or (cached.adopt(problem) if cached is not None else
                           Trainer(problem, config, place, host))
     return loop.run(problem, config, Program(problem, config, trainer, key))

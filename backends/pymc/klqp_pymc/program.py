@@ -18,7 +18,7 @@ import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
 
 from klqp import loop
-from klqp.cache import backend_cache, structure_key
+from klqp.cache import backend_cache
 from klqp import steps as steps_rule
 from klqp.steps import Rule
 from klqp.problem import FitConfig, Problem, init_params
@@ -41,47 +41,23 @@ from .train import Layout, Trainer, cache_key
 TRAINERS = backend_cache()
 
 
-def take_trainer(problem: Problem, learning_rate, mode: str, layout: Layout,
-                 rule: Rule) -> Optional["Trainer"]:
-    """A trainer compiled by an earlier fit with the same model structure and
-    ``cache_key``, taken out of the cache for this fit; None if there is none."""
-    structure = structure_key(problem.model)
-    if structure is None:
-        return None
-    trainer = TRAINERS.take((structure, cache_key(problem, learning_rate, mode, layout, rule)))
-    if trainer is not None:
-        trainer.problem = problem
-    return trainer
+def _take(problem: Problem, key):
+    """The trainer or final pass an earlier fit of the same structure compiled under
+    ``key``, taken out of ``TRAINERS`` for this fit; None if there is none."""
+    program = TRAINERS.take_for(problem.model, key)
+    if program is not None:
+        program.problem = problem
+    return program
 
 
-def give_back_trainer(problem: Problem, trainer: "Trainer") -> None:
-    trainer.problem = None
-    structure = structure_key(problem.model)
-    if structure is not None:
-        TRAINERS.give_back((structure, trainer.key), trainer)
+def _give_back(problem: Problem, key, program) -> None:
+    program.problem = None  # a waiting program holds neither the model nor the data
+    TRAINERS.give_back_for(problem.model, key, program)
 
 
-def _final_pass_key(problem: Problem, mode: str, rule: "Rule"):
-    structure = structure_key(problem.model)
+def _final_pass_key(problem: Problem, mode: str, rule: Rule) -> tuple:
     layout = Layout.of(problem.batch_size, problem.data, masked=False)
-    return None if structure is None else (structure, "final pass", cache_key(
-        problem, 0.0, mode, layout, rule))
-
-
-def take_final_pass(problem: Problem, mode: str, rule: "Rule") -> Optional["FinalPass"]:
-    """The final pass compiled by an earlier fit of the same structure, or None."""
-    key = _final_pass_key(problem, mode, rule)
-    final = None if key is None else TRAINERS.take(key)
-    if final is not None:
-        final.problem = problem
-    return final
-
-
-def give_back_final_pass(problem: Problem, mode: str, rule: "Rule", final: "FinalPass") -> None:
-    key = _final_pass_key(problem, mode, rule)
-    final.problem = None
-    if key is not None:
-        TRAINERS.give_back(key, final)
+    return ("final pass", cache_key(problem, 0.0, mode, layout, rule))
 
 
 # -- the final pass --------------------------------------------------------------------------
@@ -176,8 +152,8 @@ class Program:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
         current state over."""
         state = self.arrays_now()
-        trainer = take_trainer(self.problem, self.config.learning_rate, self.mode, layout,
-                               self.rule)
+        trainer = _take(self.problem, cache_key(self.problem, self.config.learning_rate,
+                                                self.mode, layout, self.rule))
         if trainer is None:
             trainer = Trainer(self.problem, self.config.learning_rate, self.mode, layout,
                               self.rule)
@@ -246,7 +222,8 @@ class Program:
         params = params_from_state(self.problem, self.arrays_now(), self.rule)
         if self.rule.local_step and self.rule.rows.final_pass and self.problem.data is not None:
             if self.final_pass is None:
-                self.final_pass = take_final_pass(self.problem, self.mode, self.rule)
+                self.final_pass = _take(self.problem,
+                                        _final_pass_key(self.problem, self.mode, self.rule))
             if self.final_pass is None:
                 start = time.perf_counter()
                 self.final_pass = FinalPass(self.problem, self.rule, self.mode)
@@ -263,9 +240,10 @@ class Program:
         """Hand the compiled step and final pass back to the cache."""
         if self.trainer is not None:
             self.arrays, trainer, self.trainer = self.trainer.state_arrays(), self.trainer, None
-            give_back_trainer(self.problem, trainer)
+            _give_back(self.problem, trainer.key, trainer)
         if self.final_pass is not None:
-            give_back_final_pass(self.problem, self.mode, self.rule, self.final_pass)
+            _give_back(self.problem, _final_pass_key(self.problem, self.mode, self.rule),
+                       self.final_pass)
             self.final_pass = None
 
 
