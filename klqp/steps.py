@@ -415,11 +415,15 @@ def describe(model, local_step, global_step) -> list[str]:
             lines.append(f"    global {', '.join(globals_)} ({size} numbers): natural-gradient "
                          f"steps (step size {_schedule_text(global_step.step_size)}), q's scales "
                          "from the expected curvature E_q[-diag H],")
+            batches = getattr(global_step.step_size, "num_batches", None)
+            weight = (f"{global_step.curvature_decay:g} x min(step size, 1) on the newest, "
+                      "as there are minibatches" if batches is not None and batches > 1 else
+                      f"{global_step.curvature_decay:g} on the newest" + (
+                          ", fixed for a full batch" if batches == 1 else
+                          ", times min(step size, 1) with minibatches"))
             lines.append("      estimated at the global draws by one scaled Hutchinson probe "
-                         "(two Hessian-vector products a step), averaged over steps (weight "
-                         f"{global_step.curvature_decay:g} on the newest, shrinking as the step "
-                         "size with minibatches); a number whose curvature is not positive takes Adam "
-                         "steps")
+                         f"(two Hessian-vector products a step), averaged over steps (weight "
+                         f"{weight}); a number whose curvature is not positive takes Adam steps")
             if global_step.uses_dense(size):
                 lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
                              "one exact column a step; where the curvature's coupling "
@@ -449,6 +453,8 @@ def _schedule_text(schedule) -> str:
     if isinstance(schedule, _schedules.NaturalStep):
         if schedule.num_batches is None:
             return f"natural_step({schedule.start:g}, {schedule.delay:g})"
+        if schedule.num_batches == 1:
+            return f"{schedule.start:g} / sqrt(1 + t/{schedule.delay:g})"
         f = 1.0 - 1.0 / schedule.num_batches
         return (f"{schedule.start:g} / sqrt((1 + t/{schedule.delay:g}) "
                 f"(1 + {f:.3g} t/{schedule.delay:g}))")
