@@ -143,3 +143,15 @@ def test_what_runs_for_each_model():
     # no fallback at any size: the curvature costs two Hessian-vector products whatever D is
     assert steps.GlobalStep().uses_curvature(64) and steps.GlobalStep().uses_curvature(10_000)
     assert not steps.GlobalStep(curvature=False).uses_curvature(10)
+
+
+def test_explain_states_the_curvature_weight_this_fit_uses():
+    """A full batch keeps curvature_decay; minibatches multiply it by min(rho_t, 1)."""
+    with kq.Model("weight_text") as model:
+        mu = kq.Global("mu", kq.Normal(0.0, 1.0), shape=(3,))
+        kq.Observed("y", kq.Normal(kq.sum(mu), 1.0))
+    full = str(kq.explain(model, total_size=1000, batch_size=1000))
+    mini = str(kq.explain(model, total_size=1000, batch_size=100))
+    assert "weight 0.1 on the newest, fixed for a full batch" in full
+    assert "1 / sqrt(1 + t/50)" in full
+    assert "weight 0.1 x min(step size, 1) on the newest, as there are minibatches" in mini
