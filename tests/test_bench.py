@@ -175,3 +175,17 @@ def test_predictions_benchmark_reports_its_targets(tmp_path):
     assert {r["backend"] for r in rows} == {"numpyro", "pymc"} and all(r["target"] == 1 for r in rows)
     for r in rows:
         assert r["max_mean_err_in_mc_se"] < 5 and r["max_var_err_in_mc_se"] < 5
+
+
+def test_classic_models_benchmark_compares_both_backends_with_nuts(tmp_path):
+    """``bench/classic_models.py`` on its two quickest models: a row per model and backend,
+    every figure finite (the figures themselves are the benchmark's)."""
+    path = tmp_path / "classic.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "classic_models.py"),
+                           "--models", "diabetes,robust", "--json", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    rows = json.loads(path.read_text())
+    assert {(r["model"], r["backend"]) for r in rows} == {
+        (m, b) for m in ("diabetes", "robust") for b in ("numpyro", "pymc")}
+    assert all(math.isfinite(r["max_z"]) and r["numbers"] > 0 for r in rows)

@@ -305,9 +305,10 @@ def robust_regression():
 @pytest.mark.slow  # fits to convergence
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_dense_step_settles_on_a_robust_regression_from_every_seed(backend):
-    """The dense step is taken only while the running curvature matrix is positive
-    definite: before that gate, 3 of 8 seeds (either backend) cycled here, with the
-    ELBO ~170 nats below the optimum's and swinging by ~100 nats, q(sigma) 17 NUTS sds off."""
+    """Along a direction the running dense curvature calls non-positive, the dense step
+    is no longer than the diagonal step there (klqp.steps.dense_direction): with |lambda|
+    alone 3 of 8 seeds (either backend) cycled here, the ELBO ~170 nats below the
+    optimum's and swinging by ~100 nats, q(sigma) 17 NUTS sds off."""
     model, data = robust_regression()
     ends = []
     for seed in range(4):
