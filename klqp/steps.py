@@ -48,7 +48,10 @@ One step on a minibatch B of b rows:
    on the newest sample, ``curvature_weight``, shrinks like the step size with
    minibatches: a fixed horizon would keep a floor of sampling noise in c, and with it a
    bias in s = sqrt(beta / c) that no number of steps removes). Each global number with c > 0 then takes a natural-gradient
-   step m <- m + rho_t * dJ/dm / c and moves its scale toward the one the objective's
+   step m <- m + rho_t * dJ/dm / c, rho_t capped at the exact line search's optimum
+   along that direction (``line_step_size``: one more Hessian-vector product, so that
+   numbers the curvature couples, which the diagonal step moves together, never
+   overshoot jointly), and moves its scale toward the one the objective's
    optimum has at that curvature, s = sqrt(beta_global / c) (both changes clipped to
    ``max_change``); a number whose averaged curvature is not positive takes Adam's step
    of ``learning_rate`` and keeps its scale's Adam step. A block of up to ``dense_max``
@@ -87,6 +90,7 @@ __all__ = ["LocalStep", "RowAdam", "GlobalStep", "Rule", "resolve_local_step", "
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
            "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_direction",
+           "line_step_size",
            "coupling",
            "natural_gradient_loc", "curvature_scale", "global_update", "row_adam",
            "running_average",
@@ -413,7 +417,8 @@ def describe(model, local_step, global_step) -> list[str]:
     else:
         if global_step.uses_curvature(size):
             lines.append(f"    global {', '.join(globals_)} ({size} numbers): natural-gradient "
-                         f"steps (step size {_schedule_text(global_step.step_size)}), q's scales "
+                         f"steps (step size {_schedule_text(global_step.step_size)}, capped at "
+                         "the line search's optimum along the diagonal step), q's scales "
                          "from the expected curvature E_q[-diag H],")
             batches = getattr(global_step.step_size, "num_batches", None)
             weight = (f"{global_step.curvature_decay:g} x min(step size, 1) on the newest, "
@@ -673,6 +678,27 @@ def coupling(xp, curvature_matrix):
     return xp.where(xp.all(diagonal > 0), xp.max(xp.sum(off, axis=1)), 0.0)
 
 
+def line_step_size(xp, step_size, ascent, direction, curvature_along):
+    """rho_t capped at the exact line search's optimum along the diagonal step's
+    direction u = dJ/dm / c for the quadratic model of J there: t* = (dJ/dm . u) /
+    (u^T (-H) u), ``curvature_along`` = u^T (-H) u (a Hessian-vector product at the
+    step's draws). For a diagonal H, t* = 1: nothing changes; where the numbers are
+    coupled (a random walk's increments, a funnel's scale and its effects) the diagonal
+    step overshoots by 1 / t* and is cut to the line's optimum. Never lengthened;
+    unchanged where u^T (-H) u <= 0.
+
+    >>> import numpy as np
+    >>> H = -np.array([[1.0, 0.9], [0.9, 1.0]])          # two coupled numbers
+    >>> g = np.array([1.0, 1.0]); u = g / -np.diag(H)
+    >>> round(float(line_step_size(np, 1.0, g, u, u @ (-H) @ u)), 4)   # 1 / (1 + 0.9)
+    0.5263
+    """
+    slope = xp.sum(ascent * direction)
+    usable = (curvature_along > 0) & (slope > 0)
+    optimum = slope / xp.where(usable, curvature_along, 1.0)
+    return xp.where(usable, xp.minimum(step_size, optimum), step_size)
+
+
 def natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback, max_change):
     """loc + step_size * ascent / curvature where the curvature is positive, else
     ``fallback`` (Adam's step). ``ascent`` = dJ/dloc, J the weighted log joint (minus
@@ -716,7 +742,8 @@ def curvature_weight(xp, rule: GlobalStep, step_size):
 
 
 def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sample, running,
-                  beta_global, fallback_loc, fallback_scale, matrix=None, column=None):
+                  beta_global, fallback_loc, fallback_scale, matrix=None, column=None,
+                  curvature_along=None):
     """One global step on the flat global block (D numbers; the module docstring, 2.):
     returns (new loc, new scale, new running curvature, new dense matrix or None).
 
@@ -745,7 +772,11 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
         # preconditioned by the whole matrix, the scales from its diagonal
         correlated = (step >= size - 1) & (coupling(xp, matrix) > rule.dense_threshold)
         curvature = xp.where(correlated, xp.diagonal(matrix), curvature)
-    new_loc = natural_gradient_loc(xp, loc, ascent, curvature, step_size, fallback_loc,
+    line_size = step_size
+    if curvature_along is not None:  # the diagonal step cut at its line's optimum
+        direction = xp.where(curvature > 0, ascent / xp.maximum(curvature, MIN_CURVATURE), 0.0)
+        line_size = line_step_size(xp, step_size, ascent, direction, curvature_along(direction))
+    new_loc = natural_gradient_loc(xp, loc, ascent, curvature, line_size, fallback_loc,
                                    rule.max_change)
     if matrix is not None:
         direction = dense_direction(xp, matrix, ascent)

@@ -198,7 +198,7 @@ class Stepper:
         return out
 
     def global_curvature(self, params: dict, batch: dict, noise: dict, weights: dict,
-                         probe=None, column=None):
+                         probe=None, column=None, line=False):
         """The global step's curvature sample, from Hessian-vector products of H = d^2 J /
         d theta^2 at the global draw theta = m + s * eps (averaged with m - s * eps under
         the antithetic pair), J the weighted full-data log joint estimated from the batch:
@@ -210,7 +210,8 @@ class Stepper:
         the diagonal, -(r / s) * H (s * r) ({global: array}). ``column`` (an index j,
         traced): the exact column -H e_j, flat (D,) in model order. Both: the pair.
         Neither: the exact diagonal -diag H (D products: for tests and inspection, not
-        for training)."""
+        for training). ``line``: also (last) the function u -> u^T (-H) u at the first
+        draw, for the diagonal step's line search (``klqp.steps.line_step_size``)."""
         model, n = self.model, self.problem.total_size
         params_v, batch_v, noise_v, row_weights = self._virtual(params, batch, noise)
         rows = batch_v[model.row_column].shape[0]
@@ -251,4 +252,8 @@ class Stepper:
             out.append(self.unflat_globals(rule.probe_curvature(jnp, products[0], probe, scale)))
         if column is not None:
             out.append(-products[-1])
+        if line:
+            # at the first draw only: a cap on the step needs no antithetic average
+            out.append(lambda u: -jnp.sum(u * jax.jvp(grad, (draws[0],),
+                                                      (jax.lax.stop_gradient(u),))[1]))
         return out[0] if len(out) == 1 else tuple(out)

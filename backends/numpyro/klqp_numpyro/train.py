@@ -242,10 +242,13 @@ class Trainer:
             flat, unflat = st.flat_globals, st.unflat_globals
             probe = draw_probe(self.problem, key)
             curvature = global_state["curvature"]
-            sample, column = (st.global_curvature(params, batch, noise, w, probe=probe,
-                                                  column=step % st.global_size) if st.dense
-                              else (st.global_curvature(params, batch, noise, w, probe=probe),
-                                    None))
+            if st.dense:
+                sample, column, along = st.global_curvature(
+                    params, batch, noise, w, probe=probe, column=step % st.global_size,
+                    line=True)
+            else:
+                (sample, along), column = st.global_curvature(params, batch, noise, w,
+                                                              probe=probe, line=True), None
             loc, raw = ({k: p[part] for k, p in dense.items() if k in new_globals}
                         for part in ("loc", "raw_scale"))
             fallback = {part: {k: adam_dense[k][part] for k in new_globals}
@@ -257,7 +260,7 @@ class Trainer:
                 sample=flat(sample), running=flat(curvature["diagonal"]),
                 beta_global=w["beta_global"], fallback_loc=flat(fallback["loc"]),
                 fallback_scale=flat(jax.tree.map(jax.nn.softplus, fallback["raw_scale"])),
-                matrix=curvature.get("matrix"), column=column)
+                matrix=curvature.get("matrix"), column=column, curvature_along=along)
             out["curvature"] = {"diagonal": unflat(running)}
             if st.dense:
                 out["curvature"]["matrix"] = matrix

@@ -186,7 +186,7 @@ def amortized_locations(problem: Problem, columns: dict, point: dict) -> dict:
 
 def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, global_scale_flat,
                      global_eps_flat, probe, local_u: dict, row_weights, weights: dict,
-                     antithetic: bool, column=None):
+                     antithetic: bool, column=None, line: bool = False):
     """The global step's curvature sample (``klqp.steps.probe_curvature``): -(r / s) * H v
     at v = s * r (r = ``probe``, flat (D,)), H = d^2 J / d theta^2 at the global draw theta
     = m + s * eps (and averaged with m - s * eps when ``antithetic``), J = (N/b) sum_rows
@@ -194,7 +194,8 @@ def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, glo
     (``klqp.objective.weighted_rows`` / ``weighted_global``), the locals held
     at ``local_u`` (per virtual row). Two Hessian-vector products (reverse over reverse),
     whatever D is. With ``column`` (an index j, symbolic): also the exact column -H e_j
-    at the same draws, and the pair is returned."""
+    at the same draws, and the pair is returned. ``line``: also (last) the function
+    u -> u^T (-H) u at the first draw (``klqp.steps.line_step_size``)."""
     d = int(global_loc_flat.type.shape[0])
     theta = pt.tensor("theta_flat", dtype=float_dtype(), shape=(d,))
     local_u = {k: disconnected_grad(a) for k, a in local_u.items()}
@@ -209,8 +210,11 @@ def global_curvature(problem: Problem, row_model: RowModel, global_loc_flat, glo
         hessian_v = pytensor.grad((gradient * disconnected_grad(v)).sum(), theta)
         return sum(graph_replace(hessian_v, {theta: draw}, strict=False) for draw in draws) / len(draws)
 
-    sample = rule.probe_curvature(pt, hessian_times(scale * probe), probe, scale)
-    if column is None:
-        return sample
-    one_hot = pt.cast(pt.eq(pt.arange(d), column), float_dtype())
-    return sample, -hessian_times(one_hot)
+    out = [rule.probe_curvature(pt, hessian_times(scale * probe), probe, scale)]
+    if column is not None:
+        out.append(-hessian_times(pt.cast(pt.eq(pt.arange(d), column), float_dtype())))
+    if line:  # at the first draw only: a cap on the step needs no antithetic average
+        out.append(lambda u: -(u * graph_replace(pytensor.grad(
+            (gradient * disconnected_grad(u)).sum(), theta), {theta: draws[0]},
+            strict=False)).sum())
+    return out[0] if len(out) == 1 else tuple(out)

@@ -320,15 +320,16 @@ class Trainer:
         column = self.step % size
         out = global_curvature(problem, row_model, mu, pt.softplus(rho), eps, self._probe, local,
                                row_weights, weights, antithetic=gs.antithetic,
-                               column=column if self.rule.dense else None)
-        sample, column_values = out if self.rule.dense else (out, None)
+                               column=column if self.rule.dense else None, line=True)
+        sample, column_values, along = out if self.rule.dense else (out[0], None, out[1])
         floatx = float_dtype()
         new_mu, scale, running, matrix = steps_rule.global_update(
             pt, gs, self.step, pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), floatx),
             mu, pt.softplus(rho), ascent=-grad_mu / self.lowered.cost_scale, sample=sample,
             running=self.curvature, beta_global=weights["beta_global"],
             fallback_loc=updates[mu], fallback_scale=pt.softplus(updates[rho]),
-            matrix=self.curvature_matrix if self.rule.dense else None, column=column_values)
+            matrix=self.curvature_matrix if self.rule.dense else None, column=column_values,
+            curvature_along=along)
         if self.rule.dense:
             updates[self.curvature_matrix] = pt.cast(matrix, floatx)
         updates[mu] = pt.cast(new_mu, floatx)
