@@ -318,3 +318,29 @@ def test_the_dense_step_settles_on_a_robust_regression_from_every_seed(backend):
         ends.append([float(r.q(k)["loc"]) for k in ("a", "b", "sigma", "nu")])
     ends = np.array(ends)
     assert np.max(ends.max(0) - ends.min(0)) < 0.03, ends
+
+
+def random_walk_volatility(days=200):
+    """A stochastic-volatility model (bench/classic_models.py's "volatility"): the log
+    variance is a Gaussian random walk, h = mu + sigma * cumsum(z), 202 global numbers
+    whose curvature couples every z_k to all later days."""
+    rng = np.random.default_rng(2)
+    h = np.cumsum(0.2 * rng.normal(size=days)) - 1.0
+    with kq.Model("volatility") as model:
+        t = kq.Data("t", shape=(), dtype="int")
+        mu = kq.Global("mu", kq.Normal(-1.0, 2.0))
+        sigma = kq.Global("sigma", kq.HalfNormal(0.5))
+        z = kq.Global("z", kq.Normal(0.0, 1.0), shape=(days,))
+        kq.Observed("y", kq.Normal(0.0, kq.exp((mu + sigma * kq.cumsum(z))[t] / 2)))
+    return model, {"t": np.arange(days), "y": np.exp(h / 2) * rng.normal(size=days)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coupled_numbers_never_overshoot_together(backend):
+    """The diagonal step's size is capped at the line search's optimum along it
+    (klqp.steps.line_step_size): without the cap one step moved the random walk by
+    hundreds and the ELBO fell to -1e42 (NumPyro) / -1e11 (PyMC)."""
+    model, data = random_walk_volatility()
+    r = kq.fit(model, data, backend=backend, steps=200, seed=0, progress=False)
+    elbo = r.history["elbo"]  # one draw a step: a rare draw of this model is extreme
+    assert np.percentile(elbo, 10) > -1e4, np.percentile(elbo, 10)
