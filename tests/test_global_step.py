@@ -5,6 +5,8 @@ curvature estimate equal on both backends."""
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,19 +289,12 @@ def test_nonfinite_advice_names_the_settings_that_drive_the_failing_step():
     assert "global 'theta' takes the natural-gradient step" in watch.message()
 
 
-def robust_regression():
-    """Student-t regression with unknown degrees of freedom (Stan's / PyMC's robust
-    regression; bench/classic_models.py's "robust"): sigma and nu are strongly coupled."""
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=500)
-    y = 1.0 + 2.0 * x + 0.5 * rng.standard_t(3, size=500)
-    with kq.Model("robust") as model:
-        xd = kq.Data("x", shape=())
-        a, b = kq.Global("a", kq.Normal(0.0, 5.0)), kq.Global("b", kq.Normal(0.0, 5.0))
-        sigma = kq.Global("sigma", kq.HalfNormal(2.0))
-        nu = kq.Global("nu", kq.Gamma(2.0, 0.1))
-        kq.Observed("y", kq.StudentT(nu, a + b * xd, sigma))
-    return model, {"x": x, "y": y}
+def _classic(name: str):
+    """A model of bench/classic_models.py (one copy; figures in bench/README.md):
+    (klqp model, data)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import classic_models
+    return classic_models.CASES[name]()[:2]
 
 
 @pytest.mark.slow  # fits to convergence
@@ -309,7 +304,7 @@ def test_the_dense_step_settles_on_a_robust_regression_from_every_seed(backend):
     is no longer than the diagonal step there (klqp.steps.dense_direction): with |lambda|
     alone 3 of 8 seeds (either backend) cycled here, the ELBO ~170 nats below the
     optimum's and swinging by ~100 nats, q(sigma) 17 NUTS sds off."""
-    model, data = robust_regression()
+    model, data = _classic("robust")  # Student-t regression, unknown nu
     ends = []
     for seed in range(4):
         r = kq.fit(model, data, backend=backend, seed=seed, progress=False)
@@ -320,27 +315,12 @@ def test_the_dense_step_settles_on_a_robust_regression_from_every_seed(backend):
     assert np.max(ends.max(0) - ends.min(0)) < 0.03, ends
 
 
-def random_walk_volatility(days=200):
-    """A stochastic-volatility model (bench/classic_models.py's "volatility"): the log
-    variance is a Gaussian random walk, h = mu + sigma * cumsum(z), 202 global numbers
-    whose curvature couples every z_k to all later days."""
-    rng = np.random.default_rng(2)
-    h = np.cumsum(0.2 * rng.normal(size=days)) - 1.0
-    with kq.Model("volatility") as model:
-        t = kq.Data("t", shape=(), dtype="int")
-        mu = kq.Global("mu", kq.Normal(-1.0, 2.0))
-        sigma = kq.Global("sigma", kq.HalfNormal(0.5))
-        z = kq.Global("z", kq.Normal(0.0, 1.0), shape=(days,))
-        kq.Observed("y", kq.Normal(0.0, kq.exp((mu + sigma * kq.cumsum(z))[t] / 2)))
-    return model, {"t": np.arange(days), "y": np.exp(h / 2) * rng.normal(size=days)}
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coupled_numbers_never_overshoot_together(backend):
     """The diagonal step's size is capped at the line search's optimum along it
     (klqp.steps.line_step_size): without the cap one step moved the random walk by
     hundreds and the ELBO fell to -1e42 (NumPyro) / -1e11 (PyMC)."""
-    model, data = random_walk_volatility()
+    model, data = _classic("volatility")  # h = mu + sigma cumsum(z), 202 numbers
     r = kq.fit(model, data, backend=backend, steps=200, seed=0, progress=False)
     elbo = r.history["elbo"]  # one draw a step: a rare draw of this model is extreme
     assert np.percentile(elbo, 10) > -1e4, np.percentile(elbo, 10)
