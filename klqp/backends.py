@@ -15,9 +15,10 @@ backend-specific.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from numbers import Integral
 from typing import Any
 
-__all__ = ["available", "get", "register"]
+__all__ = ["available", "get", "register", "check_one_device"]
 
 _REGISTERED: dict[str, Any] = {}
 _LOADED: dict[str, Any] = {}
@@ -54,3 +55,19 @@ def get(name: str) -> Any:
         backend = eps[name].load()
     _LOADED[name] = backend() if isinstance(backend, type) else backend
     return _LOADED[name]
+
+
+def check_one_device(devices, why: str) -> None:
+    """Refuse ``backend_options["devices"]`` other than 1, a list of one device or left
+    out, for a backend (or a call) that runs on one device; ``why`` says why and what to
+    do instead.
+
+    >>> check_one_device(1, "")
+    >>> check_one_device(2, "this backend runs on one device")
+    Traceback (most recent call last):
+    ValueError: backend_options['devices']=2: this backend runs on one device
+    """
+    if devices is None or (isinstance(devices, (list, tuple)) and len(devices) == 1) or (
+            isinstance(devices, Integral) and not isinstance(devices, bool) and devices == 1):
+        return
+    raise ValueError(f"backend_options['devices']={devices!r}: {why}")

@@ -73,17 +73,20 @@ class ProgramCache:
             self._entries.append((key, program))
             del self._entries[:-self.size or None]
 
-    def take_for(self, model, key) -> Any:
-        """``take`` under (the model's ``structure_key``, ``key``); None for a model that
-        JSON cannot hold (never cached)."""
-        structure = structure_key(model)
-        return None if structure is None else self.take((structure, key))
+    def take_for(self, problem, key) -> Any:
+        """``take`` under (the model's ``structure_key``, ``key``), adopted for ``problem``
+        (``program.adopt(problem)``: a problem of the same structure, other data); None
+        for a model that JSON cannot hold (never cached)."""
+        structure = structure_key(problem.model)
+        program = None if structure is None else self.take((structure, key))
+        return None if program is None else program.adopt(problem)
 
-    def give_back_for(self, model, key, program) -> None:
-        """``give_back`` under (the model's ``structure_key``, ``key``), if it has one."""
-        structure = structure_key(model)
+    def give_back_for(self, problem, key, program) -> None:
+        """``give_back`` under (the model's ``structure_key``, ``key``), if it has one,
+        released first (``program.release()``: a waiting program holds no data)."""
+        structure = structure_key(problem.model)
         if structure is not None:
-            self.give_back((structure, key), program)
+            self.give_back((structure, key), program.release())
 
     def clear(self) -> None:
         with self._lock:
@@ -91,6 +94,20 @@ class ProgramCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Adoptable:
+    """What a cached program needs when all it holds of a fit is ``problem``."""
+
+    problem: Any = None
+
+    def adopt(self, problem) -> "Adoptable":
+        self.problem = problem
+        return self
+
+    def release(self) -> "Adoptable":
+        self.problem = None  # neither the model nor the data stay alive in the cache
+        return self
 
 
 #: Every backend's cache, so ``clear`` frees them all.

@@ -23,9 +23,11 @@ from . import transforms
 from .distributions import VALUE_EVENT_DIMS, split_mixture
 from .expr import scipy_gammaln as _gammaln
 
-__all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS", "per_value"]
+__all__ = ["logpdf", "sample", "FAMILIES", "EVENT_DIMS", "per_value", "continuous_bernoulli_logp",
+           "ordered_logistic_logp", "half_cauchy_logp", "half_student_t_logp", "log1mexp"]
 
 _LOG_2PI = np.log(2.0 * np.pi)
+_LOG_2, _LOG_PI = float(np.log(2.0)), float(np.log(np.pi))
 
 
 def _logits(p: dict):
@@ -51,6 +53,11 @@ def continuous_bernoulli_log_norm(logits, xp=np):
     return xp.where(small, xp.log(2.0 + a * a / 6.0), xp.log(safe / xp.tanh(safe / 2)))
 
 
+def continuous_bernoulli_logp(x, logits, xp=np):
+    """log p(x) = x l - softplus(l) + log C(l) of a ContinuousBernoulli with logits l."""
+    return x * logits - xp.logaddexp(0.0, logits) + continuous_bernoulli_log_norm(logits, xp)
+
+
 def _categorical(x, logits):
     shifted = logits - logits.max(axis=-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -58,37 +65,58 @@ def _categorical(x, logits):
     return np.take_along_axis(logp, np.asarray(x, dtype=int)[..., None], axis=-1)[..., 0]
 
 
-def _log_sigmoid(x):
-    return -np.logaddexp(0.0, -x)
-
-
-def _log1mexp(x):
+def log1mexp(x, xp=np):
     """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > -np.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+    return xp.where(x > -_LOG_2, xp.log(-xp.expm1(x)), xp.log1p(-xp.exp(x)))
+
+
+def ordered_logistic_logp(y, eta, cutpoints, xp=np):
+    """log P(y = k) of an OrderedLogistic (labels 0..K-1, the K-1 cutpoints on the last
+    axis), with a = eta - c_{k-1}, b = eta - c_k: sigmoid(a) - sigmoid(b) = sigmoid(a)
+    sigmoid(-b) (1 - exp(b - a)), so log P = log_sigmoid(a) + log_sigmoid(-b) +
+    log1mexp(c_{k-1} - c_k), a term left out where its cutpoint is infinite (k = 0:
+    c_{-1} = -inf; k = K-1: c_{K-1} = +inf); -inf outside 0..K-1. The libraries' own
+    take the log of a difference of sigmoids (-inf, and NaN gradients, once a
+    probability underflows). ``xp``: the array namespace, one formula for every backend.
+
+    >>> round(float(np.exp(ordered_logistic_logp(1, 0.0, np.array([-1.0, 1.0])))), 6)
+    0.462117
+    """
+    last = cutpoints.shape[-1]  # K - 1
+    at = xp.arange(last)
+    label = xp.expand_dims(y, -1)
+    lo = xp.sum(xp.where(xp.equal(at, label - 1), cutpoints, 0.0), axis=-1)  # c_{y-1}
+    hi = xp.sum(xp.where(xp.equal(at, label), cutpoints, 0.0), axis=-1)      # c_y
+    has_lo, has_hi = y > 0, y < last
+    inner = has_lo & has_hi
+    log_sigmoid = lambda x: -xp.logaddexp(0.0, -x)  # noqa: E731
+    out = (xp.where(has_lo, log_sigmoid(eta - lo), 0.0)
+           + xp.where(has_hi, log_sigmoid(hi - eta), 0.0)
+           + xp.where(inner, log1mexp(xp.where(inner, lo - hi, -1.0), xp), 0.0))
+    return xp.where((y >= 0) & (y <= last), out, -np.inf)
+
+
+def half_cauchy_logp(x, beta, xp=np):
+    """log p(x) = log(2 / pi) - log(beta) - log1p((x / beta)^2) on x >= 0 (constants as
+    Python floats: PyMC's own adds log 2 of an int8, computed in float32)."""
+    res = _LOG_2 - _LOG_PI - xp.log(beta) - xp.log1p((x / beta) ** 2)
+    return xp.where(x < 0, -np.inf, res)
+
+
+def half_student_t_logp(x, nu, sigma, xp=np, gammaln=_gammaln):
+    """log 2 + StudentT(nu, 0, sigma)'s log p(x) on x >= 0."""
+    res = (_LOG_2 + gammaln((nu + 1.0) / 2.0) - gammaln(nu / 2.0) - 0.5 * xp.log(nu * np.pi)
+           - xp.log(sigma) - (nu + 1.0) / 2.0 * xp.log1p((x / sigma) ** 2 / nu))
+    return xp.where(x < 0, -np.inf, res)
 
 
 def _ordered_logistic(x, eta, cutpoints):
-    """log P(y = k) of an OrderedLogistic, with a = eta - c_{k-1}, b = eta - c_k:
-    sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(b - a)), so log P =
-    log_sigmoid(a) + log_sigmoid(-b) + log1mexp(c_{k-1} - c_k), a term left out where its
-    cutpoint is infinite (k = 0: c_{-1} = -inf; k = K-1: c_{K-1} = +inf). Labels outside
-    0..K-1 have log P = -inf."""
-    k = cutpoints.shape[-1] + 1
-    shape = np.broadcast_shapes(np.shape(x), np.shape(eta), cutpoints.shape[:-1])
-    y = np.broadcast_to(x, shape)
-    eta = np.broadcast_to(eta, shape)
-    c = np.broadcast_to(cutpoints, shape + cutpoints.shape[-1:])
-    valid = (y >= 0) & (y <= k - 1) & (y == np.round(y))
-    label = np.where(valid, y, 0).astype(int)
-    lo = np.take_along_axis(c, np.clip(label - 1, 0, k - 2)[..., None], axis=-1)[..., 0]
-    hi = np.take_along_axis(c, np.clip(label, 0, k - 2)[..., None], axis=-1)[..., 0]
-    has_lo, has_hi = label > 0, label < k - 1
-    inner = has_lo & has_hi
-    out = (np.where(has_lo, _log_sigmoid(eta - lo), 0.0)
-           + np.where(has_hi, _log_sigmoid(hi - eta), 0.0)
-           + np.where(inner, _log1mexp(np.where(inner, lo - hi, -1.0)), 0.0))
-    return np.where(valid, out, -np.inf)
+    """NumPy's: labels that are not whole numbers have log P = -inf."""
+    x, cutpoints = np.asarray(x), np.asarray(cutpoints)
+    whole = x == np.round(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = ordered_logistic_logp(np.where(whole, x, -1), eta, cutpoints)
+    return np.where(whole, out, -np.inf)
 
 
 def _mv_normal(x, mu, chol):
@@ -141,14 +169,9 @@ _FAMILIES = {
                               + x * _logits(p) - p["n"] * np.logaddexp(0.0, _logits(p))),
     "Poisson": lambda x, p: x * np.log(p["mu"]) - p["mu"] - _gammaln(x + 1),
     "Categorical": lambda x, p: _categorical(x, p["logits"]),
-    "ContinuousBernoulli": lambda x, p: (x * _logits(p) - np.logaddexp(0.0, _logits(p))
-                                         + continuous_bernoulli_log_norm(_logits(p))),
-    "HalfCauchy": lambda x, p: (np.log(2.0 / np.pi) - np.log(p["beta"])
-                                - np.log1p((x / p["beta"]) ** 2)),
-    "HalfStudentT": lambda x, p: (np.log(2.0) + _gammaln((p["nu"] + 1) / 2)
-                                  - _gammaln(p["nu"] / 2) - 0.5 * np.log(p["nu"] * np.pi)
-                                  - np.log(p["sigma"]) - (p["nu"] + 1) / 2
-                                  * np.log1p((x / p["sigma"]) ** 2 / p["nu"])),
+    "ContinuousBernoulli": lambda x, p: continuous_bernoulli_logp(x, _logits(p)),
+    "HalfCauchy": lambda x, p: half_cauchy_logp(x, p["beta"]),
+    "HalfStudentT": lambda x, p: half_student_t_logp(x, p["nu"], p["sigma"]),
     "Cauchy": lambda x, p: (-np.log(np.pi) - np.log(p["beta"])
                             - np.log1p(((x - p["alpha"]) / p["beta"]) ** 2)),
     "Laplace": lambda x, p: -np.log(2.0 * p["b"]) - np.abs(x - p["mu"]) / p["b"],

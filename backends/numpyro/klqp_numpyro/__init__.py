@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from klqp import objective
+from klqp.backends import check_one_device
 from klqp.compiled import CompiledObjective
 from klqp.problem import FitConfig, Problem
 
@@ -119,10 +120,8 @@ class NumPyroBackend:
     name = "numpyro"
 
     def compile(self, problem: Problem, local_step=None, devices=None) -> NumPyroObjective:
-        if not (devices is None or devices == 1 or (isinstance(devices, (list, tuple))
-                                                     and len(devices) == 1)):
-            raise ValueError(f"backend_options['devices']={devices!r}: kq.compile evaluates the "
-                             "objective on one device; several devices are for kq.fit")
+        check_one_device(devices, "kq.compile evaluates the objective on one device; several "
+                         "devices are for kq.fit")
         if problem.data is None:
             raise ValueError("kq.compile needs in-memory data (a dict of arrays)")
         return NumPyroObjective(problem, local_step)

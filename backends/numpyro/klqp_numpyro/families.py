@@ -18,7 +18,7 @@ from jax.scipy.special import gammaln
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from klqp.densities import continuous_bernoulli_log_norm
+from klqp.densities import continuous_bernoulli_logp, ordered_logistic_logp
 from klqp.distributions import interval_bounds, split_mixture
 from klqp.expr import ArrayOps, evaluate
 from klqp.transforms import ON_U, corr_cholesky_inverse, log_prior_on_u, value_on_u
@@ -47,8 +47,7 @@ class ContinuousBernoulli(dist.Distribution):
         super().__init__(batch_shape=jnp.shape(logits), validate_args=validate_args)
 
     def log_prob(self, value):
-        return (value * self.logits - jax.nn.softplus(self.logits)
-                + continuous_bernoulli_log_norm(self.logits, jnp))
+        return continuous_bernoulli_logp(value, self.logits, jnp)
 
 
 class HalfStudentT(dist.Distribution):
@@ -121,11 +120,6 @@ class ZeroInflatedNegativeBinomial(dist.Distribution):
         return jnp.where(value == 0, jnp.logaddexp(jnp.log1p(-self.psi), nonzero), nonzero)
 
 
-def _log1mexp(x):
-    """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
-    return jnp.where(x > -jnp.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
-
-
 class PriorOnU(dist.Distribution):
     """The prior of a Global whose density klqp writes on its unconstrained numbers u
     (klqp.transforms.ON_U): a Dirichlet's u = (x, a), an LKJCholesky's (K, K) numbers;
@@ -167,10 +161,9 @@ class PriorOnU(dist.Distribution):
 
 class OrderedLogistic(dist.Distribution):
     """PyMC's pm.OrderedLogistic(eta, cutpoints): labels 0..K-1, the K-1 cutpoints on the
-    last axis. NumPyro's dist.OrderedLogistic takes log(probs) of differences of
-    sigmoids (-inf, and NaN gradients, once a probability underflows); here log P(y = k) =
-    log_sigmoid(eta - c_{k-1}) + log_sigmoid(c_k - eta) + log1mexp(c_{k-1} - c_k), each
-    term left out at an end. Its draws are NumPyro's."""
+    last axis, log P on log-sigmoids (``klqp.densities.ordered_logistic_logp``: NumPyro's
+    dist.OrderedLogistic takes log(probs) of differences of sigmoids). Its draws are
+    NumPyro's."""
 
     arg_constraints = {"eta": constraints.real, "cutpoints": constraints.ordered_vector}
     support = constraints.nonnegative_integer
@@ -186,16 +179,7 @@ class OrderedLogistic(dist.Distribution):
             key, sample_shape)
 
     def log_prob(self, value):
-        c, last = self.cutpoints, self.cutpoints.shape[-1]  # K - 1
-        y = jnp.asarray(value)[..., None]
-        at = jnp.arange(last)
-        lo = jnp.sum(jnp.where(at == y - 1, c, 0.0), -1)  # c_{y-1} (0 where y = 0)
-        hi = jnp.sum(jnp.where(at == y, c, 0.0), -1)      # c_y (0 where y = K-1)
-        has_lo, has_hi = value > 0, value < last
-        inner = has_lo & has_hi
-        return (jnp.where(has_lo, jax.nn.log_sigmoid(self.eta - lo), 0.0)
-                + jnp.where(has_hi, jax.nn.log_sigmoid(hi - self.eta), 0.0)
-                + jnp.where(inner, _log1mexp(jnp.where(inner, lo - hi, -1.0)), 0.0))
+        return ordered_logistic_logp(value, self.eta, self.cutpoints, jnp)
 
 
 def _family(family: str, p: dict):

@@ -100,7 +100,7 @@ class Program:
 
     def close(self) -> None:
         if self.cache_key is not None:
-            TRAINERS.give_back_for(self.problem.model, self.cache_key, self.trainer.release())
+            TRAINERS.give_back_for(self.problem, self.cache_key, self.trainer)
             self.cache_key = None
 
 
@@ -112,7 +112,6 @@ def fit(problem: Problem, config: FitConfig, trainer: Trainer | None = None,
     structure is reused (``TRAINERS``)."""
     key = trainer_key(problem, config) if trainer is None and place is None and host is None \
         else None
-    cached = None if key is None else TRAINERS.take_for(problem.model, key)
-    trainer = trainer or (cached.adopt(problem) if cached is not None else
-                          Trainer(problem, config, place, host))
+    cached = None if key is None else TRAINERS.take_for(problem, key)
+    trainer = trainer or cached or Trainer(problem, config, place, host)
     return loop.run(problem, config, Program(problem, config, trainer, key))

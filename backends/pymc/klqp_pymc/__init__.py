@@ -23,17 +23,16 @@ import pytensor
 import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
 
+from klqp.backends import check_one_device
 from klqp.compiled import TERM_KEYS, CompiledObjective
-from klqp.expr import evaluate
 from klqp.problem import FitConfig, Problem
 from klqp.results import FitResult
 
 from . import modes
 from .lowering import Lowered, lower, weight_tensors
 from .program import fit as _fit
-from .steps import (LocalSolver, RowModel, amortized_locations, global_curvature, split_flat,
-                    tile_rows)
-from .tensors import (Batch, PytensorOps, QParams, as_column, as_float, float_dtype,
+from .steps import LocalSolver, RowModel, amortized_q, global_curvature, split_flat, tile_rows
+from .tensors import (Batch, QParams, as_column, as_float, float_dtype,
                       inv_softplus_pt)
 
 __all__ = ["PyMCBackend", "PyMCObjective"]
@@ -60,19 +59,16 @@ class PyMCObjective(CompiledObjective):
 
     def lowered(self, b: int) -> Lowered:
         """The PyMC model, approximation and operator for batches of ``b`` rows."""
-        return self._function(b)[1]
+        return self._function(b)[3]
 
     def _function(self, b: int, steps: bool = False):
         """The function for batches of ``b`` rows in the current floatX, compiled on first
-        use: the terms and gradient, or (``steps``) the step rule's pieces."""
+        use: (fn, the (latent, parameter) order of q's inputs, the noise's names, and the
+        terms' Lowered or the step pieces' (output names, shared weights))."""
         key = (steps, b, float_dtype())
-        if key not in self._functions:
-            self._functions[key] = (self._compile_steps if steps else self._compile)(*key[1:])
-        return self._functions[key]
-
-    def _inputs(self, b: int, floatx: str):
-        """Symbolic inputs: indices, step, q's parameters (N-row locals), noise, columns."""
-        spec, n = self.problem.model, self.problem.total_size
+        if key in self._functions:
+            return self._functions[key]
+        spec, n, floatx = self.problem.model, self.problem.total_size, key[2]
         indices = pt.tensor("indices", dtype="int64", shape=(b,))
         step = pt.scalar("step", dtype="int64")
         tensor = lambda name, shape: pt.tensor(name, dtype=floatx, shape=tuple(shape))
@@ -87,46 +83,52 @@ class PyMCObjective(CompiledObjective):
                 scale[v.name] = tensor(f"{v.name}_scale", rows + v.shape)
                 wrt[v.name] = {"loc": loc[v.name], "scale": scale[v.name]}
             if v.role in ("global", "local"):
-                rows = (b,) if v.role == "local" else ()
-                noise[v.name] = tensor(f"noise_{v.name}", rows + v.shape)
+                noise[v.name] = tensor(f"noise_{v.name}", ((b,) if v.role == "local" else ()) + v.shape)
         dtype = lambda k: "int64" if spec[k].dtype == "int" else floatx
         columns = {k: pt.tensor(f"column_{k}", dtype=dtype(k), shape=(b,) + a.shape[1:])
                    for k, a in self.problem.data.items()}
-        return indices, step, wrt, loc, scale, point, noise, columns
+        order = [(k, p) for k, ps in wrt.items() for p in ps]
+        inputs = ([indices, step] + [wrt[k][p] for k, p in order] + list(noise.values())
+                  + list(columns.values()))
+        build = self._step_outputs if steps else self._term_outputs
+        outputs, more_inputs, built = build(b, indices, step, loc, scale, point, noise, columns,
+                                            [wrt[k][p] for k, p in order])
+        start = time.perf_counter()
+        fn = pm_compile(inputs + more_inputs, outputs, **modes.compile_kwargs(self.mode))
+        self.compile_seconds += time.perf_counter() - start
+        self.compiles[("steps", b) if steps else b] += 1
+        self._functions[key] = (fn, order, list(noise), built)
+        return self._functions[key]
 
-    def _compile(self, b: int, floatx: str):
+    def _term_outputs(self, b, indices, step, loc, scale, point, noise, columns, wrt):
+        """The terms (TERM_KEYS) and the loss's gradient with respect to ``wrt``."""
         spec = self.problem.model
-        indices, step, wrt, loc, scale, point, noise, columns = self._inputs(b, floatx)
         rho = {k: inv_softplus_pt(s) for k, s in scale.items()}  # softplus(rho) = scale
         q = QParams(global_mu=_concat([loc[v.name] for v in spec.globals]),
                     global_rho=_concat([rho[v.name] for v in spec.globals]),
                     local_loc={v.name: loc[v.name][indices] for v in spec.free_locals},
                     local_rho={v.name: rho[v.name][indices] for v in spec.free_locals},
                     point=point)
-        batch = Batch(indices, columns, b)
-        lowered = lower(self.problem, batch, q, noise, step, stl=self.stl)
+        lowered = lower(self.problem, Batch(indices, columns, b), q, noise, step, stl=self.stl)
         loss = lowered.loss()
         records = lowered.records(loss)
-        order = [(k, p) for k, ps in wrt.items() for p in ps]
-        grads = pytensor.grad(loss, [wrt[k][p] for k, p in order])
-        inputs = ([indices, step] + [wrt[k][p] for k, p in order] + list(noise.values())
-                  + list(columns.values()))
-        start = time.perf_counter()
-        fn = pm_compile(inputs, [records[k] for k in TERM_KEYS] + grads,
-                        **modes.compile_kwargs(self.mode))
-        self.compile_seconds += time.perf_counter() - start
-        self.compiles[b] += 1
-        return fn, lowered, order, list(noise)
+        return [records[k] for k in TERM_KEYS] + pytensor.grad(loss, wrt), [], lowered
+
+    def _arguments(self, function, params, indices, noise, step) -> list:
+        """The inputs' values for ``function`` (noise left out: zeros), in its order."""
+        _, order, noise_names, _ = function
+        spec, noise = self.problem.model, noise or {}
+        args = [indices, np.int64(step)] + [as_float(params[k][p]) for k, p in order]
+        args += [as_float(noise[k]) if k in noise else
+                 as_float(np.zeros(((len(indices),) if spec[k].role == "local" else ())
+                                   + tuple(spec[k].shape))) for k in noise_names]
+        return args + [as_column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
 
     def _evaluate(self, params, indices, noise, step) -> list:
-        fn, lowered, order, noise_names = self._function(len(indices))
-        lowered.refresh_shared_weights()
-        args = [indices, np.int64(step)]
-        args += [as_float(params[k][p]) for k, p in order]
-        args += [as_float(noise[k]) for k in noise_names]
-        args += [as_column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
+        function = self._function(len(indices))
+        function[3].refresh_shared_weights()
         with modes.quiet_int64_truncation():
-            return fn(*args)
+            return function[0](*self._arguments(function, params, indices, noise, step))
 
     def _terms(self, params, indices, noise, step) -> dict:
         return dict(zip(TERM_KEYS, self._evaluate(params, indices, noise, step)))
@@ -134,83 +136,62 @@ class PyMCObjective(CompiledObjective):
     def _grad(self, params, indices, noise, step) -> dict:
         grads = self._evaluate(params, indices, noise, step)[len(TERM_KEYS):]
         out: dict = {}
-        for (k, p), g in zip(self._function(len(indices))[2], grads):
+        for (k, p), g in zip(self._function(len(indices))[1], grads):
             out.setdefault(k, {})[p] = g
         return out
 
     # -- the step rule's pieces (klqp.steps), deterministic for given rows ---------------------
-    def _compile_steps(self, b: int, floatx: str):
-        """One function of the parameters, rows and noise: the local step's new rows and
-        gain, the expectations it reads, and the global curvature the global step reads."""
-        problem, spec = self.problem, self.problem.model
-        indices, step, wrt, loc, scale, point, noise, columns = self._inputs(b, floatx)
+    def _step_outputs(self, b, indices, step, loc, scale, point, noise, columns, wrt):
+        """The local step's new rows and gain, the expectations it reads, and the global
+        curvature the global step reads (at a probe, an extra input)."""
+        problem, spec, floatx = self.problem, self.problem.model, float_dtype()
         weights, shared = weight_tensors(problem, step)
         global_loc = _concat([loc[v.name] for v in spec.globals])
-        amortized_loc = amortized_locations(problem, columns, point)
         outputs, names = [], []
-        local_u, row_weights = {}, pt.ones((b,), dtype=floatx)
+        amortized = amortized_q(problem, columns, point)
         if self.layout is not None:
-            solver = LocalSolver(problem, self.layout, self.local_rule, columns, point, b)
-            fixed = solver.fixed_values(split_flat(problem, global_loc), amortized_loc)
-            loc0 = solver.flat({k: loc[k][indices] for k in self.layout.names})
-            log_scale0 = pt.log(solver.flat({k: scale[k][indices] for k in self.layout.names}))
-            value, grad, hess = solver.expectations(loc0, log_scale0, fixed, weights)
-            new_loc, new_log_scale, gain = solver.newton(loc0, log_scale0, fixed, weights)
-            parts = {"loc": solver.unflat(new_loc, b), "scale": solver.unflat(pt.exp(new_log_scale), b),
-                     "grad": solver.unflat(grad, b), "hess": solver.unflat(hess, b)}
+            solver = LocalSolver(problem, self.local_rule, columns, point, b)
+            rows_loc = {k: loc[k][indices] for k in self.layout.names}
+            rows_scale = {k: scale[k][indices] for k in self.layout.names}
+            new_loc, new_scale, gain = solver.step(rows_loc, rows_scale, global_loc, weights)
+            value, grad, hess = solver.expectations(
+                solver.flat(rows_loc), pt.log(solver.flat(rows_scale)),
+                solver.fixed_values(split_flat(problem, global_loc), solver.amortized_loc), weights)
+            parts = {"loc": new_loc, "scale": new_scale, "grad": solver.unflat(grad, b),
+                     "hess": solver.unflat(hess, b)}
             for what, per in parts.items():
-                for k in self.layout.names:
-                    names.append((what, k))
-                    outputs.append(per[k])
+                names += [(what, k) for k in self.layout.names]
+                outputs += [per[k] for k in self.layout.names]
             names += [("value", None), ("gain", None)]
             outputs += [value, gain]
             p = self.layout.num_nodes
             node_u = solver.unflat(pt.repeat(solver.nodes, b, axis=0), p * b)
-            local_u = {k: tile_rows(parts["loc"][k], p) + tile_rows(parts["scale"][k], p) * node_u[k]
+            local_u = {k: tile_rows(new_loc[k], p) + tile_rows(new_scale[k], p) * node_u[k]
                        for k in self.layout.names}
-            row_model = solver.row_model
-            row_weights = pt.repeat(solver.node_weights, b)
-            local_u.update({k: tile_rows(a + _encoder_scale(problem, k, columns, point) * noise[k], p)
-                            for k, a in amortized_loc.items()})
+            row_model, row_weights = solver.row_model, pt.repeat(solver.node_weights, b)
         else:
-            row_model = RowModel(problem, columns, point, b)
-            for v in spec.locals:
-                if v.amortized:
-                    local_u[v.name] = amortized_loc[v.name] + _encoder_scale(
-                        problem, v.name, columns, point) * noise[v.name]
-                else:
-                    local_u[v.name] = loc[v.name][indices] + scale[v.name][indices] * noise[v.name]
-        probe = None
+            p, row_model, row_weights = 1, RowModel(problem, columns, point, b), pt.ones((b,), dtype=floatx)
+            local_u = {v.name: loc[v.name][indices] + scale[v.name][indices] * noise[v.name]
+                       for v in spec.free_locals}
+        local_u.update({k: tile_rows(m + s * noise[k], p) for k, (m, s) in amortized.items()})
+        probe = []
         if spec.globals:
-            probe = pt.tensor("probe", dtype=floatx, shape=(global_loc.type.shape[0],))
+            probe = [pt.tensor("probe", dtype=floatx, shape=(global_loc.type.shape[0],))]
             names.append(("curvature", None))
             outputs.append(global_curvature(
                 problem, row_model, global_loc, _concat([scale[v.name] for v in spec.globals]),
-                _concat([noise[v.name] for v in spec.globals]), probe, local_u, row_weights,
+                _concat([noise[v.name] for v in spec.globals]), probe[0], local_u, row_weights,
                 weights, antithetic=False))
-        inputs = ([indices, step] + [wrt[k][q] for k in wrt for q in wrt[k]]
-                  + list(noise.values()) + list(columns.values())
-                  + ([probe] if probe is not None else []))
-        start = time.perf_counter()
-        fn = pm_compile(inputs, outputs, **modes.compile_kwargs(self.mode))
-        self.compile_seconds += time.perf_counter() - start
-        self.compiles[("steps", b)] += 1
-        order = [(k, q) for k in wrt for q in wrt[k]]
-        return fn, names, order, list(noise), shared
+        return outputs, probe, (names, shared)
 
     def _run_steps(self, params, indices, noise, step, probe=None) -> dict:
-        fn, names, order, noise_names, shared = self._function(len(indices), steps=True)
+        function = self._function(len(indices), steps=True)
+        fn, _, _, (names, shared) = function
         for weight, holder in shared:
             holder.set_value(as_float(weight.value, holder.dtype))
-        spec = self.problem.model
-        noise = noise or {}
-        args = [indices, np.int64(step)] + [as_float(params[k][q]) for k, q in order]
-        args += [as_float(noise[k]) if k in noise else
-                 as_float(np.zeros(((len(indices),) if spec[k].role == "local" else ())
-                                   + tuple(spec[k].shape))) for k in noise_names]
-        args += [as_column(np.take(a, indices, axis=0)) for a in self.problem.data.values()]
-        if spec.globals:  # the curvature's probe (its output unused without one)
-            d = sum(int(np.prod(v.shape, dtype=int)) for v in spec.globals)
+        args = self._arguments(function, params, indices, noise, step)
+        if self.problem.model.globals:  # the curvature's probe (its output unused without one)
+            d = sum(int(np.prod(v.shape, dtype=int)) for v in self.problem.model.globals)
             args.append(as_float(np.ones(d) if probe is None else probe))
         with modes.quiet_int64_truncation():
             out = fn(*args)
@@ -243,12 +224,6 @@ def _concat(parts: list):
     return pt.concatenate([p.reshape((-1,)) for p in parts]) if parts else None
 
 
-def _encoder_scale(problem: Problem, name: str, columns: dict, point: dict):
-    """An amortized local's encoder scale on ``columns``."""
-    env = {**columns, **point}
-    return evaluate(problem.model[name].encoder[1], env, PytensorOps)
-
-
 class PyMCBackend:
     """``kq.compile`` / ``kq.fit`` on PyMC; ``mode`` comes from ``backend_options``."""
 
@@ -258,22 +233,11 @@ class PyMCBackend:
                 local_step=None) -> PyMCObjective:
         if problem.data is None:
             raise ValueError("kq.compile needs in-memory data (a dict of arrays)")
-        return PyMCObjective(problem, modes.check_mode(mode, modes.DEFAULT_COMPILE_MODE),
-                             local_step)
+        return PyMCObjective(problem, modes.check_mode(mode), local_step)
 
     def fit(self, problem: Problem, config: FitConfig, mode: Optional[str] = None,
             devices=None) -> FitResult:
-        check_devices(devices)
-        return _fit(problem, config, modes.check_mode(mode, modes.DEFAULT_FIT_MODE))
-
-
-def check_devices(devices) -> None:
-    """PyMC's ADVI runs on one device: ``devices`` may only be 1 (or left out)."""
-    if devices is None or (isinstance(devices, (int, np.integer)) and not isinstance(devices, bool)
-                           and devices == 1):
-        return
-    if isinstance(devices, (list, tuple)) and len(devices) == 1:
-        return
-    raise ValueError(f"backend_options['devices']={devices!r}: the PyMC backend runs on one "
-                     "device (PyMC has no multi-device ADVI). Fit on several devices with "
-                     "backend='numpyro', backend_options={'devices': k}")
+        check_one_device(devices, "the PyMC backend runs on one device (PyMC has no "
+                         "multi-device ADVI). Fit on several devices with backend='numpyro', "
+                         "backend_options={'devices': k}")
+        return _fit(problem, config, modes.check_mode(mode))

@@ -1,43 +1,14 @@
-"""Lowering a klqp problem to PyMC: a ``pm.Model``, a mean-field ``Approximation`` and a
-``KL`` operator whose ``apply`` is klqp's loss.
-
-How the pieces fit, for one minibatch of b rows (b is static: PyMC's groups need it),
-given the batch (``Batch``) and q's parameters (``QParams``) as PyTensor values
-(``klqp_pymc.tensors``):
-
-* ``build_pm_model`` declares every variable with its PyMC distribution
-  (``klqp_pymc.tensors.pm_distribution``). Globals get their own shape; locals get the
-  BATCH shape (b, *shape), i.e. one copy per row of this batch; observations get
-  ``observed=`` this batch's rows (``Batch.columns``: function inputs) and
-  ``total_size=N``, so PyMC's ``MinibatchRandomVariable`` scales their log-density by N/b.
-  Latents get a placeholder ``initval`` so the model's initial point never needs the batch
-  (which is a function input, not a constant). Point parameters (``kq.Param``) are plain
-  tensors in the expressions: the deterministic mappings PyMC's ADVI trains through
-  ``more_obj_params``.
-* The q of the global block is one ``MeanFieldGroup`` whose flat ``mu``/``rho`` are given
-  (shared variables when training, function inputs for ``kq.compile``).
-* Local latents (the subsampling mechanism). The q of the local block is one
-  ``MeanFieldGroup`` over the batch-shaped locals, given symbolic ``mu``/``rho``:
-  for a free local, the BATCH ROWS of N-row arrays (``loc[indices]``); for an amortized
-  local, its encoder evaluated on the batch's columns. The group sees an ordinary b-row
-  latent, while the optimizer owns all N rows and moves only the rows the batch touched
-  (``klqp_pymc.optim``). PyMC refuses ``total_size`` on unobserved variables, so the local
-  KL's N/b is applied here, in ``block_terms``, from the group's per-row log q and the
-  model's per-row log p.
-* The noise of each group (its ``symbolic_initial``) is replaced through PyMC's
-  ``more_replacements`` hook by explicit standard-normal inputs, so the loss, its gradient
-  and the reported terms all see the same draw, and ``kq.compile`` can fix it.
-* ``KlqpKL`` subclasses ``pymc.variational.operators.KL``; its ``apply`` builds the three
-  terms and returns ``klqp.objective.loss`` of them, so PyMC's ``ObjectiveFunction`` (and
-  its ``updates(obj_optimizer=..., more_obj_params=..., more_updates=...)``) trains klqp's
-  objective, and nothing here restates the formula.
-* s is b/N when PyMC's ``approx.scale_cost_to_minibatch`` flag is set (``cost_scale``),
-  computed from the batch's real length rather than from
-  ``approx.symbolic_normalizing_constant``, which PyMC 6.4 gets wrong for observations
-  with more than one axis.
-* A streamed batch may be shorter than the compiled b (a ragged last batch): it is padded
-  to b and ``Batch.mask`` marks the real rows; every per-row sum is masked and N/b uses the
-  real count, so one compiled step serves every batch length up to b.
+"""Lowering a klqp problem to PyMC for one minibatch of b rows (static: PyMC's groups
+need it): a ``pm.Model`` (``build_pm_model``: observations with ``total_size=N``, locals
+with the batch shape (b, *shape)), a mean-field ``Approximation`` with one
+``MeanFieldGroup`` per block and given parameters (``build_groups``; a free local's are
+the batch rows of N-row arrays, an amortized local's its encoder), and a ``KL`` operator
+whose ``apply`` is ``klqp.objective.loss`` of the three terms (``KlqpKL``), so PyMC's
+``ObjectiveFunction`` trains klqp's objective and nothing here restates the formula.
+The local KL's N/b is applied here (PyMC refuses ``total_size`` on unobserved
+variables); the groups' noise is replaced by explicit inputs through PyMC's
+``more_replacements`` (so ``kq.compile`` can fix it); a padded stream batch's mask
+enters every per-row sum. docs/backends.md ("PyMC") explains the design.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ import warnings
 
 from pymc.pytensorf import resolve_backend_compile_kwargs
 
-__all__ = ["MODES", "DEFAULT_FIT_MODE", "DEFAULT_COMPILE_MODE", "compile_kwargs", "check_mode",
-           "quiet_int64_truncation"]
+__all__ = ["MODES", "DEFAULT_MODE", "compile_kwargs", "check_mode", "quiet_int64_truncation"]
 
 MODES = ("c", "numba", "jax")
 
@@ -28,17 +27,14 @@ def _jax_available() -> bool:
     return importlib.util.find_spec("jax") is not None
 
 
-# A fit's step (local step, curvature, antithetic pair) is a large graph: C compiled the
-# flagship's in ~100 s on a fresh machine (cached on disk afterwards) and JAX in ~6 s,
-# while a fit to convergence takes a few hundred steps, where C's faster steps save
-# seconds. kq.compile evaluates a handful of times: compile time is its whole cost.
-# So JAX is the default of both when it is installed.
-DEFAULT_FIT_MODE = "jax" if _jax_available() else "c"
-DEFAULT_COMPILE_MODE = "jax" if _jax_available() else "c"
-ENV_VAR = "KLQP_PYMC_MODE"  # overrides both defaults, e.g. for a test run
+# A fit's step is a large graph: C compiled the flagship's in ~100 s on a fresh machine
+# and JAX in ~6 s; a fit to convergence takes a few hundred steps and kq.compile a few
+# calls, so compile time dominates: JAX is the default of both when it is installed.
+DEFAULT_MODE = "jax" if _jax_available() else "c"
+ENV_VAR = "KLQP_PYMC_MODE"  # overrides the default, e.g. for a test run
 
 
-def check_mode(mode, default: str) -> str:
+def check_mode(mode, default: str = DEFAULT_MODE) -> str:
     """The mode to use: ``mode`` if given, else $KLQP_PYMC_MODE, else ``default``."""
     source = "backend_options mode"
     if mode is None:

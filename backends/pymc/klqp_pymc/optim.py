@@ -11,8 +11,6 @@ the updates below scatter them into the N-row shared arrays with ``inc_subtensor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pymc as pm
 import pytensor
@@ -28,15 +26,6 @@ def _zeros_like_shared(var, name: str):
     return pytensor.shared(np.zeros_like(value), name=name, shape=var.type.shape)
 
 
-@dataclass
-class RowAdamSlot:
-    """One N-row variable the row-wise Adam moves, and its two moment arrays."""
-
-    variable: object  # pytensor shared, N rows
-    mu: object
-    nu: object
-
-
 class RowAdam:
     """Row-wise lazy Adam over N-row shared variables that share one per-row step count.
     ``learning_rate`` may be a PyTensor scalar (a schedule at the symbolic step)."""
@@ -44,12 +33,13 @@ class RowAdam:
     def __init__(self, variables: list, total_size: int, learning_rate):
         self.learning_rate = learning_rate
         self.count = pytensor.shared(np.zeros(total_size, dtype=np.int64), name="row_count")
-        self.slots = [RowAdamSlot(v, _zeros_like_shared(v, f"{v.name}_m"),
-                                  _zeros_like_shared(v, f"{v.name}_v")) for v in variables]
+        # (N-row variable, its first moments, its second moments) per variable
+        self.slots = [(v, _zeros_like_shared(v, f"{v.name}_m"), _zeros_like_shared(v, f"{v.name}_v"))
+                      for v in variables]
 
     def state_variables(self) -> list:
         """The shared variables that hold this optimizer's state, in a fixed order."""
-        return [self.count] + [m for s in self.slots for m in (s.mu, s.nu)]
+        return [self.count] + [m for _, *moments in self.slots for m in moments]
 
     def updates(self, row_grads: list, indices, mask=None) -> dict:
         """Updates for the rows ``indices`` from their gradients (one (b, ...) tensor per
@@ -59,19 +49,19 @@ class RowAdam:
         count = pt.inc_subtensor(self.count[indices], active)
         c = pt.cast(pt.maximum(count[indices], 1), pytensor.config.floatX)
         updates = {self.count: count}
-        for slot, g in zip(self.slots, row_grads):
+        for (variable, first, second), g in zip(self.slots, row_grads):
             col = (slice(None),) + (None,) * (g.ndim - 1)
             keep = None if mask is None else mask[col]
-            mu_rows, nu_rows = slot.mu[indices], slot.nu[indices]
+            mu_rows, nu_rows = first[indices], second[indices]
             m, v, step = row_adam(pt, g, mu_rows, nu_rows, c, self.learning_rate)
             if keep is None:
-                updates[slot.mu] = pt.set_subtensor(mu_rows, m)
-                updates[slot.nu] = pt.set_subtensor(nu_rows, v)
-                updates[slot.variable] = pt.inc_subtensor(slot.variable[indices], step)
+                updates[first] = pt.set_subtensor(mu_rows, m)
+                updates[second] = pt.set_subtensor(nu_rows, v)
+                updates[variable] = pt.inc_subtensor(variable[indices], step)
             else:
-                updates[slot.mu] = pt.inc_subtensor(mu_rows, keep * (m - mu_rows))
-                updates[slot.nu] = pt.inc_subtensor(nu_rows, keep * (v - nu_rows))
-                updates[slot.variable] = pt.inc_subtensor(slot.variable[indices], keep * step)
+                updates[first] = pt.inc_subtensor(mu_rows, keep * (m - mu_rows))
+                updates[second] = pt.inc_subtensor(nu_rows, keep * (v - nu_rows))
+                updates[variable] = pt.inc_subtensor(variable[indices], keep * step)
         return updates
 
 

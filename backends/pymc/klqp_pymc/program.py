@@ -18,8 +18,7 @@ import pytensor.tensor as pt
 from pymc.pytensorf import compile as pm_compile
 
 from klqp import loop
-from klqp.cache import backend_cache
-from klqp import steps as steps_rule
+from klqp.cache import Adoptable, backend_cache
 from klqp.steps import Rule
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import epoch_order
@@ -29,7 +28,7 @@ from .lowering import weight_tensors
 from .modes import compile_kwargs, quiet_int64_truncation
 from .state import (_NAME, _size, check_state, draw_noise, draw_probe, initial_state,
                     params_from_state, state_layout)
-from .steps import LocalSolver, amortized_locations, split_flat
+from .steps import LocalSolver
 from .tensors import as_column, as_float, float_dtype
 from .train import Layout, Trainer, cache_key
 
@@ -41,28 +40,14 @@ from .train import Layout, Trainer, cache_key
 TRAINERS = backend_cache()
 
 
-def _take(problem: Problem, key):
-    """The trainer or final pass an earlier fit of the same structure compiled under
-    ``key``, taken out of ``TRAINERS`` for this fit; None if there is none."""
-    program = TRAINERS.take_for(problem.model, key)
-    if program is not None:
-        program.problem = problem
-    return program
-
-
-def _give_back(problem: Problem, key, program) -> None:
-    program.problem = None  # a waiting program holds neither the model nor the data
-    TRAINERS.give_back_for(problem.model, key, program)
-
-
 def _final_pass_key(problem: Problem, mode: str, rule: Rule) -> tuple:
     layout = Layout.of(problem.batch_size, problem.data, masked=False)
-    return ("final pass", cache_key(problem, 0.0, mode, layout, rule))
+    return ("final pass", cache_key(problem, None, mode, layout, rule))
 
 
 # -- the final pass --------------------------------------------------------------------------
 
-class FinalPass:
+class FinalPass(Adoptable):
     """The local step over all N rows at the reported globals (``klqp.steps``): one
     compiled function of a batch's rows, the globals' location, the point values and the
     step, with no shared state, called b rows at a time."""
@@ -84,13 +69,8 @@ class FinalPass:
         scale = {v.name: pt.tensor(f"{v.name}_scale", dtype=floatx, shape=(b,) + tuple(v.shape))
                  for v in spec.free_locals}
         weights, self.shared = weight_tensors(problem, step)
-        layout = steps_rule.local_layout(spec, rule.rows)
-        solver = LocalSolver(problem, layout, rule.rows, columns, point, b)
-        fixed = solver.fixed_values(split_flat(problem, mu),
-                                    amortized_locations(problem, columns, point))
-        new_loc, new_log_scale, _ = solver.newton(solver.flat(loc), pt.log(solver.flat(scale)),
-                                                  fixed, weights, rule.rows.final_pass)
-        locs, scales = solver.unflat(new_loc, b), solver.unflat(pt.exp(new_log_scale), b)
+        solver = LocalSolver(problem, rule.rows, columns, point, b)
+        locs, scales, _ = solver.step(loc, scale, mu, weights, rule.rows.final_pass)
         self.names = [v.name for v in spec.free_locals]
         inputs = ([*loc.values(), *scale.values()] + [columns[k] for k in self.column_names]
                   + list(point.values()) + ([mu] if mu is not None else []) + [step])
@@ -152,8 +132,8 @@ class Program:
         """A trainer for this batch layout (a cached one, or compiled now), carrying the
         current state over."""
         state = self.arrays_now()
-        trainer = _take(self.problem, cache_key(self.problem, self.config.learning_rate,
-                                                self.mode, layout, self.rule))
+        trainer = TRAINERS.take_for(self.problem, cache_key(
+            self.problem, self.config.learning_rate, self.mode, layout, self.rule))
         if trainer is None:
             trainer = Trainer(self.problem, self.config.learning_rate, self.mode, layout,
                               self.rule)
@@ -222,8 +202,8 @@ class Program:
         params = params_from_state(self.problem, self.arrays_now(), self.rule)
         if self.rule.local_step and self.rule.rows.final_pass and self.problem.data is not None:
             if self.final_pass is None:
-                self.final_pass = _take(self.problem,
-                                        _final_pass_key(self.problem, self.mode, self.rule))
+                self.final_pass = TRAINERS.take_for(
+                    self.problem, _final_pass_key(self.problem, self.mode, self.rule))
             if self.final_pass is None:
                 start = time.perf_counter()
                 self.final_pass = FinalPass(self.problem, self.rule, self.mode)
@@ -240,10 +220,10 @@ class Program:
         """Hand the compiled step and final pass back to the cache."""
         if self.trainer is not None:
             self.arrays, trainer, self.trainer = self.trainer.state_arrays(), self.trainer, None
-            _give_back(self.problem, trainer.key, trainer)
+            TRAINERS.give_back_for(self.problem, trainer.key, trainer)
         if self.final_pass is not None:
-            _give_back(self.problem, _final_pass_key(self.problem, self.mode, self.rule),
-                       self.final_pass)
+            TRAINERS.give_back_for(self.problem, _final_pass_key(self.problem, self.mode,
+                                                                 self.rule), self.final_pass)
             self.final_pass = None
 
 

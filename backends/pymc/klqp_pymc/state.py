@@ -15,11 +15,7 @@ uniform without replacement; the NumPyro backend takes the same rows; drawn by
 ``draw_probe``). A resumed run therefore continues the random stream of an unbroken one,
 in every mode.
 
-Why not ``pm.Minibatch``: it draws its rows WITH replacement (an ``integers`` draw), which
-is not the objective's minibatch (docs/objective.md) and would hand row-wise Adam duplicate rows; PyMC's logp
-admits no other random variable in the data graph; and its shared generator is copied
-away by the JAX linker, so its state could not be saved for an exact resume. The
-observations still reach PyMC as observed data with ``total_size=N``.
+Rows are not ``pm.Minibatch``'s: docs/backends.md ("PyMC") says why.
 """
 
 from __future__ import annotations

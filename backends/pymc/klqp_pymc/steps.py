@@ -31,7 +31,7 @@ from klqp.problem import Problem
 from .lowering import build_pm_model
 from .tensors import Batch, PytensorOps, as_float, float_dtype
 
-__all__ = ["RowModel", "LocalSolver", "tile_rows", "global_curvature", "split_flat"]
+__all__ = ["RowModel", "LocalSolver", "tile_rows", "global_curvature", "split_flat", "amortized_q"]
 
 
 def tile_rows(x, copies: int):
@@ -107,9 +107,10 @@ class LocalSolver:
     rows' new (loc, log_scale) and their gain, built from a RowModel over the batch's
     quadrature nodes (P * R virtual rows)."""
 
-    def __init__(self, problem: Problem, layout: rule.LocalLayout, local_step: rule.LocalStep,
-                 columns: dict, point: dict, rows: int):
-        self.problem, self.layout, self.local_step = problem, layout, local_step
+    def __init__(self, problem: Problem, local_step: rule.LocalStep, columns: dict, point: dict,
+                 rows: int):
+        self.problem, self.local_step = problem, local_step
+        self.layout = layout = rule.local_layout(problem.model, local_step)
         self.rows = rows
         p = layout.num_nodes
         self.columns_tiled = {k: tile_rows(a, p) for k, a in columns.items()}
@@ -117,6 +118,7 @@ class LocalSolver:
         self.nodes = pt.as_tensor(as_float(layout.nodes))
         self.node_weights = pt.as_tensor(as_float(layout.weights))
         self.point = point
+        self.amortized_loc = {k: m for k, (m, _) in amortized_q(problem, columns, point).items()}
 
     # -- a row's coordinates, flat ------------------------------------------------------------
     def flat(self, parts: dict):
@@ -176,11 +178,21 @@ class LocalSolver:
                 best = rule.keep_better(pt, best, (*cand, self.row_objective(*cand, fixed, weights)))
         return best[0], best[1], best[2] - f0
 
+    def step(self, loc: dict, scale: dict, global_mu, weights: dict,
+             iterations: Optional[int] = None) -> tuple:
+        """The local step from the rows' q (``loc``, ``scale`` per free local), the globals
+        held at ``global_mu`` (flat; None without globals) and amortized locals at their
+        encoder means: ({name: new loc}, {name: new scale}, gain per row)."""
+        fixed = self.fixed_values(split_flat(self.problem, global_mu), self.amortized_loc)
+        new_loc, new_log_scale, gain = self.newton(self.flat(loc), pt.log(self.flat(scale)), fixed,
+                                                   weights, iterations)
+        return self.unflat(new_loc, self.rows), self.unflat(pt.exp(new_log_scale), self.rows), gain
 
-def amortized_locations(problem: Problem, columns: dict, point: dict) -> dict:
-    """Each amortized local's encoder mean (unconstrained) on ``columns``."""
+
+def amortized_q(problem: Problem, columns: dict, point: dict) -> dict:
+    """Each amortized local's encoder (mean, scale), unconstrained, on ``columns``."""
     env = {**columns, **point}
-    return {v.name: evaluate(v.encoder[0], env, PytensorOps)
+    return {v.name: tuple(evaluate(e, env, PytensorOps) for e in v.encoder)
             for v in problem.model.locals if v.amortized}
 
 

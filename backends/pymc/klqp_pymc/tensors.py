@@ -23,7 +23,8 @@ import pytensor.tensor as pt
 from pymc.distributions.transforms import log as log_transform
 from pymc.distributions.transforms import logodds
 
-from klqp.densities import continuous_bernoulli_log_norm
+from klqp.densities import (continuous_bernoulli_logp, half_cauchy_logp, half_student_t_logp,
+                             ordered_logistic_logp)
 from klqp.distributions import split_mixture
 from klqp.expr import ArrayOps
 from klqp.transforms import log_prior_on_u, softplus_inverse
@@ -59,47 +60,22 @@ PytensorOps = ArrayOps(pt, lgamma=pt.gammaln, sigmoid=pt.sigmoid, softplus=pt.so
 
 # -- distributions ---------------------------------------------------------------------------
 
-def continuous_bernoulli_logp(value, logits):
-    """Loaiza-Ganem & Cunningham (2019), which PyMC lacks: log p(x) = x l - softplus(l)
-    + log C(l), C(l) = l / tanh(l / 2), which tends to 2 as l -> 0 (a series there)."""
-    return value * logits - pt.softplus(logits) + continuous_bernoulli_log_norm(logits, pt)
-
-
 def _continuous_bernoulli(name, logits, **kwargs):
-    """A pm.CustomDist; as a latent it lives on (0, 1) through PyMC's logodds transform."""
-    return pm.CustomDist(name, logits, logp=continuous_bernoulli_logp,
-                         default_transform=logodds, **kwargs)
-
-
-# PyMC's HalfCauchy and HalfStudentT add pt.log(2), the log of an int8 constant, which
-# PyTensor computes in float32 (2e-9 off in float64 graphs): the two are written out here.
-_LOG_2 = float(np.log(2.0))
-
-
-def half_cauchy_logp(value, beta):
-    """log p(x) = log(2 / pi) - log(beta) - log1p((x / beta)^2) on x >= 0."""
-    res = _LOG_2 - float(np.log(np.pi)) - pt.log(beta) - pt.log1p((value / beta) ** 2)
-    return pt.switch(pt.lt(value, 0), -np.inf, res)
-
-
-def half_student_t_logp(value, nu, sigma):
-    """log 2 + StudentT(nu, 0, sigma)'s log p(x) on x >= 0."""
-    res = (_LOG_2 + pt.gammaln((nu + 1.0) / 2.0) - pt.gammaln(nu / 2.0)
-           - 0.5 * pt.log(nu * np.pi) - pt.log(sigma)
-           - (nu + 1.0) / 2.0 * pt.log1p((value / sigma) ** 2 / nu))
-    return pt.switch(pt.lt(value, 0), -np.inf, res)
+    """PyMC lacks it (Loaiza-Ganem & Cunningham 2019): a pm.CustomDist; as a latent it lives on (0, 1) through PyMC's logodds transform."""
+    return pm.CustomDist(name, logits, logp=lambda x, logits: continuous_bernoulli_logp(
+        x, logits, pt), default_transform=logodds, **kwargs)
 
 
 def _half_cauchy(name, beta, **kwargs):
     """A pm.CustomDist; as a latent it lives on (0, inf) through PyMC's log transform."""
-    return pm.CustomDist(name, beta, logp=half_cauchy_logp, default_transform=log_transform,
-                         **kwargs)
+    return pm.CustomDist(name, beta, logp=lambda x, beta: half_cauchy_logp(x, beta, pt),
+                         default_transform=log_transform, **kwargs)
 
 
 def _half_student_t(name, nu, sigma, **kwargs):
     """A pm.CustomDist; as a latent it lives on (0, inf) through PyMC's log transform."""
-    return pm.CustomDist(name, nu, sigma, logp=half_student_t_logp,
-                         default_transform=log_transform, **kwargs)
+    return pm.CustomDist(name, nu, sigma, logp=lambda x, nu, sigma: half_student_t_logp(
+        x, nu, sigma, pt, pt.gammaln), default_transform=log_transform, **kwargs)
 
 
 def prior_on_u(name, family, params, value_shape, **kwargs):
@@ -116,34 +92,10 @@ def prior_on_u(name, family, params, value_shape, **kwargs):
         **kwargs)
 
 
-def _log1mexp(x):
-    """log(1 - exp(x)) for x < 0, stably at both ends (Maechler 2012)."""
-    return pt.switch(pt.gt(x, -_LOG_2), pt.log(-pt.expm1(x)), pt.log1p(-pt.exp(x)))
-
-
-def ordered_logistic_logp(value, eta, cutpoints):
-    """log P(y = k) = log_sigmoid(eta - c_{k-1}) + log_sigmoid(c_k - eta)
-    + log1mexp(c_{k-1} - c_k), a term left out at an end (c_{-1} = -inf, c_{K-1} = +inf).
-    pm.OrderedLogistic takes the log of differences of sigmoids (-inf, and NaN gradients,
-    once a probability underflows) and, with compute_p=True, adds a Deterministic."""
-    last = cutpoints.shape[-1]  # K - 1
-    y = pt.shape_padright(value)
-    at = pt.arange(last)
-    lo = pt.sum(pt.switch(pt.eq(at, y - 1), cutpoints, 0.0), axis=-1)  # c_{y-1} (0 at y = 0)
-    hi = pt.sum(pt.switch(pt.eq(at, y), cutpoints, 0.0), axis=-1)      # c_y (0 at y = K-1)
-    has_lo, has_hi = pt.gt(value, 0), pt.lt(value, last)
-    inner = pt.and_(has_lo, has_hi)
-    log_sigmoid = lambda x: -pt.softplus(-x)  # noqa: E731
-    res = (pt.switch(has_lo, log_sigmoid(eta - lo), 0.0)
-           + pt.switch(has_hi, log_sigmoid(hi - eta), 0.0)
-           + pt.switch(inner, _log1mexp(pt.switch(inner, lo - hi, -1.0)), 0.0))
-    return pt.switch(pt.and_(pt.ge(value, 0), pt.le(value, last)), res, -np.inf)
-
-
 def _ordered_logistic(name, eta, cutpoints, **kwargs):
     """A pm.CustomDist on the labels 0..K-1 (observed only), the cutpoints on the last axis."""
-    return pm.CustomDist(name, eta, cutpoints, logp=ordered_logistic_logp,
-                         signature="(),(k)->()", dtype="int64", **kwargs)
+    return pm.CustomDist(name, eta, cutpoints, logp=lambda y, eta, c: ordered_logistic_logp(
+        y, eta, c, pt), signature="(),(k)->()", dtype="int64", **kwargs)
 
 
 def _probs_or_logits(p: dict) -> dict:

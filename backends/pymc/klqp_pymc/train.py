@@ -24,7 +24,8 @@ from pytensor.gradient import disconnected_grad
 from pytensor.graph.replace import graph_replace
 from pytensor.tensor.subtensor import AdvancedIncSubtensor
 
-from klqp import guard, schedules
+from klqp import guard
+from klqp.cache import Adoptable
 from klqp import steps as steps_rule
 from klqp.steps import Rule
 from klqp.problem import Problem
@@ -34,15 +35,8 @@ from .lowering import lower, weight_tensors
 from .modes import compile_kwargs, quiet_int64_truncation
 from .optim import KlqpOptimizer, RowAdam
 from .state import _size, dense_layout, row_layout
-from .steps import LocalSolver, RowModel, amortized_locations, global_curvature, split_flat, tile_rows
+from .steps import LocalSolver, RowModel, global_curvature, split_flat, tile_rows
 from .tensors import Batch, QParams, as_float, float_dtype, inv_softplus_pt
-
-
-def _as_schedule(learning_rate) -> schedules.Schedule:
-    """kq.fit hands a schedule; a bare number (direct callers) is a constant one."""
-    if isinstance(learning_rate, schedules.Schedule):
-        return learning_rate
-    return schedules.constant(float(learning_rate))
 
 
 @dataclass(frozen=True)
@@ -65,12 +59,12 @@ def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout, rule: 
     """Everything a compiled step depends on besides the model: two fits with equal keys
     can share it. Weights compare by value (schedules) or identity (kq.Shared)."""
     return (mode, float_dtype(), layout, problem.total_size, problem.batch_size, problem.weights,
-            problem.scale_cost_to_minibatch, _as_schedule(learning_rate), rule)
+            problem.scale_cost_to_minibatch, learning_rate, rule)
 
 
 # -- the compiled step -----------------------------------------------------------------------
 
-class Trainer:
+class Trainer(Adoptable):
     """The compiled step of one problem for one batch ``Layout`` and step ``Rule``.
 
     Inputs: the batch's row indices, noise and columns (gathered on the host: b rows, so
@@ -126,7 +120,7 @@ class Trainer:
         problem, spec, b, rule = self.problem, self.problem.model, self.capacity, self.rule
         self._shared_state()
         # Adam's step size at the symbolic step: a schedule never recompiles either.
-        lr = pt.cast(pt.as_tensor(_as_schedule(learning_rate)(self.step, xp=pt)), float_dtype())
+        lr = pt.cast(pt.as_tensor(learning_rate(self.step, xp=pt)), float_dtype())
         inputs, batch, noise = self._inputs()
         point = {v.name: self.dense[f"param_{v.name}"] for v in spec.params}
         weights = weight_tensors(problem, self.step)
@@ -162,20 +156,17 @@ class Trainer:
         estimator reads: the batch with each row's quadrature nodes as weighted virtual
         rows, q's parameters there, the noise (the nodes, for free locals)."""
         problem, spec, b = self.problem, self.problem.model, self.capacity
-        solver = self.solver(batch.columns, point, b)
-        layout = solver.layout
-        p = layout.num_nodes
+        solver = LocalSolver(problem, self.rule.rows, batch.columns, point, b)
+        p = solver.layout.num_nodes
         loc_rows = {v.name: self.rows[f"{v.name}_loc"][batch.indices] for v in spec.free_locals}
         scale_rows = {v.name: pt.softplus(self.rows[f"{v.name}_rho"][batch.indices])
                       for v in spec.free_locals}
-        global_mu = self.dense.get("global_mu")  # absent in a model with no Global
-        fixed = solver.fixed_values({} if global_mu is None else split_flat(problem, global_mu),
-                                    amortized_locations(problem, batch.columns, point))
-        loc, log_scale, gain_rows = solver.newton(solver.flat(loc_rows),
-                                                  pt.log(solver.flat(scale_rows)), fixed, weights)
+        # global_mu is absent in a model with no Global
+        new_loc, new_scale, gain_rows = solver.step(loc_rows, scale_rows,
+                                                    self.dense.get("global_mu"), weights)
         # The global step takes the locals' new q as given: no gradient through the step.
-        loc, log_scale = disconnected_grad(loc), disconnected_grad(log_scale)
-        new_loc, new_scale = solver.unflat(loc, b), solver.unflat(pt.exp(log_scale), b)
+        new_loc = {k: disconnected_grad(a) for k, a in new_loc.items()}
+        new_scale = {k: disconnected_grad(a) for k, a in new_scale.items()}
         more_updates = dict(more_updates)
         for v in spec.free_locals:
             rows_loc, rows_rho = self.rows[f"{v.name}_loc"], self.rows[f"{v.name}_rho"]
@@ -199,10 +190,6 @@ class Trainer:
                      tile_rows(a, p) if spec[k].role == "local" else a) for k, a in noise.items()}
         self._virtual = (solver, virtual, q, noise)
         return virtual, q, noise, more_updates, gain
-
-    def solver(self, columns: dict, point: dict, rows: int) -> LocalSolver:
-        layout = steps_rule.local_layout(self.problem.model, self.rule.rows)
-        return LocalSolver(self.problem, layout, self.rule.rows, columns, point, rows)
 
     def _outputs_and_updates(self, lr, batch: Batch, point: list, stand_ins: dict,
                              more_updates: dict, gain):
@@ -258,7 +245,7 @@ class Trainer:
         finite for it to be applied (its gradients, its new values; a free local's only
         for the batch rows, so the check is O(b))."""
         problem = self.problem
-        split = lambda x: split_flat(problem, x) if x is not None else {}
+        split = lambda x: split_flat(problem, x)
         mu, rho = self.dense.get("global_mu"), self.dense.get("global_rho")
         per_global = [split(grads.get(mu)), split(grads.get(rho)), split(updates.get(mu)),
                       split(updates.get(rho))]
@@ -307,13 +294,12 @@ class Trainer:
                      for k in q.local_loc}
         else:
             batch = self.lowered.operator.batch
-            row_model = RowModel(problem, batch.columns, {k: v for k, v in
-                                                           self.lowered_point().items()},
-                                 batch.capacity)
+            point = {v.name: self.dense[f"param_{v.name}"] for v in problem.model.params}
+            row_model = RowModel(problem, batch.columns, point, batch.capacity)
             row_weights = (pt.ones((batch.capacity,), dtype=float_dtype()) if batch.mask is None
                            else batch.mask)
-            local = self._local_draws()
-        local.update({k: a for k, a in self._amortized_draws().items()})
+            local = self._draws(amortized=False)
+        local.update(self._draws(amortized=True))
         eps = pt.concatenate([self._noise_inputs[v.name].reshape((-1,))
                               for v in problem.model.globals])
         size = int(mu.type.shape[0])
@@ -336,9 +322,6 @@ class Trainer:
         updates[rho] = pt.cast(inv_softplus_pt(scale), floatx)
         updates[self.curvature] = pt.cast(running, floatx)
 
-    def lowered_point(self) -> dict:
-        return {v.name: self.dense[f"param_{v.name}"] for v in self.problem.model.params}
-
     def _draws(self, amortized: bool) -> dict:
         """The training loss's draw of each free (or amortized) local, per batch row."""
         lowered = self.lowered
@@ -351,12 +334,6 @@ class Trainer:
             draw = lowered.approx.symbolic_single_sample(value)
             out[v.name] = lowered.sampled([draw])[0]
         return out
-
-    def _local_draws(self) -> dict:
-        return self._draws(amortized=False)
-
-    def _amortized_draws(self) -> dict:
-        return self._draws(amortized=True)
 
     # -- state -----------------------------------------------------------------------------
     def load_state(self, arrays: list, step: int) -> None:
