@@ -49,8 +49,10 @@ def _final_pass_key(problem: Problem, mode: str, rule: Rule) -> tuple:
 
 class FinalPass(Adoptable):
     """The local step over all N rows at the reported globals (``klqp.steps``): one
-    compiled function of a batch's rows, the globals' location, the point values and the
-    step, with no shared state, called b rows at a time."""
+    compiled Newton iteration of a batch's rows, the globals' location, the point values
+    and the step, with no shared state, called ``final_pass`` times on b rows at a time
+    (a smaller graph to compile than the iterations unrolled; an iteration starts from
+    the last one's rows, so the result is the same)."""
 
     def __init__(self, problem: Problem, rule: Rule, mode: str):
         spec, b, floatx = problem.model, problem.batch_size, float_dtype()
@@ -70,7 +72,7 @@ class FinalPass(Adoptable):
                  for v in spec.free_locals}
         weights, self.shared = weight_tensors(problem, step)
         solver = LocalSolver(problem, rule.rows, columns, point, b)
-        locs, scales, _ = solver.step(loc, scale, mu, weights, rule.rows.final_pass)
+        locs, scales, _ = solver.step(loc, scale, mu, weights, iterations=1)
         self.names = [v.name for v in spec.free_locals]
         inputs = ([*loc.values(), *scale.values()] + [columns[k] for k in self.column_names]
                   + list(point.values()) + ([mu] if mu is not None else []) + [step])
@@ -91,12 +93,13 @@ class FinalPass(Adoptable):
                for k in self.names}
         for start in range(0, n, b):
             rows = np.minimum(np.arange(start, start + b), n - 1)  # the last row repeated
-            args = ([as_float(params[k]["loc"][rows]) for k in self.names]
-                    + [as_float(params[k]["scale"][rows]) for k in self.names]
-                    + [as_column(np.take(problem.data[k], rows, axis=0)) for k in self.column_names]
-                    + point + mu + [np.int64(step)])
-            with quiet_int64_truncation():
-                res = self.fn(*args)
+            res = ([as_float(params[k]["loc"][rows]) for k in self.names]
+                   + [as_float(params[k]["scale"][rows]) for k in self.names])
+            fixed = ([as_column(np.take(problem.data[k], rows, axis=0)) for k in self.column_names]
+                     + point + mu + [np.int64(step)])
+            for _ in range(self.rule.rows.final_pass):
+                with quiet_int64_truncation():
+                    res = self.fn(*res, *fixed)
             keep = slice(0, min(b, n - start))
             for i, k in enumerate(self.names):
                 out[k]["loc"][start:start + b] = np.asarray(res[i], dtype=float)[keep]

@@ -113,8 +113,9 @@ class LocalSolver:
         self.layout = layout = rule.local_layout(problem.model, local_step)
         self.rows = rows
         p = layout.num_nodes
-        self.columns_tiled = {k: tile_rows(a, p) for k, a in columns.items()}
+        self.columns, self.columns_tiled = columns, {k: tile_rows(a, p) for k, a in columns.items()}
         self.row_model = RowModel(problem, self.columns_tiled, point, p * rows)
+        self._models = {1: self.row_model}  # RowModels over C * P * R rows (row_objectives)
         self.nodes = pt.as_tensor(as_float(layout.nodes))
         self.node_weights = pt.as_tensor(as_float(layout.weights))
         self.point = point
@@ -160,22 +161,32 @@ class LocalSolver:
                 (grad.reshape((p, r, k)) * w[:, None, None]).sum(axis=0),
                 (hess.reshape((p, r, k)) * w[:, None, None]).sum(axis=0))
 
-    def row_objective(self, loc, log_scale, fixed: dict, weights: dict):
-        values = self.log_joint(self.node_values(loc, log_scale), fixed, weights)
-        return rule.row_objective(pt, values.reshape((self.layout.num_nodes, self.rows)),
-                                  self.node_weights, log_scale, weights["beta_local"])
+    def row_objectives(self, candidates: list, fixed: dict, weights: dict) -> list:
+        """The row objective of each (loc, log_scale) in ``candidates``, from ONE copy of
+        the model's graph over C * P * R virtual rows (not a copy per candidate: the
+        compiled step's graph, and its compile time, stay smaller)."""
+        c, p, r = len(candidates), self.layout.num_nodes, self.rows
+        if c not in self._models:
+            columns = {k: tile_rows(a, c * p) for k, a in self.columns.items()}
+            self._models[c] = RowModel(self.problem, columns, self.point, c * p * r)
+        u = pt.concatenate([self.node_values(*cand) for cand in candidates], axis=0)
+        tiled = {k: (tile_rows(a, c) if k in self.amortized_loc else a) for k, a in fixed.items()}
+        values = weighted_rows(self._models[c].densities({**tiled, **self.unflat(u, c * p * r)}),
+                               weights).reshape((c, p, r))
+        return [rule.row_objective(pt, values[i], self.node_weights, cand[1],
+                                   weights["beta_local"]) for i, cand in enumerate(candidates)]
 
     def newton(self, loc, log_scale, fixed: dict, weights: dict, iterations: Optional[int] = None):
         """``iterations`` guarded Newton iterations: (loc, log_scale, gain per row)."""
         beta = weights["beta_local"]
-        f0 = self.row_objective(loc, log_scale, fixed, weights)
+        f0 = self.row_objectives([(loc, log_scale)], fixed, weights)[0]
         best = (loc, log_scale, f0)
         for _ in range(iterations or self.local_step.iterations):
             _, grad, hess = self.expectations(best[0], best[1], fixed, weights)
-            current = best
-            for cand in rule.newton_candidates(pt, current[0], current[1], grad, hess, beta,
-                                               self.local_step.max_change):
-                best = rule.keep_better(pt, best, (*cand, self.row_objective(*cand, fixed, weights)))
+            candidates = rule.newton_candidates(pt, best[0], best[1], grad, hess, beta,
+                                                self.local_step.max_change)
+            for cand, f in zip(candidates, self.row_objectives(candidates, fixed, weights)):
+                best = rule.keep_better(pt, best, (*cand, f))
         return best[0], best[1], best[2] - f0
 
     def step(self, loc: dict, scale: dict, global_mu, weights: dict,
