@@ -125,7 +125,8 @@ def two_process_batches(folder, steps=STEPS):
 def main(argv):
     if argv[0] == "devices":
         out = {}
-        for name, devices in (("default", None), ("d1", 1), ("d2", 2), ("d8", 8)):
+        # devices=1 against the default: test_one_device_option_equals_the_default
+        for name, devices in (("default", None), ("d2", 2), ("d8", 8)):
             out.update({f"{name}/{k}": v for k, v in fitted(fit(devices)).items()})
         # a checkpoint written on 2 devices, resumed on 8 (it holds N-row tables)
         path = argv[1] + ".klqp"

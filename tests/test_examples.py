@@ -43,7 +43,7 @@ def test_hierarchical_example_reaches_the_mean_field_optimum(backend, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tempered_posterior_example_matches_closed_form(backend):
-    rows = load("tempered_posterior").main(["--backend", backend, "--steps", "4000"])
+    rows = load("tempered_posterior").main(["--backend", backend, "--steps", "1500"])
     for beta, T, q_mean, mean, q_sd, sd in rows:
         assert abs(q_mean - mean) < 0.25 * sd, (beta, T)
         assert q_sd == pytest.approx(sd, rel=0.1), (beta, T)
@@ -52,7 +52,7 @@ def test_tempered_posterior_example_matches_closed_form(backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_global_vs_local_example_shows_the_naive_loop_is_wrong(backend):
-    args = ["--backend", backend, "--rows", "1000", "--batch-size", "100", "--steps", "4000"]
+    args = ["--backend", backend, "--rows", "1000", "--batch-size", "100", "--steps", "2000"]
     results, (mf_mean, mf_sd) = load("global_vs_local").main(args)
     for way in ("in-graph", "streamed"):
         assert abs(float(results[way].std("mu")) / mf_sd - 1) < 0.15, way
@@ -64,7 +64,7 @@ def test_global_vs_local_example_shows_the_naive_loop_is_wrong(backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_logistic_example_scale_changes_gradient_not_optimum(backend):
-    args = ["--backend", backend, "--rows", "4000", "--batch-size", "100", "--steps", "2000"]
+    args = ["--backend", backend, "--rows", "4000", "--batch-size", "100", "--steps", "1000"]
     results, grad_norms = load("minibatch_logistic").main(args)
     assert grad_norms[True] / grad_norms[False] == pytest.approx(100 / 4000, rel=1e-9)
     np.testing.assert_allclose(results[True].mean("w"), results[False].mean("w"), atol=0.05)

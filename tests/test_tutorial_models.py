@@ -18,11 +18,12 @@ def example():
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tutorial_models_match_nuts(example, backend):
-    """At the example's defaults (2,000 rows, 3,000 steps of 256, seed 0) every global's q
-    mean is within 0.2 NUTS sds of NUTS's mean, the issue's target. Measured: at most
-    0.15 (b1 of the zero-inflated Poisson, whose intercept and slope the posterior
-    correlates), 0.06 or less for the mixture, 0.08 for the ordinal model; NUTS's own
-    Monte-Carlo error in its mean is about 0.03-0.05 of its sd with 1,000 draws.
+    """With 2,000 rows, 1,500 steps of 256 (the docs' run; the example's default is 3,000)
+    and seed 0, every global's q mean is within 0.2 NUTS sds of NUTS's mean, the issue's
+    target. Measured: at most 0.15 (b1 of the zero-inflated Poisson, whose intercept and
+    slope the posterior correlates), 0.06 or less for the mixture, 0.10 for the ordinal
+    model, on both backends; NUTS's own Monte-Carlo error in its mean is about 0.03-0.05
+    of its sd with 1,000 draws.
 
     q's sds: mean-field q cannot hold the posterior's correlations, so q sd / NUTS sd is
     below 1 by as much as the posterior correlates a number with the others (measured
@@ -30,7 +31,7 @@ def test_tutorial_models_match_nuts(example, backend):
     for a Gaussian posterior with NUTS's covariance; q's ratio is within 7 % of it for
     every number (the rest: non-Gaussian posteriors, NUTS's covariance from 1,000 draws),
     so the test holds it within 12 %, and the ratio itself in [0.6, 1.05]."""
-    out = example.main(["--backend", backend])
+    out = example.main(["--backend", backend, "--steps", "1500"])
     assert set(out) == {"mixture", "zero_inflated", "ordinal"}
     for model, res in out.items():
         assert res["params"], model

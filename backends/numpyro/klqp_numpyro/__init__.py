@@ -22,7 +22,7 @@ from .steps import Stepper
 from .host_table import host_table
 from .sharding import placement
 from .program import fit as _fit
-from .train import _shared_values, _weights_at
+from .state import _shared_values, _weights_at
 
 __all__ = ["NumPyroBackend", "NumPyroObjective"]
 

@@ -16,7 +16,8 @@ from klqp.cache import backend_cache
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.results import FitResult
 
-from .train import OptState, Trainer, _NAME, _shared_values, _to_variables, state_names
+from .state import OptState, _NAME, _shared_values, _to_variables, state_names
+from .train import Trainer
 
 #: Compiled trainers kept across fits (``klqp.cache``): a second fit of a model of the
 #: same structure and shapes starts without compiling.
