@@ -100,6 +100,7 @@ def test_a_second_fit_of_the_same_structure_reuses_the_compiled_step(backend):
     compiled program gives."""
     import klqp.cache
 
+    klqp.cache.clear()  # a test run before this one (in this process) may have compiled it
     kw = dict(backend=backend, steps=60, batch_size=30, chunk_size=30)
     first, *_ = _fit(**kw)
     again, *_ = _fit(built=hierarchical(n=120, seed=5), seed=3, **kw)  # new model and data
