@@ -20,9 +20,9 @@ from .distributions import (Bernoulli, Beta, Binomial, Categorical, Cauchy, Cont
 from .explain import Explanation, explain
 from .checkpoint import CheckpointError, load_result
 from .guard import NonFiniteError
-from .expr import (abs, concat, cumsum, exp, expand_dims, lgamma, log, log1p, logsumexp,
-                   maximum, mean, minimum, relu, reshape, sigmoid, softplus, sqrt, stack, sum,
-                   tanh, where)
+from .expr import (abs, clip, concat, cumsum, exp, expand_dims, lgamma, log, log1p,
+                   log_softmax, logit, logsumexp, maximum, mean, minimum, relu, reshape,
+                   sigmoid, softmax, softplus, sqrt, square, stack, sum, tanh, where)
 from .model import (ROW_INDEX, Data, Deterministic, Global, Local, Model, ModelError, Observed,
                     Param, Potential, column)
 from .objective import Shared, Terms
@@ -42,7 +42,8 @@ __all__ = [
     "LKJCholesky", "Distribution",
     "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid", "softplus", "tanh", "relu",
     "maximum", "minimum", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
-    "expand_dims", "reshape", "where", "nn",
+    "expand_dims", "reshape", "where", "softmax", "log_softmax", "logit", "square", "clip",
+    "nn",
     "Shared", "Terms", "schedules", "backends", "compile", "fit", "explain", "Explanation",
     "Problem", "FitResult", "LocalStep", "GlobalStep", "RowAdam", "NonFiniteError",
     "CheckpointError", "load_result",

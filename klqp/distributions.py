@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError
-from .expr import Expr, as_expr
+from .expr import Expr, as_expr, log
 
 __all__ = [
     "Distribution", "SUPPORT_TRANSFORM", "Mixture", "Normal", "HalfNormal", "LogNormal",
@@ -556,8 +556,15 @@ def split_mixture(params) -> tuple:
     return params["w"], [parts[k] for k in sorted(parts)]
 
 
-def Categorical(logits) -> Distribution:
-    """Categorical over the last axis of ``logits`` (observed only); values are 0..K-1."""
+def Categorical(logits=None, probs=None) -> Distribution:
+    """Categorical over the last axis (observed only); values are 0..K-1. Give ``logits=``
+    (unnormalized log probabilities) or ``probs=`` (positive, normalized over the last
+    axis here: ``probs=p`` is ``logits=kq.log(p)``, the same distribution)."""
+    if (probs is None) == (logits is None):
+        raise ValueError("Categorical: give exactly one of logits= or probs=, e.g. "
+                         "logits=x @ W or probs=kq.softmax(x @ W)")
+    if probs is not None:
+        logits = log(as_expr(probs))
     return _make("Categorical", "categorical", event_dims={"logits": 1}.items(), logits=logits)
 
 

@@ -79,9 +79,9 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
     lines = [
         f"klqp objective for model {model.name!r}",
         f"  N = total_size = {n}, b = batch_size = {b}, N/b = {n / b:g}",
-        f"  global latents theta: {g}",
-        f"  local latents z_i (one per row): {l}",
-        f"  observed y_i: {o}",
+        f"  global latents (theta below): {g}",
+        f"  local latents (z_i below, one per row): {l}",
+        f"  observed (y_i below): {o}",
         *([f"  potentials (kq.Potential, weight 1): per row f_i = {' + '.join(per_row)}"]
           if per_row else []),
         *([f"  potentials (kq.Potential, weight 1): global f = {' + '.join(whole)}"]
@@ -92,7 +92,7 @@ def explain(model: Model, *, total_size=None, batch_size=None, beta=None, beta_g
         "               + beta_global * (log q(theta) - log p(theta))",
         "               + beta_local * (N/b) * sum_B (log q(z_i) - log p(z_i | theta, x_i)) ]",
         "",
-        f"  s = {'b/N' if scale_cost_to_minibatch else '1'} = {s:g}   "
+        f"  s = {f'b/N = {s:g}' if scale_cost_to_minibatch else '1'}   "
         f"(scale_cost_to_minibatch={scale_cost_to_minibatch}: rescales the whole loss, "
         "never the optimum)",
         f"  T = likelihood_weight = {_describe(weights.likelihood_weight)}",

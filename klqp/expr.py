@@ -25,7 +25,8 @@ import numpy as np
 __all__ = [
     "Expr", "Const", "as_expr", "exp", "log", "log1p", "sqrt", "abs", "lgamma", "sigmoid",
     "softplus", "tanh", "relu", "sum", "mean", "logsumexp", "cumsum", "concat", "stack",
-    "expand_dims", "reshape", "maximum", "minimum", "where", "evaluate", "variables_in",
+    "expand_dims", "reshape", "maximum", "minimum", "where", "log_softmax", "softmax", "logit",
+    "square", "clip", "evaluate", "variables_in",
     "NumpyOps",
 ]
 
@@ -306,14 +307,68 @@ def expand_dims(x, axis: int = -1) -> Expr:
     return Expr("expand_dims", (as_expr(x),), (("axis", int(axis)),))
 
 
+def log_softmax(x, axis: int = -1) -> Expr:
+    """log(softmax(x)) over ``axis``, computed stably as ``x - logsumexp(x, axis)``.
+
+    >>> import klqp as kq
+    >>> with kq.Model("m"):
+    ...     w = kq.Global("w", kq.Normal(0.0, 1.0), shape=(3,))
+    >>> kq.log_softmax(w)
+    (w - expand_dims(logsumexp(w, axis=-1), axis=-1))
+    """
+    x = as_expr(x)
+    return x - expand_dims(logsumexp(x, axis), axis)
+
+
+def softmax(x, axis: int = -1) -> Expr:
+    """exp(x) normalized to sum to 1 over ``axis`` (mixture weights, class probabilities);
+    ``exp(log_softmax(x, axis))``, so large entries do not overflow."""
+    return exp(log_softmax(x, axis))
+
+
+def logit(p) -> Expr:
+    """Elementwise log(p / (1 - p)), the inverse of :func:`sigmoid`, for p in (0, 1)."""
+    p = as_expr(p)
+    return log(p) - log1p(-p)
+
+
+def square(x) -> Expr:
+    """Elementwise x * x."""
+    x = as_expr(x)
+    return x * x
+
+
+def clip(x, lower, upper) -> Expr:
+    """``x`` limited to [lower, upper] elementwise (``minimum(maximum(x, lower), upper)``;
+    its gradient is 0 where the limit applies)."""
+    return minimum(maximum(x, lower), upper)
+
+
 def concat(parts, axis: int = -1) -> Expr:
-    """Join expressions along ``axis`` (default: a row's last axis)."""
+    """Join expressions along ``axis`` (default: a row's last axis). With a negative axis
+    the other axes broadcast, as in arithmetic: ``kq.concat([[0.0], x @ W], -1)`` puts a
+    0 before every row's (K - 1) logits (a reference category)."""
     return Expr("concat", tuple(as_expr(p) for p in parts), (("axis", int(axis)),))
 
 
 def stack(parts, axis: int = -1) -> Expr:
     """Stack expressions of one shape along a new ``axis`` (default: a new last axis)."""
     return Expr("stack", tuple(as_expr(p) for p in parts), (("axis", int(axis)),))
+
+
+def _static_shape(x) -> tuple:
+    """A NumPy, JAX or PyTensor array's shape as far as it is known (None: unknown)."""
+    shape = getattr(getattr(x, "type", None), "shape", None)  # PyTensor's static shape
+    return tuple(shape) if isinstance(shape, tuple) else tuple(np.shape(x))
+
+
+def _broadcast_needed(parts, axis: int) -> bool:
+    """Whether ``concat``'s parts differ in rank or in a known size off ``axis`` (< 0)."""
+    shapes = [_static_shape(p) for p in parts]
+    if len({len(s) for s in shapes}) > 1:
+        return True
+    off = [s[:len(s) + axis] + s[len(s) + axis + 1:] for s in shapes]
+    return any(a != b and None not in (a, b) for dims in zip(*off) for a in dims for b in dims)
 
 
 def variables_in(expr: Expr) -> list[str]:
@@ -362,6 +417,15 @@ class ArrayOps:
         return self.xp.mean(x, axis=axis)
 
     def concat(self, parts, axis):
+        if axis < 0 and _broadcast_needed(parts, axis):
+            # every axis but the joined one broadcasts (a constant column beside per-row
+            # values: concat([[0.0], x @ W]) for a reference category): add zeros shaped
+            # like each part's first slice along the axis
+            edge = (Ellipsis, slice(0, 1)) + (slice(None),) * (-axis - 1)
+            zeros = self.xp.zeros_like(parts[0][edge])
+            for p in parts[1:]:  # (not sum(): this module's sum builds an expression)
+                zeros = zeros + self.xp.zeros_like(p[edge])
+            parts = [p + zeros for p in parts]
         return self.xp.concatenate(parts, axis=axis)
 
     def stack(self, parts, axis):

@@ -301,7 +301,9 @@ class Model:
                         raise ModelError(f"{kind} {name!r}: parameter {pname}={e!r} has "
                                          f"inconsistent shapes ({err}); fix the shapes of the "
                                          "variables it reads (a per-row scalar against a "
-                                         "vector needs a new last axis: x[..., None] - v)"
+                                         "vector needs a new last axis: x[..., None] - v; "
+                                         "an array with one entry per data point is data: "
+                                         "declare it kq.Data('name') and pass it in data=)"
                                          ) from None
                 shp = value.shape
                 if row_wise:

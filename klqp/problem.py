@@ -177,7 +177,11 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
             raise ValueError(f"{where}: column {name!r} has {arr.shape[0]} rows but {first!r} has "
                              f"{length}; every column needs the same number of rows")
         if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{where}: column {name!r} has dtype {arr.dtype}; give numbers")
+            given = getattr(batch[name], "dtype", arr.dtype)  # a pandas column's own dtype
+            raise TypeError(
+                f"{where}: column {name!r} has dtype {given}; give numbers. Labels or groups "
+                "become integer codes 0..K-1: np.unique(column, return_inverse=True)[1], or "
+                "a pandas categorical's column.cat.codes")
         if name == ROW_INDEX:
             if arr.dtype.kind not in "iu" or arr.ndim != 1:
                 raise ValueError(f"{where}: '{ROW_INDEX}' must be a 1-d integer array of row "
@@ -214,11 +218,14 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 # with fewer axes in P the row axis would meet one of the row's own axes
                 ok = False
             if not ok:
+                inline = (f" A constant array of {length} entries in the model is one array, "
+                          "not one entry per row: declare it as data, kq.Data('offset'), and "
+                          "pass it in data=" if spec.shape and spec.shape[0] == length else "")
                 raise ValueError(f"{where}: Observed {name!r} has rows of shape {row} but its "
                                  "distribution's parameters have per-row shape "
                                  f"{tuple(spec.shape)}; fix the model or the array (a parameter "
                                  "that reads per-row variables needs as many axes per row as the "
-                                 "observation)")
+                                 f"observation).{inline}")
         if spec.dtype == "int":
             if not np.all(arr == np.round(arr)):
                 raise ValueError(f"{where}: column {name!r} must hold whole numbers "

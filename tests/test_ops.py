@@ -1,5 +1,6 @@
-"""Array operations in expressions (kq.logsumexp, stack, cumsum, expand_dims, maximum,
-minimum, lgamma, sqrt, abs, log1p, reshape, where and comparisons, NumPy-style tuple
+"""Array operations in expressions (kq.logsumexp, softmax, log_softmax, logit, square,
+clip, stack, concat, cumsum, expand_dims, maximum, minimum, lgamma, sqrt, abs, log1p,
+reshape, where and comparisons, NumPy-style tuple
 indexing), NumPy functions on expressions, the shape probe, and DataFrames as data. The backends' agreement on every op: tests/test_agreement.py on
 tests/models.py's array_ops model."""
 
@@ -38,6 +39,15 @@ CASES = [
     (X[2, 1], VALUE[2, 1]),
     (X[..., 1:], VALUE[..., 1:]),
     (kq.stack([X, X], -1)[..., 1, :], np.stack([VALUE, VALUE], -1)[..., 1, :]),
+    (kq.softmax(X, -1), special.softmax(VALUE, -1)),
+    (kq.softmax(X, 0), special.softmax(VALUE, 0)),
+    (kq.log_softmax(X, -1), special.log_softmax(VALUE, -1)),
+    (kq.logit(kq.sigmoid(X)), VALUE),
+    (kq.square(X), VALUE ** 2),
+    (kq.clip(X, -0.3, 0.4), np.clip(VALUE, -0.3, 0.4)),
+    # a negative axis broadcasts the other axes: a constant column beside every row
+    (kq.concat([[0.0], X], -1), np.concatenate([np.zeros((4, 1)), VALUE], -1)),
+    (kq.concat([X[..., 0:1], 2.0 * X], -1), np.concatenate([VALUE[:, :1], 2 * VALUE], -1)),
 ]
 
 
@@ -63,6 +73,58 @@ def test_logsumexp_is_stable_where_exp_overflows():
     big = np.array([[1000.0, 1000.0], [-1000.0, -1001.0]])
     got = evaluate(kq.logsumexp(X, -1), {"x": big}, NumpyOps)
     np.testing.assert_allclose(got, [1000.0 + np.log(2.0), -1000.0 + np.log1p(np.exp(-1.0))])
+
+
+def test_softmax_is_stable_where_exp_overflows():
+    big = np.array([[1000.0, 0.0, -1000.0]])
+    np.testing.assert_allclose(evaluate(kq.softmax(X), {"x": big}, NumpyOps), [[1.0, 0.0, 0.0]])
+    assert np.isfinite(evaluate(kq.log_softmax(X), {"x": big}, NumpyOps)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_categorical_by_probs_and_a_reference_category_equal_the_logits_model(backend):
+    """Categorical(probs=softmax(eta)) is Categorical(logits=eta); concat([[0.0], x @ W])
+    (one 0 logit before each row's K - 1) is x @ [0 | W]: the same losses to rounding."""
+    rng = np.random.default_rng(1)
+    data = {"x": rng.normal(size=(60, 3)), "y": rng.integers(0, 3, 60)}
+
+    def model(kind):
+        with kq.Model("softmax_regression") as m:
+            x = kq.Data("x", shape=(3,))
+            W = kq.Global("W", kq.Normal(0.0, 1.0), shape=(3, 2))
+            if kind == "probs":
+                y = kq.Categorical(probs=kq.softmax(kq.concat([[0.0], x @ W], -1)))
+            elif kind == "reference":
+                y = kq.Categorical(logits=kq.concat([[0.0], x @ W], -1))
+            else:
+                y = kq.Categorical(logits=x @ kq.concat([np.zeros((3, 1)), W], -1))
+            kq.Observed("y", y)
+        return m
+
+    losses = {k: kq.fit(model(k), data, backend=backend, steps=30, progress=False,
+                        seed=2).history["loss"] for k in ("probs", "reference", "padded")}
+    np.testing.assert_allclose(losses["probs"], losses["padded"], rtol=1e-10)
+    np.testing.assert_allclose(losses["reference"], losses["padded"], rtol=1e-10)
+    with pytest.raises(ValueError, match="exactly one of logits= or probs="):
+        kq.Categorical()
+
+
+def test_a_label_column_gets_the_integer_codes_advice():
+    with kq.Model("labels") as m:
+        g = kq.Data("g", dtype="int")
+        a = kq.Global("a", kq.Normal(0.0, 1.0), shape=(2,))
+        kq.Observed("y", kq.Normal(a[g], 1.0))
+    with pytest.raises(TypeError, match=r"column 'g' has dtype <U1.*cat\.codes"):
+        kq.fit(m, {"g": np.array(["a", "b"] * 5), "y": np.zeros(10)}, steps=1, progress=False)
+
+
+def test_a_per_row_array_written_into_the_model_gets_the_declare_it_as_data_advice():
+    offset = np.log(np.arange(1.0, 201.0))  # one entry per data point, not a kq.Data
+    with kq.Model("exposure"):
+        x = kq.Data("x")
+        b = kq.Global("b", kq.Normal(0.0, 1.0))
+        with pytest.raises(kq.ModelError, match=r"one entry per data point is data: declare"):
+            kq.Observed("y", kq.Poisson(kq.exp(b * x + offset)))
 
 
 def test_numpy_functions_on_an_expression_build_it_or_are_refused_by_name():
