@@ -679,13 +679,14 @@ def coupling(xp, curvature_matrix):
 
 
 def line_step_size(xp, step_size, ascent, direction, curvature_along):
-    """rho_t capped at the exact line search's optimum along the diagonal step's
-    direction u = dJ/dm / c for the quadratic model of J there: t* = (dJ/dm . u) /
-    (u^T (-H) u), ``curvature_along`` = u^T (-H) u (a Hessian-vector product at the
-    step's draws). For a diagonal H, t* = 1: nothing changes; where the numbers are
-    coupled (a random walk's increments, a funnel's scale and its effects) the diagonal
-    step overshoots by 1 / t* and is cut to the line's optimum. Never lengthened;
-    unchanged where u^T (-H) u <= 0.
+    """rho_t capped at the exact line search's optimum along the step's direction u
+    (the diagonal step's dJ/dm / c, or the dense step's P^-1 dJ/dm) for the quadratic
+    model of J there: t* = (dJ/dm . u) / (u^T (-H) u), ``curvature_along`` = u^T (-H) u
+    (a Hessian-vector product at the step's draws). Where the curvature that made u is
+    -H (a diagonal H for the diagonal step), t* = 1: nothing changes; where the numbers
+    are coupled (a random walk's increments, a funnel's scale and its effects) or the
+    dense step's running matrix lags q, the step overshoots by 1 / t* and is cut to the
+    line's optimum. Never lengthened; unchanged where u^T (-H) u <= 0.
 
     >>> import numpy as np
     >>> H = -np.array([[1.0, 0.9], [0.9, 1.0]])          # two coupled numbers
@@ -772,15 +773,19 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
         # preconditioned by the whole matrix, the scales from its diagonal
         correlated = (step >= size - 1) & (coupling(xp, matrix) > rule.dense_threshold)
         curvature = xp.where(correlated, xp.diagonal(matrix), curvature)
+    direction = xp.where(curvature > 0, ascent / xp.maximum(curvature, MIN_CURVATURE), 0.0)
+    if matrix is not None:
+        dense = dense_direction(xp, matrix, ascent)
+        direction = xp.where(correlated, dense, direction)
     line_size = step_size
-    if curvature_along is not None:  # the diagonal step cut at its line's optimum
-        direction = xp.where(curvature > 0, ascent / xp.maximum(curvature, MIN_CURVATURE), 0.0)
+    if curvature_along is not None:  # the step taken, cut at its line's optimum
         line_size = line_step_size(xp, step_size, ascent, direction, curvature_along(direction))
     new_loc = natural_gradient_loc(xp, loc, ascent, curvature, line_size, fallback_loc,
                                    rule.max_change)
     if matrix is not None:
-        direction = dense_direction(xp, matrix, ascent)
-        new_loc = xp.where(correlated, loc + xp.clip(step_size * direction, -rule.max_change,
+        # the dense step too: its running matrix lags q, and along a funnel's direction
+        # (a non-centred scale and its group effects) a step of rho_t ran off to ELBO -1e11
+        new_loc = xp.where(correlated, loc + xp.clip(line_size * dense, -rule.max_change,
                                                      rule.max_change), new_loc)
     new_scale = curvature_scale(xp, curvature, beta_global, scale, fallback_scale,
                                 rule.max_change)
