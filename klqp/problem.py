@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from .expr import Expr, variables_in
 from .distributions import interval_bounds
 from .model import PROBE_ROWS, ROW_INDEX, Model, ModelError, VarSpec
 from .objective import Shared, Weights, cost_scale, resolve_weights
@@ -131,6 +132,15 @@ def frame_columns(data):
     return {str(c): data[c].to_numpy() for c in data.columns}
 
 
+def _unread_data(model: Model) -> set:
+    """The Data columns no distribution, encoder, Deterministic or Potential reads."""
+    exprs = [e for v in model.vars.values() for e in (
+        [e for _, e in v.dist.params] if v.dist is not None else [])
+        + list(v.encoder or ()) + ([v.expr] if v.expr is not None else [])]
+    read = {n for e in exprs if isinstance(e, Expr) for n in variables_in(e)}
+    return {v.name for v in model.data_vars} - read
+
+
 def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
                 total_size: Optional[int] = None, optional=(), beyond=()) -> dict:
     """Check and convert one mapping of columns (or a DataFrame); returns float/int
@@ -155,6 +165,10 @@ def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
     if missing:
         hint = (f" A streamed batch of a model with Local latents must carry '{ROW_INDEX}': the "
                 "rows' numbers 0..N-1, so each row keeps its own q." if ROW_INDEX in missing else "")
+        unread = [n for n in missing if n in _unread_data(model)]
+        if unread:
+            hint += (f" Nothing in model {model.name!r} reads Data {unread}: drop the "
+                     "declaration, or pass the column.")
         raise ValueError(f"{where}: missing data for {missing}; pass data={{'name': array, ...}} "
                          f"with every Data and Observed column.{hint}")
     out, length = {}, None
@@ -270,7 +284,6 @@ _OPEN_SUPPORT = ("Gamma", "LogNormal", "Beta", "Weibull")
 
 
 def _reads_rows(model: Model, spec: VarSpec) -> bool:
-    from .expr import variables_in
     return any(model.vars[n].per_row for _, e in spec.dist.params for n in variables_in(e)
                if n in model.vars)
 

@@ -127,6 +127,16 @@ def test_a_per_row_array_written_into_the_model_gets_the_declare_it_as_data_advi
             kq.Observed("y", kq.Poisson(kq.exp(b * x + offset)))
 
 
+def test_a_declared_data_column_nothing_reads_is_named_when_missing():
+    with kq.Model("unread") as m:
+        x, _ = kq.Data("x"), kq.Data("g", dtype="int")
+        b = kq.Global("b", kq.Normal(0.0, 1.0))
+        kq.Observed("y", kq.Normal(b * x, 1.0))
+    with pytest.raises(ValueError, match=r"missing data for \['g'\].*Nothing in model "
+                                         r"'unread' reads Data \['g'\]"):
+        kq.fit(m, {"x": np.zeros(5), "y": np.zeros(5)}, steps=1, progress=False)
+
+
 def test_numpy_functions_on_an_expression_build_it_or_are_refused_by_name():
     with kq.Model("m"):
         x = kq.Data("x")
