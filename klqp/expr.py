@@ -368,7 +368,7 @@ def _broadcast_needed(parts, axis: int) -> bool:
     if len({len(s) for s in shapes}) > 1:
         return True
     off = [s[:len(s) + axis] + s[len(s) + axis + 1:] for s in shapes]
-    return any(a != b and None not in (a, b) for dims in zip(*off) for a in dims for b in dims)
+    return any(len({d for d in dims if d is not None}) > 1 for dims in zip(*off))
 
 
 def variables_in(expr: Expr) -> list[str]:

@@ -418,7 +418,7 @@ def describe(model, local_step, global_step) -> list[str]:
         if global_step.uses_curvature(size):
             lines.append(f"    global {', '.join(globals_)} ({size} numbers): natural-gradient "
                          f"steps (step size {_schedule_text(global_step.step_size)}, capped at "
-                         "the line search's optimum along the diagonal step), q's scales "
+                         "the line search's optimum along the step taken), q's scales "
                          "from the expected curvature E_q[-diag H],")
             batches = getattr(global_step.step_size, "num_batches", None)
             weight = (f"{global_step.curvature_decay:g} x min(step size, 1) on the newest, "
