@@ -1,5 +1,6 @@
 """The examples the docs show, run short on every installed backend."""
 
+import functools
 import importlib.util
 import pathlib
 
@@ -12,6 +13,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
 
 
+@functools.cache  # one module per example in a process: its caches (NUTS draws) are shared
 def load(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -68,8 +68,11 @@ def named_state(variables, opt_state, to_array) -> dict:
 
 def draw_noise(problem: Problem, key, b: int) -> dict:
     keys = jax.random.split(key, max(1, len(problem.model.latents)))
-    return {v.name: jax.random.normal(k, ((b,) if v.role == "local" else ()) + tuple(v.shape))
-            for k, v in zip(keys, problem.model.latents)}
+    noise = {v.name: jax.random.normal(k, ((b,) if v.role == "local" else ()) + tuple(v.shape))
+             for k, v in zip(keys, problem.model.latents)}
+    # computed once into buffers: else XLA fuses the draw (an erf_inv polynomial) into
+    # every one of its consumers, and the step's program compiles several times slower
+    return jax.lax.optimization_barrier(noise)
 
 
 def draw_probe(problem: Problem, key):

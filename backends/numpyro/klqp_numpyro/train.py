@@ -113,7 +113,8 @@ class Trainer:
                  for k, z in draw_noise(problem, key, b).items()}
         dense_state, row_state, global_state = opt_state
         dense = variables["dense"]
-        rows = old_rows = jax.tree.map(lambda a: self.rows.take(a, indices), variables["rows"])
+        rows = old_rows = lax.optimization_barrier(  # gathered once (see draw_noise)
+            jax.tree.map(lambda a: self.rows.take(a, indices), variables["rows"]))
         gain = jnp.zeros(())
         if st.layout is not None:
             new_rows, gain_rows = st.local_update(_as_params(dense), _as_params(rows), batch, w)
@@ -139,6 +140,11 @@ class Trainer:
             new_dense = {**new_dense, **new_global.pop("dense")}
         # A step with a non-finite loss, term, gradient or new value is not applied
         # (klqp.guard): ``apply`` selects old or new values, all inside the compiled step.
+        # The barrier keeps XLA from fusing each new value's computation into the guard's
+        # reductions as well as into the state (a second copy of the step to compile).
+        loss, terms, g_dense, g_rows, new_dense, rows = lax.optimization_barrier(
+            (loss, t.values(), g_dense, g_rows, new_dense, rows))
+        t = objective.Terms(*terms)
         figures = {"loss": loss, "loglik": t.loglik, "kl_global": t.kl_global,
                    "kl_local": t.kl_local, "potential": t.potential}
         checked = [jax.tree.leaves((g_dense[k], new_dense[k])) if k in g_dense else
