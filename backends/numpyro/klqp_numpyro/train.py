@@ -280,8 +280,9 @@ class Trainer:
         table = _as_params(table)
 
         def chunk(idx):
-            columns = {k: self.rows.take(v, idx) for k, v in data.items()}
-            rows = jax.tree.map(lambda a: self.rows.take(a, idx), table)
+            columns, rows = lax.optimization_barrier((  # gathered once (see draw_noise)
+                {k: self.rows.take(v, idx) for k, v in data.items()},
+                jax.tree.map(lambda a: self.rows.take(a, idx), table)))
             new, _ = st.local_update(dense_params, rows, columns, w, self.rows_rule.final_pass)
             return new
 
@@ -317,7 +318,7 @@ class Trainer:
             variables, opt_state, in_row = carry
             step = step0 + i
             idx = batch_rows[i]
-            batch = {k: self.rows.take(v, idx) for k, v in data.items()}
+            batch = lax.optimization_barrier({k: self.rows.take(v, idx) for k, v in data.items()})
             # Steps past the end of the run leave the state as it was.
             active = jnp.logical_and(i < n_active, in_row < self.max_nonfinite)
             new_vars, new_state, record = self.update(
