@@ -132,13 +132,18 @@ def frame_columns(data):
     return {str(c): data[c].to_numpy() for c in data.columns}
 
 
-def _unread_data(model: Model) -> set:
-    """The Data columns no distribution, encoder, Deterministic or Potential reads."""
+def _names_read(model: Model, *, derived: bool) -> set:
+    """The variables some distribution or encoder reads (``derived``: or a Deterministic
+    or Potential)."""
     exprs = [e for v in model.vars.values() for e in (
         [e for _, e in v.dist.params] if v.dist is not None else [])
-        + list(v.encoder or ()) + ([v.expr] if v.expr is not None else [])]
-    read = {n for e in exprs if isinstance(e, Expr) for n in variables_in(e)}
-    return {v.name for v in model.data_vars} - read
+        + list(v.encoder or ()) + ([v.expr] if derived and v.expr is not None else [])]
+    return {n for e in exprs if isinstance(e, Expr) for n in variables_in(e)}
+
+
+def _unread_data(model: Model) -> set:
+    """The Data columns no distribution, encoder, Deterministic or Potential reads."""
+    return {v.name for v in model.data_vars} - _names_read(model, derived=True)
 
 
 def check_batch(model: Model, batch: Mapping, *, where: str, need_rows: bool,
@@ -481,13 +486,7 @@ def _read_only_model_columns(model: Model, stream):
 def _check_params_read(model: Model) -> None:
     """A kq.Param that no distribution or encoder reads has no gradient: nothing would fit
     it (PyMC's gradient refuses such an input outright)."""
-    from .expr import variables_in
-
-    read = set()
-    for v in model.vars.values():
-        exprs = [e for _, e in v.dist.params] if v.dist is not None else []
-        exprs += list(v.encoder or ())
-        read.update(n for e in exprs for n in variables_in(e))
+    read = _names_read(model, derived=False)
     unread = [v.name for v in model.params if v.name not in read]
     if unread:
         raise ModelError(f"model {model.name!r}: kq.Param {unread} is read by no distribution "
