@@ -1,7 +1,7 @@
 """How long a fit takes to start, the first time and again: klqp against hand-written code.
 
     .venv/bin/python bench/compile_once.py            # both cases, every runner (~3 min)
-    .venv/bin/python bench/compile_once.py --quick    # a smoke run (one process)
+    .venv/bin/python bench/compile_once.py --quick    # a smoke run (one process, PyMC in JAX mode)
 
 Each runner runs in a fresh Python process, twice in that process: the second time with
 the model declared again (a new kq.Model, a new NumPyro program, a new pm.Model), new
@@ -49,33 +49,33 @@ def make_case(name: str, seed: int):
     return replace(case, data=data, numpyro_program=lambda: cases.hierarchical_numpyro(data, 256))
 
 
-def time_once(runner: str, case) -> float:
+def time_once(runner: str, case, pymc_mode: str) -> float:
     """First-call seconds of one run of ``runner`` on ``case``."""
     if runner == "klqp-numpyro":
         t = runners.time_klqp(case, "numpyro", STEPS, CHUNK)
     elif runner == "klqp-pymc":
-        t = runners.time_klqp(case, "pymc", STEPS, CHUNK, mode="c")
+        t = runners.time_klqp(case, "pymc", STEPS, CHUNK, mode=pymc_mode)
     elif runner == "numpyro-hand-scan":
         t = runners.time_numpyro_scan(case, STEPS, CHUNK)
     else:
-        t = runners.time_pymc_fit(case, STEPS, CHUNK, mode="c")
+        t = runners.time_pymc_fit(case, STEPS, CHUNK, mode=pymc_mode)
     return t.first_call_s
 
 
-def twice(runner: str, case_name: str) -> dict:
+def twice(runner: str, case_name: str, pymc_mode: str) -> dict:
     """``runner``'s first-call seconds, run twice in this process."""
     import pytensor
 
     pytensor.config.floatX = "float64"
     warnings.filterwarnings("ignore")
-    first = time_once(runner, make_case(case_name, seed=0))
-    second = time_once(runner, make_case(case_name, seed=1))
+    first = time_once(runner, make_case(case_name, seed=0), pymc_mode)
+    second = time_once(runner, make_case(case_name, seed=1), pymc_mode)
     return {"first": first, "second": second}
 
 
-def child(runner: str, case_name: str) -> None:
+def child(runner: str, case_name: str, pymc_mode: str) -> None:
     """Run ``runner`` twice in this process and print its two first-call figures as JSON."""
-    print(json.dumps(twice(runner, case_name)))
+    print(json.dumps(twice(runner, case_name, pymc_mode)))
 
 
 def main(argv=None) -> None:
@@ -83,14 +83,20 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: the logistic case only, every runner in this process "
                              "(first calls after the first runner's are then not cold)")
+    # C by default: its first compile is the slow one a disk cache helps. --quick takes JAX,
+    # as bench/run.py --quick does: on a fresh machine C compiles ~100 modules (a minute).
+    parser.add_argument("--pymc-mode", choices=("c", "jax", "numba"), default=None,
+                        help="PyTensor mode of klqp-pymc and pm.fit (default c; jax with --quick)")
     parser.add_argument("--child", nargs=2, metavar=("RUNNER", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    pymc_mode = args.pymc_mode or ("jax" if args.quick else "c")
     if args.child:
-        child(*args.child)
+        child(*args.child, pymc_mode)
         return
     names = ["logistic"] if args.quick else ["logistic", "hierarchical"]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}; {STEPS} steps in chunks of {CHUNK}, float64")
+          f"Python {platform.python_version()}; {STEPS} steps in chunks of {CHUNK}, float64, "
+          f"PyMC in {pymc_mode} mode")
     print(f"{'case':<13} {'runner':<18} {'first call s':>12} {'second call s':>14} "
           f"{'second/first':>12}")
     seconds = {}
@@ -100,9 +106,10 @@ def main(argv=None) -> None:
                 print(f"{name:<13} {runner:<18} {'n/a: pm.fit has no per-row latents':>40}")
                 continue
             if args.quick:  # a smoke run: every runner in this one process
-                figures = twice(runner, name)
+                figures = twice(runner, name, pymc_mode)
             else:
-                out = subprocess.run([sys.executable, __file__, "--child", runner, name],
+                out = subprocess.run([sys.executable, __file__, "--child", runner, name,
+                                      "--pymc-mode", pymc_mode],
                                      capture_output=True, text=True, check=False)
                 if out.returncode != 0:
                     raise SystemExit(f"{runner} on {name} failed:\n{out.stderr[-3000:]}")

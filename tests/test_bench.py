@@ -124,7 +124,8 @@ def test_semi_amortized_benchmark_runs():
 
 def test_compile_once_benchmark_reports_first_and_second_calls():
     """``bench/compile_once.py --quick``: every runner's two calls, and the ratios (the
-    figures themselves are the benchmark's, not asserted here)."""
+    figures themselves are the benchmark's, not asserted here). PyMC in JAX mode, as
+    bench/run.py --quick: no C modules to compile on a fresh machine."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "compile_once.py"), "--quick"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -133,6 +134,7 @@ def test_compile_once_benchmark_reports_first_and_second_calls():
                                     "pymc-hand"]
     assert all(float(r[2]) > 0 and float(r[3]) >= 0 for r in rows)
     assert "klqp-numpyro / numpyro-hand-scan" in proc.stdout
+    assert "PyMC in jax mode" in proc.stdout.splitlines()[0]
 
 
 def test_soak_benchmark_reports_memory_at_every_mark(tmp_path):
