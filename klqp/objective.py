@@ -90,6 +90,32 @@ class Weights:
         xp = xp or np
         return {n: (w.value if isinstance(w, Shared) else w(step, xp=xp)) for n, w in self.items()}
 
+    def runtime(self) -> dict:
+        """The weights a compiled program takes as arguments, at their current values: a
+        kq.Shared and a constant (a plain number). Fits that differ only in these share
+        one compiled program (a sweep over beta or a temperature compiles once); a
+        schedule of the step is compiled in.
+
+        >>> w = Weights(_schedules.constant(0.5), Shared(2.0), _schedules.linear_warmup(10))
+        >>> w.runtime()
+        {'beta_global': 0.5, 'beta_local': 2.0}
+        """
+        return {n: float(w.value) for n, w in self.items() if _is_runtime(w)}
+
+    def compile_key(self) -> tuple:
+        """What a compiled program depends on: each schedule by value, each runtime weight
+        only by being one (``runtime``)."""
+        return tuple((n, "runtime" if _is_runtime(w) else w) for n, w in self.items())
+
+    def evaluate(self, step, runtime: dict, xp: Any) -> dict:
+        """Each weight at the (symbolic) ``step`` in array namespace ``xp``: a runtime
+        weight from ``runtime`` (the program's argument), a schedule evaluated."""
+        return {n: runtime[n] if n in runtime else w(step, xp=xp) for n, w in self.items()}
+
+
+def _is_runtime(weight) -> bool:
+    return isinstance(weight, (Shared, _schedules.Constant))
+
 
 @dataclass
 class Terms:

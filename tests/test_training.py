@@ -115,6 +115,32 @@ def test_a_second_fit_of_the_same_structure_reuses_the_compiled_step(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sweep_over_constant_weights_compiles_once(backend):
+    """A constant weight is an argument of the compiled program, as a kq.Shared is: fits
+    that differ only in beta or the likelihood weight (a beta-VAE sweep, a tempered
+    posterior) share one program, and each gives the numbers a freshly compiled program
+    gives for its own weights. A schedule of the step is compiled in: a new one compiles."""
+    import klqp.cache
+
+    klqp.cache.clear()
+    kw = dict(steps=60, batch_size=30, chunk_size=30)
+    first, *_ = _fit(backend, beta_local=1.0, **kw)
+    swept, *_ = _fit(backend, beta_local=4.0, likelihood_weight=0.5, **kw)
+    assert first.info["compiles"] >= 1 and swept.info["compiles"] == 0
+    assert swept.history["beta_local"][-1] == 4.0 and swept.history["likelihood_weight"][0] == 0.5
+    klqp.cache.clear()
+    fresh, *_ = _fit(backend, beta_local=4.0, likelihood_weight=0.5, **kw)
+    assert fresh.info["compiles"] >= 1
+    np.testing.assert_array_equal(swept.history["loss"], fresh.history["loss"])
+    for name, p in fresh.params.items():
+        for q, a in p.items():
+            np.testing.assert_array_equal(swept.params[name][q], a, err_msg=f"{name}.{q}")
+    scheduled, *_ = _fit(backend, beta_local=schedules.linear_warmup(30), **kw)
+    assert scheduled.info["compiles"] >= 1
+    np.testing.assert_allclose(scheduled.history["beta_local"][:30], np.arange(30) / 30)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_continues_an_unbroken_run(backend):
     built = hierarchical(n=120)
     whole, *_ = _fit(backend, built=built, steps=300)

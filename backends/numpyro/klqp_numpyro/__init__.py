@@ -22,7 +22,7 @@ from .steps import Stepper
 from .host_table import host_table
 from .sharding import placement
 from .program import fit as _fit
-from .state import _shared_values, _weights_at
+from .state import _runtime_weights, _weights_at
 
 __all__ = ["NumPyroBackend", "NumPyroObjective"]
 
@@ -56,7 +56,7 @@ class NumPyroObjective(CompiledObjective):
     # -- the primitives (klqp.compiled), on checked NumPy arguments ---------------------------
     def _args(self, params, indices, noise, step):
         params, noise = jax.tree.map(jnp.asarray, (params, noise))
-        weights = _weights_at(self.problem, jnp.asarray(step), _shared_values(self.problem))
+        weights = _weights_at(self.problem, jnp.asarray(step), _runtime_weights(self.problem))
         return params, jnp.asarray(indices), noise, weights
 
     def _terms(self, params, indices, noise, step):

@@ -16,7 +16,7 @@ from klqp.cache import backend_cache
 from klqp.problem import FitConfig, Problem, init_params
 from klqp.results import FitResult
 
-from .state import OptState, _NAME, _shared_values, _to_variables, state_names
+from .state import OptState, _NAME, _runtime_weights, _to_variables, state_names
 from .train import Trainer
 
 #: Compiled trainers kept across fits (``klqp.cache``): a second fit of a model of the
@@ -26,13 +26,14 @@ TRAINERS = backend_cache()
 
 def trainer_key(problem: Problem, config: FitConfig):
     """Everything a compiled trainer reads as a constant besides the model's structure
-    (``klqp.cache.ProgramCache.take_for`` adds it): N, b, the weights (schedules by value,
-    a kq.Shared by identity: its value is an argument), the data's shapes and dtypes, the
-    step rule, the learning rate and JAX's float dtype."""
+    (``klqp.cache.ProgramCache.take_for`` adds it): N, b, the weights (schedules by value;
+    a constant or a kq.Shared is an argument, ``Weights.compile_key``), the data's shapes
+    and dtypes, the step rule, the learning rate and JAX's float dtype."""
     columns = (None if problem.data is None else
                tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in problem.data.items()))
     return (jnp.result_type(float).name, problem.total_size, problem.batch_size,
-            problem.weights, problem.scale_cost_to_minibatch, columns, config.learning_rate,
+            problem.weights.compile_key(), problem.scale_cost_to_minibatch, columns,
+            config.learning_rate,
             config.local_step, config.global_step, config.max_nonfinite)
 
 
@@ -83,7 +84,7 @@ class Program:
         self.variables, self.opt_state, figures = self.trainer._step(
             self.variables, self.opt_state, columns, indices,
             jax.random.fold_in(self.noise_key, step), jnp.asarray(step),
-            _shared_values(self.problem))
+            _runtime_weights(self.problem))
         return figures
 
     def state(self) -> list:
@@ -92,7 +93,7 @@ class Program:
     def report(self, step: int) -> dict:
         data = None if self.problem.data is None else self.trainer.device_data()
         return self.trainer.reported_params(self.variables, self.opt_state, data, step,
-                                            _shared_values(self.problem))
+                                            _runtime_weights(self.problem))
 
     def info(self) -> dict:
         counts = self.trainer.trace_counts - self.counts_before  # this fit's compiles

@@ -17,24 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from klqp import transforms
-from klqp.objective import Shared
 from klqp.problem import Problem
 
 _NAME = "numpyro"
 
 
-def _weights_at(problem: Problem, step, shared_values: dict) -> dict:
-    """Every weight at ``step`` (traced): schedules are evaluated with jnp; a Shared weight
-    comes in as a traced argument, so changing it recompiles nothing."""
-    out = {}
-    for name, w in problem.weights.items():
-        out[name] = shared_values[name] if isinstance(w, Shared) else w(step, xp=jnp)
-    return out
+def _weights_at(problem: Problem, step, runtime_weights: dict) -> dict:
+    """Every weight at ``step`` (traced): schedules are evaluated with jnp; a runtime weight
+    (a kq.Shared or a constant) comes in as a traced argument, so changing it recompiles
+    nothing."""
+    return problem.weights.evaluate(step, runtime_weights, jnp)
 
 
-def _shared_values(problem: Problem) -> dict:
-    return {name: jnp.asarray(w.value) for name, w in problem.weights.items()
-            if isinstance(w, Shared)}
+def _runtime_weights(problem: Problem) -> dict:
+    """The compiled programs' weight arguments (``klqp.objective.Weights.runtime``)."""
+    return {name: jnp.asarray(value) for name, value in problem.weights.runtime().items()}
 
 
 class OptState(NamedTuple):

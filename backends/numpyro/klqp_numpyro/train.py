@@ -30,7 +30,7 @@ from klqp.results import HISTORY_KEYS
 from klqp import steps as rule
 
 from .optim import RowAdamState, row_adam_update
-from .state import (OptState, _as_params, _shared_values, _weights_at, draw_noise, draw_probe,
+from .state import (OptState, _as_params, _runtime_weights, _weights_at, draw_noise, draw_probe,
                     named_state)
 from .storage import storage_for
 from .steps import Stepper, softplus_inverse
@@ -98,14 +98,14 @@ class Trainer:
                                 zeros())
         return OptState(self.optimizer.init(variables["dense"]), rows, extra)
 
-    def update(self, variables, opt_state, batch, indices, key, step, shared_values, active=True):
+    def update(self, variables, opt_state, batch, indices, key, step, runtime_weights, active=True):
         """One step on one minibatch (``klqp.steps``): the local step on the batch's rows,
         then the global step on the same batch. Locals are gathered to the batch rows, so
         their work is O(b), not O(N). ``active=False`` (traced) computes the step but
         keeps the state."""
         problem, st = self.problem, self.stepper
         n = problem.total_size
-        w = _weights_at(problem, step, shared_values)
+        w = _weights_at(problem, step, runtime_weights)
         b = indices.shape[0]
         s = objective.cost_scale(n, b, problem.scale_cost_to_minibatch)
         local_names = {v.name for v in problem.model.latents if v.role == "local"}
@@ -229,7 +229,7 @@ class Trainer:
         return self._data
 
     # -- what a fit reports ---------------------------------------------------------------
-    def reported_params(self, variables, opt_state, data, step: int, shared_values) -> dict:
+    def reported_params(self, variables, opt_state, data, step: int, runtime_weights) -> dict:
         """q as the fit reports it (``klqp.steps``): the globals' averaged iterates, the
         locals after the final pass at those globals (in-memory data only)."""
         st, n = self.stepper, self.problem.total_size
@@ -245,7 +245,7 @@ class Trainer:
                      if k not in st.layout.names}
             at = jnp.asarray(max(step - 1, 0))
             final = self.storage.final_pass(
-                lambda d, table, columns: self._final(d, table, columns, at, shared_values),
+                lambda d, table, columns: self._final(d, table, columns, at, runtime_weights),
                 dense, variables["rows"], data, n, self.problem.batch_size)
             for k, p in final.items():
                 params[k] = {q: self.storage.to_host(a, n) for q, a in p.items()}
@@ -269,12 +269,12 @@ class Trainer:
                            OptState(host(opt_state.adam), host(opt_state.row_adam, True),
                                     host(opt_state.global_step)), np.asarray)
 
-    def _final_pass(self, dense_params, table, data, step, shared_values):
+    def _final_pass(self, dense_params, table, data, step, runtime_weights):
         """The local step over all N rows, b at a time, at the reported globals."""
         self.trace_counts["final_pass"] += 1
         problem, st = self.problem, self.stepper
         n, b = next(iter(data.values())).shape[0], problem.batch_size  # all rows, or a block
-        w = _weights_at(problem, step, shared_values)
+        w = _weights_at(problem, step, runtime_weights)
         chunks = -(-n // b)
         order = jnp.minimum(jnp.arange(chunks * b), n - 1).reshape(chunks, b)  # last row repeated
         table = _as_params(table)
@@ -307,7 +307,7 @@ class Trainer:
             out[i] = self._orders[(seed, epoch)][pos * b:(pos + 1) * b]
         return out
 
-    def _run_chunk(self, carry, data, key, step0, n_active, shared_values, batch_rows, *, length):
+    def _run_chunk(self, carry, data, key, step0, n_active, runtime_weights, batch_rows, *, length):
         """``length`` steps as one lax.scan; step step0+i takes the rows ``batch_rows[i]``
         (from ``chunk_rows``). ``carry`` also counts the non-finite steps in a row; at
         ``max_nonfinite`` the rest of the chunk applies nothing."""
@@ -323,7 +323,7 @@ class Trainer:
             active = jnp.logical_and(i < n_active, in_row < self.max_nonfinite)
             new_vars, new_state, record = self.update(
                 variables, opt_state, batch, idx, jax.random.fold_in(noise_key, step), step,
-                shared_values, active=active)
+                runtime_weights, active=active)
             in_row = jnp.where(active, jnp.where(record["skipped"] > 0, in_row + 1, 0), in_row)
             return (new_vars, new_state, in_row), record
 
@@ -336,7 +336,7 @@ class Trainer:
             run.variables, run.opt_state, self.device_data(),
             self.chunk_rows(run.config.seed, run.step, length), self.problem.total_size)
         return ((variables, opt_state, jnp.asarray(run.in_row)), data, key,
-                jnp.asarray(run.step), jnp.asarray(n_active), _shared_values(self.problem), rows)
+                jnp.asarray(run.step), jnp.asarray(n_active), _runtime_weights(self.problem), rows)
 
     def chunk_result(self, run, variables, opt_state) -> tuple:
         """(variables, optimizer state) after a chunk (a host table gets its rows back)."""
@@ -349,6 +349,6 @@ class Trainer:
                                  length=length).compile()
 
     # -- streamed batches: one jitted step per batch ------------------------------------
-    def _stream_step(self, variables, opt_state, batch, indices, key, step, shared_values):
+    def _stream_step(self, variables, opt_state, batch, indices, key, step, runtime_weights):
         self.trace_counts["stream_step"] += 1
-        return self.update(variables, opt_state, batch, indices, key, step, shared_values)
+        return self.update(variables, opt_state, batch, indices, key, step, runtime_weights)

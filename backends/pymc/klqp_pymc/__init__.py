@@ -29,7 +29,7 @@ from klqp.problem import FitConfig, Problem
 from klqp.results import FitResult
 
 from . import modes
-from .lowering import Lowered, lower, weight_tensors
+from .lowering import Lowered, lower, set_runtime_weights, weight_tensors
 from .program import fit as _fit
 from .steps import LocalSolver, RowModel, amortized_q, global_curvature, split_flat, tile_rows
 from .tensors import (Batch, QParams, as_column, as_float, float_dtype,
@@ -126,7 +126,7 @@ class PyMCObjective(CompiledObjective):
 
     def _evaluate(self, params, indices, noise, step) -> list:
         function = self._function(len(indices))
-        function[3].refresh_shared_weights()
+        function[3].set_runtime_weights(self.problem)
         with modes.quiet_int64_truncation():
             return function[0](*self._arguments(function, params, indices, noise, step))
 
@@ -187,8 +187,7 @@ class PyMCObjective(CompiledObjective):
     def _run_steps(self, params, indices, noise, step, probe=None) -> dict:
         function = self._function(len(indices), steps=True)
         fn, _, _, (names, shared) = function
-        for weight, holder in shared:
-            holder.set_value(as_float(weight.value, holder.dtype))
+        set_runtime_weights(shared, self.problem)
         args = self._arguments(function, params, indices, noise, step)
         if self.problem.model.globals:  # the curvature's probe (its output unused without one)
             d = sum(int(np.prod(v.shape, dtype=int)) for v in self.problem.model.globals)

@@ -239,18 +239,29 @@ def cost_scale(approx: Approximation, batch: Batch, total_size: int):
 
 
 def weight_tensors(problem: Problem, step) -> tuple[dict, list]:
-    """Each weight as a PyTensor scalar at the symbolic ``step``, and the (kq.Shared,
-    pytensor shared) pairs the caller refreshes from ``.value`` before each call. Neither
-    a schedule's step nor a Shared's value is baked into the compiled graph."""
-    tensors, refresh = {}, []
+    """Each weight as a PyTensor scalar at the symbolic ``step``, and the (name, pytensor
+    shared) pairs of the runtime weights (a kq.Shared, a constant:
+    ``klqp.objective.Weights.runtime``), which ``set_runtime_weights`` fills before each
+    call. Neither a schedule's step nor a runtime weight's value is baked into the graph,
+    so fits that differ only in them share a compiled function."""
+    runtime = problem.weights.runtime()
+    tensors, holders = {}, []
     for name, w in problem.weights.items():
-        if isinstance(w, Shared):
-            holder = pytensor.shared(as_float(w.value), name=name)
-            refresh.append((w, holder))
+        if name in runtime:
+            holder = pytensor.shared(as_float(runtime[name]), name=name)
+            holders.append((name, holder))
             tensors[name] = holder
         else:
             tensors[name] = pt.cast(pt.as_tensor(w(step, xp=pt)), float_dtype())
-    return tensors, refresh
+    return tensors, holders
+
+
+def set_runtime_weights(holders: list, problem: Problem) -> None:
+    """Fill ``weight_tensors``' holders from ``problem``'s weights (the fit or objective
+    that calls the compiled function now, not necessarily the one it was built for)."""
+    values = problem.weights.runtime()
+    for name, holder in holders:
+        holder.set_value(as_float(values[name], holder.dtype))
 
 
 class KlqpKL(KL):
@@ -296,7 +307,7 @@ class Lowered:
     approx: Approximation
     inference: KlqpInference
     weights: dict
-    shared_weights: list
+    runtime_weights: list
     noise_replacements: dict
     cost_scale: Any = None  # s, a PyTensor scalar
 
@@ -326,9 +337,8 @@ class Lowered:
                 "kl_global": t.kl_global, "kl_local": t.kl_local, "potential": t.potential,
                 **self.weights}
 
-    def refresh_shared_weights(self) -> None:
-        for weight, holder in self.shared_weights:
-            holder.set_value(as_float(weight.value, holder.dtype))
+    def set_runtime_weights(self, problem: Problem) -> None:
+        set_runtime_weights(self.runtime_weights, problem)
 
 
 def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step,
@@ -353,10 +363,10 @@ def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step,
             pair = [flat, -flat] if role == "global" else [flat, flat]
             replacements[groups[role].symbolic_initial] = (pt.stack(pair) if antithetic
                                                            else flat[None, :])
-    weights, shared_weights = weights or weight_tensors(problem, step)
+    weights, runtime_weights = weights or weight_tensors(problem, step)
     inference = KlqpInference(approx, blocks=blocks, rvs=rvs, groups=groups, batch=batch,
                               weights=weights, samples=2 if antithetic else 1, stl=stl)
     return Lowered(pm_model=pm_model, rvs=rvs, groups=groups, approx=approx, inference=inference,
-                   weights=weights, shared_weights=shared_weights,
+                   weights=weights, runtime_weights=runtime_weights,
                    noise_replacements=replacements,
                    cost_scale=cost_scale(approx, batch, problem.total_size))

@@ -24,7 +24,7 @@ from klqp.problem import FitConfig, Problem, init_params
 from klqp.training import epoch_order
 from klqp.results import HISTORY_KEYS, FitResult
 
-from .lowering import weight_tensors
+from .lowering import set_runtime_weights, weight_tensors
 from .modes import compile_kwargs, quiet_int64_truncation
 from .state import (_NAME, _size, check_state, draw_noise, draw_probe, initial_state,
                     params_from_state, state_layout)
@@ -84,8 +84,7 @@ class FinalPass(Adoptable):
         globals and point values, the locals' training iterates)."""
         problem, b = self.problem, self.capacity
         n, spec = problem.total_size, problem.model
-        for weight, holder in self.shared:
-            holder.set_value(as_float(weight.value, holder.dtype))
+        set_runtime_weights(self.shared, problem)
         point = [as_float(params[v.name]["value"]) for v in spec.params]
         mu = ([as_float(np.concatenate([np.ravel(params[v.name]["loc"]) for v in spec.globals]))]
               if spec.globals else [])

@@ -57,9 +57,10 @@ class Layout:
 
 def cache_key(problem: Problem, learning_rate, mode: str, layout: Layout, rule: Rule) -> tuple:
     """Everything a compiled step depends on besides the model: two fits with equal keys
-    can share it. Weights compare by value (schedules) or identity (kq.Shared)."""
-    return (mode, float_dtype(), layout, problem.total_size, problem.batch_size, problem.weights,
-            problem.scale_cost_to_minibatch, learning_rate, rule)
+    can share it. Schedules compare by value; a constant or kq.Shared weight is an input
+    (``Weights.compile_key``)."""
+    return (mode, float_dtype(), layout, problem.total_size, problem.batch_size,
+            problem.weights.compile_key(), problem.scale_cost_to_minibatch, learning_rate, rule)
 
 
 # -- the compiled step -----------------------------------------------------------------------
@@ -354,7 +355,7 @@ class Trainer(Adoptable):
         """Run one step; returns the HISTORY_KEYS figures of the step. ``columns`` in
         ``layout.columns`` order, each with ``capacity`` rows; ``probe``: the curvature's
         (``draw_probe``), needed when the rule has curvature steps."""
-        self.lowered.refresh_shared_weights()
+        self.lowered.set_runtime_weights(self.problem)
         args = [indices, *noise, *columns] + ([] if mask is None else [mask])
         if self.rule.curvature:
             args.append(probe)
