@@ -126,7 +126,7 @@ class PyMCObjective(CompiledObjective):
 
     def _evaluate(self, params, indices, noise, step) -> list:
         function = self._function(len(indices))
-        function[3].set_runtime_weights(self.problem)
+        set_runtime_weights(function[3].runtime_weights, self.problem)
         with modes.quiet_int64_truncation():
             return function[0](*self._arguments(function, params, indices, noise, step))
 

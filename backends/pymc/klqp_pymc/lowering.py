@@ -239,11 +239,10 @@ def cost_scale(approx: Approximation, batch: Batch, total_size: int):
 
 
 def weight_tensors(problem: Problem, step) -> tuple[dict, list]:
-    """Each weight as a PyTensor scalar at the symbolic ``step``, and the (name, pytensor
-    shared) pairs of the runtime weights (a kq.Shared, a constant:
-    ``klqp.objective.Weights.runtime``), which ``set_runtime_weights`` fills before each
-    call. Neither a schedule's step nor a runtime weight's value is baked into the graph,
-    so fits that differ only in them share a compiled function."""
+    """Each weight as a PyTensor scalar at the symbolic ``step``, and the (name, shared)
+    pairs of the runtime weights (``klqp.objective.Weights.runtime``: a constant, a
+    kq.Shared) that ``set_runtime_weights`` fills before each call, so fits that differ
+    only in them share a compiled function. A schedule is evaluated at ``step``."""
     runtime = problem.weights.runtime()
     tensors, holders = {}, []
     for name, w in problem.weights.items():
@@ -336,9 +335,6 @@ class Lowered:
         return {"loss": loss, "elbo": objective.elbo(t), "loglik": t.loglik,
                 "kl_global": t.kl_global, "kl_local": t.kl_local, "potential": t.potential,
                 **self.weights}
-
-    def set_runtime_weights(self, problem: Problem) -> None:
-        set_runtime_weights(self.runtime_weights, problem)
 
 
 def lower(problem: Problem, batch: Batch, q: QParams, noise: dict, step,

@@ -31,7 +31,7 @@ from klqp.steps import Rule
 from klqp.problem import Problem
 from klqp.results import HISTORY_KEYS
 
-from .lowering import lower, weight_tensors
+from .lowering import lower, set_runtime_weights, weight_tensors
 from .modes import compile_kwargs, quiet_int64_truncation
 from .optim import KlqpOptimizer, RowAdam
 from .state import _size, dense_layout, row_layout
@@ -355,7 +355,7 @@ class Trainer(Adoptable):
         """Run one step; returns the HISTORY_KEYS figures of the step. ``columns`` in
         ``layout.columns`` order, each with ``capacity`` rows; ``probe``: the curvature's
         (``draw_probe``), needed when the rule has curvature steps."""
-        self.lowered.set_runtime_weights(self.problem)
+        set_runtime_weights(self.lowered.runtime_weights, self.problem)
         args = [indices, *noise, *columns] + ([] if mask is None else [mask])
         if self.rule.curvature:
             args.append(probe)
