@@ -87,8 +87,7 @@ class Weights:
     def at(self, step: int, xp: Any = None) -> dict:
         """Each weight's value at ``step`` (Shared: its current value)."""
         import numpy as np
-        xp = xp or np
-        return {n: (w.value if isinstance(w, Shared) else w(step, xp=xp)) for n, w in self.items()}
+        return self.evaluate(step, self.runtime(), xp or np)
 
     def runtime(self) -> dict:
         """The weights a compiled program takes as arguments, at their current values: a

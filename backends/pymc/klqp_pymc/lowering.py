@@ -29,7 +29,7 @@ from pymc.variational.opvi import Approximation
 
 from klqp import objective
 from klqp.expr import evaluate
-from klqp.objective import Shared, Terms
+from klqp.objective import Terms
 from klqp.problem import Problem
 
 from klqp.transforms import ON_U, value_on_u
