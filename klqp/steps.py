@@ -89,7 +89,7 @@ from . import schedules as _schedules
 __all__ = ["LocalStep", "RowAdam", "GlobalStep", "Rule", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
-           "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_direction",
+           "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_inverse", "eager_when",
            "line_step_size",
            "coupling",
            "natural_gradient_loc", "curvature_scale", "global_update", "row_adam",
@@ -208,6 +208,10 @@ class GlobalStep:
         curvature matrix, one exact column a step (round robin), and preconditions its
         mean step with it (correlated posteriors); larger blocks keep the diagonal, by
         a Hutchinson probe. 0: always the diagonal.
+    dense_every: the dense step's preconditioner (``dense_inverse``, an eigendecomposition
+        of the running matrix) is recomputed every this many steps and kept in between:
+        it costs as much as the rest of a step (about 30 us at D = 21 and 240 us at
+        D = 64 on a CPU core) while the matrix changes by one column a step.
     dense_threshold: the dense matrix preconditions the mean step only while the
         curvature's coupling, max_j sum_{k != j} |C_jk| / sqrt(C_jj C_kk), exceeds this
         (at most 1: the diagonal step is stable, and less noisy).
@@ -229,6 +233,7 @@ class GlobalStep:
 
     curvature: bool = True
     dense_max: int = 64
+    dense_every: int = 8
     dense_threshold: float = 1.0
     step_size: Any = field(default_factory=lambda: _schedules.natural_step(1.0, 50))
     curvature_decay: float = 0.1
@@ -247,6 +252,9 @@ class GlobalStep:
         object.__setattr__(self, "dense_max", _int_in(
             owner, "dense_max", self.dense_max, 0, 1024, "global blocks of up to this many "
             "numbers keep a dense curvature (a D x D matrix); e.g. dense_max=64, or 0"))
+        object.__setattr__(self, "dense_every", _int_in(
+            owner, "dense_every", self.dense_every, 1, None, "the dense step recomputes its "
+            "preconditioner every this many steps, e.g. dense_every=8 (1: every step)"))
         object.__setattr__(self, "dense_threshold", _positive(
             owner, "dense_threshold", self.dense_threshold, "a curvature coupling, e.g. 1.0"))
         object.__setattr__(self, "curvature_decay", _positive(
@@ -433,7 +441,9 @@ def describe(model, local_step, global_step) -> list[str]:
                 lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
                              "one exact column a step; where the curvature's coupling "
                              f"exceeds {global_step.dense_threshold:g}, the mean step is "
-                             "preconditioned by the whole matrix and the scales take its diagonal")
+                             "preconditioned by the whole matrix (its inverse recomputed every "
+                             f"dense_every={global_step.dense_every} steps) and the scales take "
+                             "its diagonal")
             else:
                 lines.append(f"      diagonal curvature only ({size} numbers > dense_max="
                              f"{global_step.dense_max}): correlated numbers move more slowly")
@@ -633,19 +643,19 @@ def column_average(xp, previous, column, index, visits, decay):
     return xp.where(is_column[None, :], new[:, None], previous)
 
 
-def dense_direction(xp, curvature_matrix, ascent, relative_floor=1e-10):
-    """The mean step's direction P^-1 ascent for the dense curvature: P = the symmetric
-    part of ``curvature_matrix`` with each eigenvalue lambda that is not positive
-    replaced by max(|lambda|, the Rayleigh quotient v^T diag v of the matrix's diagonal
-    along its eigenvector v), floored at ``relative_floor`` x the largest. Columns taken
-    at different steps make the matrix indefinite while q moves; along such a direction
-    the step is then no longer than the diagonal step's there. (|lambda| alone, as
-    saddle-free Newton, made a Student-t regression's fit cycle for good in 3 of 8
-    runs: bench/classic_models.py "robust".)
+def dense_inverse(xp, curvature_matrix, relative_floor=1e-10):
+    """The dense step's preconditioner P^-1 (D, D): P = the symmetric part of
+    ``curvature_matrix`` with each eigenvalue lambda that is not positive replaced by
+    max(|lambda|, the Rayleigh quotient v^T diag v of the matrix's diagonal along its
+    eigenvector v), floored at ``relative_floor`` x the largest. Columns taken at
+    different steps make the matrix indefinite while q moves; along such a direction the
+    step is then no longer than the diagonal step's there. (|lambda| alone, as
+    saddle-free Newton, made a Student-t regression's fit cycle for good in 3 of 8 runs:
+    bench/classic_models.py "robust".)
 
     >>> import numpy as np
     >>> P = np.array([[1.0, 0.999], [0.999, 1.0]])   # a 0.999-correlated posterior
-    >>> np.round(dense_direction(np, P, P @ np.array([3.0, -2.0])), 6)
+    >>> np.round(dense_inverse(np, P) @ (P @ np.array([3.0, -2.0])), 6)
     array([ 3., -2.])
     """
     sym = 0.5 * (curvature_matrix + curvature_matrix.T)
@@ -656,7 +666,14 @@ def dense_direction(xp, curvature_matrix, ascent, relative_floor=1e-10):
     along = xp.sum(vectors * vectors * diagonal[:, None], axis=0)
     magnitude = xp.where(values > 0, values, xp.maximum(xp.abs(values), along))
     magnitude = xp.maximum(magnitude, relative_floor * xp.max(magnitude) + MIN_CURVATURE)
-    return xp.dot(vectors, xp.dot(vectors.T, ascent) / magnitude)
+    return xp.dot(vectors / magnitude[None, :], vectors.T)
+
+
+def eager_when(condition, compute, keep):
+    """``compute()`` where ``condition`` holds, else ``keep``: the NumPy form of the
+    conditional ``global_update`` takes. A backend passes its lazy one (``jax.lax.cond``,
+    PyTensor's ``ifelse``) so that a step that keeps the value does not compute it."""
+    return compute() if bool(condition) else keep
 
 
 def coupling(xp, curvature_matrix):
@@ -744,16 +761,20 @@ def curvature_weight(xp, rule: GlobalStep, step_size):
 
 def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sample, running,
                   beta_global, fallback_loc, fallback_scale, matrix=None, column=None,
-                  curvature_along=None):
+                  inverse=None, when=eager_when, curvature_along=None):
     """One global step on the flat global block (D numbers; the module docstring, 2.):
-    returns (new loc, new scale, new running curvature, new dense matrix or None).
+    returns (new loc, new scale, new running curvature, new dense matrix or None, new
+    dense preconditioner or None).
 
     ``sample``: this step's curvature sample (D,); ``running``: the running curvature
     before it; ``ascent`` = dJ/dloc; ``fallback_*``: Adam's new values, kept where the
     curvature is not positive. With a dense matrix (``matrix``: the running D x D one,
     ``column``: this step's exact column step mod D), once every column has been seen
     and the curvature's coupling exceeds ``rule.dense_threshold``, the mean step is
-    preconditioned by the whole matrix and the scales take its exact diagonal.
+    preconditioned by the whole matrix and the scales take its exact diagonal. The
+    preconditioner (``inverse``: the last ``dense_inverse``) is recomputed when every
+    column has been seen and then every ``rule.dense_every`` steps, through ``when``
+    (condition, compute, keep): the backend's lazy conditional.
 
     >>> import numpy as np
     >>> loc, scale = np.zeros(2), np.ones(2)
@@ -771,11 +792,15 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
                                 rule.curvature_decay)
         # where the curvature is strongly correlated (every column seen): the mean step
         # preconditioned by the whole matrix, the scales from its diagonal
-        correlated = (step >= size - 1) & (coupling(xp, matrix) > rule.dense_threshold)
+        complete = step >= size - 1
+        correlated = complete & (coupling(xp, matrix) > rule.dense_threshold)
         curvature = xp.where(correlated, xp.diagonal(matrix), curvature)
+        # a preconditioner from every column, refreshed every dense_every steps after
+        refresh = complete & xp.equal((step + 1 - size) % rule.dense_every, 0)
+        inverse = when(refresh, lambda: dense_inverse(xp, matrix), inverse)
     direction = xp.where(curvature > 0, ascent / xp.maximum(curvature, MIN_CURVATURE), 0.0)
     if matrix is not None:
-        dense = dense_direction(xp, matrix, ascent)
+        dense = xp.dot(inverse, ascent)
         direction = xp.where(correlated, dense, direction)
     line_size = step_size
     if curvature_along is not None:  # the step taken, cut at its line's optimum
@@ -789,7 +814,7 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
                                                      rule.max_change), new_loc)
     new_scale = curvature_scale(xp, curvature, beta_global, scale, fallback_scale,
                                 rule.max_change)
-    return new_loc, new_scale, running, matrix
+    return new_loc, new_scale, running, matrix, inverse
 
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # Adam's constants (optax's, pm.adam's)

@@ -301,7 +301,7 @@ def _classic(name: str):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_dense_step_settles_on_a_robust_regression_from_every_seed(backend):
     """Along a direction the running dense curvature calls non-positive, the dense step
-    is no longer than the diagonal step there (klqp.steps.dense_direction): with |lambda|
+    is no longer than the diagonal step there (klqp.steps.dense_inverse): with |lambda|
     alone 3 of 8 seeds (either backend) cycled here, the ELBO ~170 nats below the
     optimum's and swinging by ~100 nats, q(sigma) 17 NUTS sds off."""
     model, data = _classic("robust")  # Student-t regression, unknown nu

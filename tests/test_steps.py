@@ -100,6 +100,33 @@ def test_global_rule_pieces():
     np.testing.assert_allclose(scale, [0.5, 7.0, 0.4 * np.e])  # log scale moves <= 1
 
 
+def test_the_dense_preconditioner_is_refreshed_every_dense_every_steps():
+    """P^-1 is computed once every column has been seen (step D - 1), then every
+    dense_every steps, and the step in between uses the last one: the inverse returned
+    is dense_inverse of the matrix as it stood at the latest refresh."""
+    size, every = 3, 4
+    rule = kq.GlobalStep(dense_every=every)
+    rng = np.random.default_rng(0)
+    loc, scale, running = np.zeros(size), np.ones(size), np.zeros(size)
+    matrix, inverse = np.zeros((size, size)), np.zeros((size, size))
+    refreshed, last_matrix = [], None
+    for step in range(20):
+        a = rng.normal(size=(size, size))
+        exact = a @ a.T + size * np.eye(size)  # this step's curvature, positive definite
+        when = lambda ok, compute, keep: (refreshed.append(step) or compute()) if ok else keep
+        loc, scale, running, matrix, inverse = steps.global_update(
+            np, rule, step, 0.5, loc, scale, ascent=rng.normal(size=size),
+            sample=np.diag(exact).copy(), running=running, beta_global=1.0,
+            fallback_loc=loc, fallback_scale=scale, matrix=matrix,
+            column=exact[:, step % size], inverse=inverse, when=when)
+        if refreshed and refreshed[-1] == step:
+            last_matrix = matrix.copy()
+    assert refreshed == [2, 6, 10, 14, 18]
+    np.testing.assert_allclose(inverse, steps.dense_inverse(np, last_matrix))
+    np.testing.assert_allclose(inverse @ (0.5 * (last_matrix + last_matrix.T)), np.eye(size),
+                               atol=1e-12)  # positive definite: the plain inverse
+
+
 def test_local_and_global_step_settings_are_checked_before_compiling():
     model, data = hierarchical(n=50)
     bad = [
@@ -121,6 +148,7 @@ def test_local_and_global_step_settings_are_checked_before_compiling():
                         (lambda: kq.GlobalStep(curvature_decay=0.0), "curvature_decay=0.0"),
                         (lambda: kq.GlobalStep(curvature_decay=1.5), "curvature_decay=1.5"),
                         (lambda: kq.GlobalStep(max_dim=64), "max_dim"),
+                        (lambda: kq.GlobalStep(dense_every=0), "dense_every=0"),
                         (lambda: kq.GlobalStep(step_size=0.0), "step_size=0.0"),
                         (lambda: kq.GlobalStep(step_size=schedules.linear(0.0, 1.0, 10)),
                          "step_size"),

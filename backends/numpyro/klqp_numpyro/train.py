@@ -85,6 +85,7 @@ class Trainer:
                                                for k, p in globals_.items()}}
             if st.dense:
                 extra["curvature"]["matrix"] = jnp.zeros((st.global_size, st.global_size))
+                extra["curvature"]["inverse"] = jnp.zeros((st.global_size, st.global_size))
         if st.average:
             extra["loc"] = {k: jnp.copy(p["loc"]) for k, p in globals_.items()}  # own buffers:
             # a streamed step donates its state, and a buffer may be donated only once
@@ -199,17 +200,19 @@ class Trainer:
                         for part in ("loc", "raw_scale"))
             fallback = {part: {k: adam_dense[k][part] for k in new_globals}
                         for part in ("loc", "raw_scale")}
-            new_loc, new_scale, running, matrix = rule.global_update(
+            new_loc, new_scale, running, matrix, inverse = rule.global_update(
                 jnp, gs, step, gs.step_size(step, xp=jnp), flat(loc),
                 flat(jax.tree.map(jax.nn.softplus, raw)),
                 ascent=flat({k: -g_dense[k]["loc"] / s for k in new_globals}),
                 sample=flat(sample), running=flat(curvature["diagonal"]),
                 beta_global=w["beta_global"], fallback_loc=flat(fallback["loc"]),
                 fallback_scale=flat(jax.tree.map(jax.nn.softplus, fallback["raw_scale"])),
-                matrix=curvature.get("matrix"), column=column, curvature_along=along)
+                matrix=curvature.get("matrix"), column=column, inverse=curvature.get("inverse"),
+                when=lambda ok, compute, keep: jax.lax.cond(ok, compute, lambda: keep),
+                curvature_along=along)
             out["curvature"] = {"diagonal": unflat(running)}
             if st.dense:
-                out["curvature"]["matrix"] = matrix
+                out["curvature"].update(matrix=matrix, inverse=inverse)
             new_loc, new_scale = unflat(new_loc), unflat(new_scale)
             out["dense"] = {k: {"loc": new_loc[k], "raw_scale": softplus_inverse(new_scale[k])}
                             for k in new_globals}

@@ -146,11 +146,13 @@ class Program:
         return trainer
 
     def run_steps(self, step: int, count: int, length: int, in_row: int, stop) -> dict:
-        """``count`` compiled steps, one call each; ends early on Ctrl-C (``stop``) or
-        after ``max_nonfinite`` non-finite steps in a row."""
+        """``count`` compiled steps, one call each, with the weights set once (a kq.Shared
+        changes only between chunks); ends early on Ctrl-C (``stop``) or after
+        ``max_nonfinite`` non-finite steps in a row."""
         problem, seed = self.problem, self.config.seed
         n, b, m = problem.total_size, problem.batch_size, problem.num_batches
         trainer = self.trainer or self.use_trainer(Layout.of(b, problem.data, masked=False), step)
+        set_runtime_weights(trainer.lowered.runtime_weights, problem)
         outs = []
         for t in range(step, step + count):
             if stop():
@@ -170,10 +172,10 @@ class Program:
 
     def run_batch(self, step: int, columns: dict, rows, size: int) -> dict:
         trainer = self._trainer_for(size, columns, step)
+        set_runtime_weights(trainer.lowered.runtime_weights, self.problem)
         cap = trainer.capacity
         indices = rows if rows is not None else np.arange(size, dtype=np.int64)
-        mask = as_float(np.zeros(cap))
-        mask[:size] = 1.0
+        mask = as_float(np.arange(cap) < size)
         padded = [as_column(np.ascontiguousarray(_pad(columns[k], cap)))
                   for k, _ in trainer.layout.columns]
         seed = self.config.seed

@@ -69,7 +69,7 @@ def state_layout(problem: Problem, rule: "Rule") -> list[tuple[str, tuple, str]]
     if rule.curvature:
         out += [("global_curvature", (d,), floatx)]
     if rule.dense:
-        out += [("global_curvature_matrix", (d, d), floatx)]
+        out += [(f"global_curvature_{k}", (d, d), floatx) for k in ("matrix", "inverse")]
     if rule.average:
         out += [("average_mu", (d,), floatx), ("average_scale", (d,), floatx)]
     return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+from pytensor.conditional import ifelse
 from pymc.pytensorf import compile as pm_compile
 from pytensor.gradient import disconnected_grad
 from pytensor.graph.replace import graph_replace
@@ -31,7 +32,7 @@ from klqp.steps import Rule
 from klqp.problem import Problem
 from klqp.results import HISTORY_KEYS
 
-from .lowering import lower, set_runtime_weights, weight_tensors
+from .lowering import lower, weight_tensors
 from .modes import compile_kwargs, quiet_int64_truncation
 from .optim import KlqpOptimizer, RowAdam
 from .state import _size, dense_layout, row_layout
@@ -92,8 +93,9 @@ class Trainer(Adoptable):
         self.step = pytensor.shared(np.int64(0), "step")
         d = sum(_size(v.shape) for v in problem.model.globals)
         self.curvature = shared("global_curvature", (d,)) if self.rule.curvature else None
-        self.curvature_matrix = (shared("global_curvature_matrix", (d, d)) if self.rule.dense
-                                 else None)
+        self.curvature_matrix, self.curvature_inverse = [  # the dense step's (d, d) pair
+            shared(f"global_curvature_{k}", (d, d)) if self.rule.dense else None
+            for k in ("matrix", "inverse")]
         self.average = ({"mu": shared("average_mu", (d,)), "scale": shared("average_scale", (d,))}
                         if self.rule.average else None)
 
@@ -176,9 +178,8 @@ class Trainer(Adoptable):
             floatx = float_dtype()
             more_updates[rows_loc] = pt.set_subtensor(rows_loc[batch.indices],
                                                       pt.cast(new_loc[v.name], floatx))
-            more_updates[rows_rho] = pt.set_subtensor(rows_rho[batch.indices],
-                                                      pt.cast(inv_softplus_pt(new_scale[v.name]),
-                                                              floatx))
+            new_rho = pt.cast(inv_softplus_pt(new_scale[v.name]), floatx)
+            more_updates[rows_rho] = pt.set_subtensor(rows_rho[batch.indices], new_rho)
         real = pt.ones((b,), dtype=float_dtype()) if batch.mask is None else batch.mask
         gain = (problem.total_size / real.sum()) * (real * gain_rows).sum()
         row_weights = pt.repeat(solver.node_weights, b) * tile_rows(real, p)
@@ -219,7 +220,7 @@ class Trainer(Adoptable):
             self._curvature_step(updates, optimizer.grads[self.dense["global_mu"]])
             self.state_variables.append(self.curvature)
             if rule.dense:
-                self.state_variables.append(self.curvature_matrix)
+                self.state_variables += [self.curvature_matrix, self.curvature_inverse]
         if rule.average:
             mu, scale = updates[self.dense["global_mu"]], pt.softplus(updates[self.dense["global_rho"]])
             for name, value in (("mu", mu), ("scale", scale)):
@@ -310,15 +311,17 @@ class Trainer(Adoptable):
                                column=column if self.rule.dense else None, line=True)
         sample, column_values, along = out if self.rule.dense else (out[0], None, out[1])
         floatx = float_dtype()
-        new_mu, scale, running, matrix = steps_rule.global_update(
+        new_mu, scale, running, matrix, inverse = steps_rule.global_update(
             pt, gs, self.step, pt.cast(pt.as_tensor(gs.step_size(self.step, xp=pt)), floatx),
             mu, pt.softplus(rho), ascent=-grad_mu / self.lowered.cost_scale, sample=sample,
             running=self.curvature, beta_global=weights["beta_global"],
             fallback_loc=updates[mu], fallback_scale=pt.softplus(updates[rho]),
             matrix=self.curvature_matrix if self.rule.dense else None, column=column_values,
-            curvature_along=along)
+            inverse=self.curvature_inverse, curvature_along=along,
+            when=lambda ok, compute, keep: ifelse(ok, pt.cast(compute(), keep.dtype), keep))
         if self.rule.dense:
             updates[self.curvature_matrix] = pt.cast(matrix, floatx)
+            updates[self.curvature_inverse] = inverse
         updates[mu] = pt.cast(new_mu, floatx)
         updates[rho] = pt.cast(inv_softplus_pt(scale), floatx)
         updates[self.curvature] = pt.cast(running, floatx)
@@ -355,7 +358,6 @@ class Trainer(Adoptable):
         """Run one step; returns the HISTORY_KEYS figures of the step. ``columns`` in
         ``layout.columns`` order, each with ``capacity`` rows; ``probe``: the curvature's
         (``draw_probe``), needed when the rule has curvature steps."""
-        set_runtime_weights(self.lowered.runtime_weights, self.problem)
         args = [indices, *noise, *columns] + ([] if mask is None else [mask])
         if self.rule.curvature:
             args.append(probe)
