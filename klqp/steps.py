@@ -89,7 +89,7 @@ from . import schedules as _schedules
 __all__ = ["LocalStep", "RowAdam", "GlobalStep", "Rule", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
-           "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_inverse", "eager_when",
+           "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_inverse", "eager_when", "prior_curvature",
            "line_step_size",
            "coupling",
            "natural_gradient_loc", "curvature_scale", "global_update", "row_adam",
@@ -669,6 +669,36 @@ def dense_inverse(xp, curvature_matrix, relative_floor=1e-10):
     return xp.dot(vectors / magnitude[None, :], vectors.T)
 
 
+def prior_curvature(model) -> np.ndarray:
+    """Each global number's prior curvature where it is known before any step, flat in
+    model order (D,): 1 / sigma^2 for a kq.Normal prior whose parameters read no variable
+    (its q lives on the value itself), 0 elsewhere (no floor). The global step never
+    takes a curvature below beta_global x this (``global_update``), so q is never wider
+    than the prior: where the likelihood is log-concave the expected curvature is at
+    least the prior's, and elsewhere a Hutchinson estimate near 0 (a 10,000-weight
+    network's) would set scales far beyond the prior's and let the fit drift away.
+
+    >>> import klqp as kq
+    >>> with kq.Model("m") as model:
+    ...     w = kq.Global("w", kq.Normal(0.0, 2.0), shape=(2,))
+    ...     s = kq.Global("s", kq.HalfNormal(1.0))
+    ...     z = kq.Global("z", kq.Normal(w[0], 1.0))
+    >>> prior_curvature(model)
+    array([0.25, 0.25, 0.  , 0.  ])
+    """
+    from .distributions import transform_kind
+    from .expr import NumpyOps, evaluate, variables_in
+
+    parts = []
+    for v in model.globals:
+        d, size = v.dist, math.prod(v.shape)
+        known = (d is not None and d.family == "Normal" and transform_kind(d.support) == "identity"
+                 and not any(variables_in(e) for _, e in d.params))
+        sigma = evaluate(d.param_dict["sigma"], {}, NumpyOps) if known else np.inf
+        parts.append(np.broadcast_to(1.0 / np.square(np.asarray(sigma, float)), v.shape).ravel())
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def eager_when(condition, compute, keep):
     """``compute()`` where ``condition`` holds, else ``keep``: the NumPy form of the
     conditional ``global_update`` takes. A backend passes its lazy one (``jax.lax.cond``,
@@ -761,7 +791,7 @@ def curvature_weight(xp, rule: GlobalStep, step_size):
 
 def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sample, running,
                   beta_global, fallback_loc, fallback_scale, matrix=None, column=None,
-                  inverse=None, when=eager_when, curvature_along=None):
+                  inverse=None, when=eager_when, curvature_along=None, floor=0.0):
     """One global step on the flat global block (D numbers; the module docstring, 2.):
     returns (new loc, new scale, new running curvature, new dense matrix or None, new
     dense preconditioner or None).
@@ -774,7 +804,8 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
     preconditioned by the whole matrix and the scales take its exact diagonal. The
     preconditioner (``inverse``: the last ``dense_inverse``) is recomputed when every
     column has been seen and then every ``rule.dense_every`` steps, through ``when``
-    (condition, compute, keep): the backend's lazy conditional.
+    (condition, compute, keep): the backend's lazy conditional. ``floor``: the prior's
+    curvature (``prior_curvature``); the step's curvature is at least beta_global x it.
 
     >>> import numpy as np
     >>> loc, scale = np.zeros(2), np.ones(2)
@@ -798,6 +829,8 @@ def global_update(xp, rule: GlobalStep, step, step_size, loc, scale, ascent, sam
         # a preconditioner from every column, refreshed every dense_every steps after
         refresh = complete & xp.equal((step + 1 - size) % rule.dense_every, 0)
         inverse = when(refresh, lambda: dense_inverse(xp, matrix), inverse)
+    # q no wider than the prior where the curvature step runs (Adam's where c <= 0)
+    curvature = xp.where(curvature > 0, xp.maximum(curvature, beta_global * floor), curvature)
     direction = xp.where(curvature > 0, ascent / xp.maximum(curvature, MIN_CURVATURE), 0.0)
     if matrix is not None:
         dense = xp.dot(inverse, ascent)

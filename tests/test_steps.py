@@ -127,6 +127,30 @@ def test_the_dense_preconditioner_is_refreshed_every_dense_every_steps():
                                atol=1e-12)  # positive definite: the plain inverse
 
 
+def test_the_curvature_step_never_makes_q_wider_than_a_known_prior():
+    """Where the running curvature is positive but below the prior's (a noisy Hutchinson
+    estimate), the scale stops at the prior's width, sqrt(beta / (beta / sigma^2)) =
+    sigma; where it is not positive, Adam's values stand; without a known prior (floor
+    0) nothing changes."""
+    floor = np.array([1 / 4.0, 1 / 4.0, 0.0])  # N(0, 2) priors, then an unknown one
+    beta = 0.5
+    loc, scale = np.zeros(3), np.full(3, 0.1)
+    new_loc, new_scale, *_ = steps.global_update(
+        np, kq.GlobalStep(), 0, 1.0, loc, scale, ascent=np.array([0.01, 1.0, 0.01]),
+        sample=np.array([1e-3, -1.0, 1e-3]), running=np.zeros(3), beta_global=beta,
+        fallback_loc=np.full(3, 7.0), fallback_scale=np.full(3, 7.0), floor=floor)
+    np.testing.assert_allclose(new_scale[0], 0.1 * np.e)  # toward sigma = 2, one clip
+    assert new_scale[1] == 7.0 and new_loc[1] == 7.0      # c <= 0: Adam's
+    np.testing.assert_allclose(new_loc[0], 0.01 / (beta / 4.0))  # m + g / (beta / sigma^2)
+    np.testing.assert_allclose(new_loc[2], 1.0)                  # no floor: g / c clipped
+    scale = np.full(3, 1.9)
+    _, new_scale, *_ = steps.global_update(
+        np, kq.GlobalStep(), 0, 1.0, loc, scale, ascent=np.zeros(3),
+        sample=np.array([1e-3, 1e-3, 1e-3]), running=np.zeros(3), beta_global=beta,
+        fallback_loc=loc, fallback_scale=scale, floor=floor)
+    np.testing.assert_allclose(new_scale, [2.0, 2.0, 1.9 * np.e])  # sigma, sigma, unbounded
+
+
 def test_local_and_global_step_settings_are_checked_before_compiling():
     model, data = hierarchical(n=50)
     bad = [

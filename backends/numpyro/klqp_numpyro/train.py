@@ -209,7 +209,7 @@ class Trainer:
                 fallback_scale=flat(jax.tree.map(jax.nn.softplus, fallback["raw_scale"])),
                 matrix=curvature.get("matrix"), column=column, inverse=curvature.get("inverse"),
                 when=lambda ok, compute, keep: jax.lax.cond(ok, compute, lambda: keep),
-                curvature_along=along)
+                curvature_along=along, floor=jnp.asarray(rule.prior_curvature(model)))
             out["curvature"] = {"diagonal": unflat(running)}
             if st.dense:
                 out["curvature"].update(matrix=matrix, inverse=inverse)

@@ -318,6 +318,7 @@ class Trainer(Adoptable):
             fallback_loc=updates[mu], fallback_scale=pt.softplus(updates[rho]),
             matrix=self.curvature_matrix if self.rule.dense else None, column=column_values,
             inverse=self.curvature_inverse, curvature_along=along,
+            floor=as_float(steps_rule.prior_curvature(problem.model)),
             when=lambda ok, compute, keep: ifelse(ok, pt.cast(compute(), keep.dtype), keep))
         if self.rule.dense:
             updates[self.curvature_matrix] = pt.cast(matrix, floatx)
