@@ -437,6 +437,11 @@ def describe(model, local_step, global_step) -> list[str]:
             lines.append("      estimated at the global draws by one scaled Hutchinson probe "
                          f"(two Hessian-vector products a step), averaged over steps (weight "
                          f"{weight}); a number whose curvature is not positive takes Adam steps")
+            floored = [v.name for v in model.globals
+                       if np.all(np.isfinite(_constant_normal_sigma(v)))]
+            if floored:
+                lines.append(f"      {', '.join(floored)}: curvature at least beta_global / "
+                             "sigma^2 of the constant Normal prior, so q is never wider")
             if global_step.uses_dense(size):
                 lines.append(f"      dense curvature ({size} <= dense_max={global_step.dense_max}): "
                              "one exact column a step; where the curvature's coupling "
@@ -686,17 +691,22 @@ def prior_curvature(model) -> np.ndarray:
     >>> prior_curvature(model)
     array([0.25, 0.25, 0.  , 0.  ])
     """
+    parts = [np.broadcast_to(1.0 / np.square(_constant_normal_sigma(v)), v.shape).ravel()
+             for v in model.globals]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _constant_normal_sigma(v) -> np.ndarray:
+    """sigma of ``v``'s prior where it is a kq.Normal whose parameters read no variable,
+    on the value itself; else inf."""
     from .distributions import transform_kind
     from .expr import NumpyOps, evaluate, variables_in
 
-    parts = []
-    for v in model.globals:
-        d, size = v.dist, math.prod(v.shape)
-        known = (d is not None and d.family == "Normal" and transform_kind(d.support) == "identity"
-                 and not any(variables_in(e) for _, e in d.params))
-        sigma = evaluate(d.param_dict["sigma"], {}, NumpyOps) if known else np.inf
-        parts.append(np.broadcast_to(1.0 / np.square(np.asarray(sigma, float)), v.shape).ravel())
-    return np.concatenate(parts) if parts else np.zeros(0)
+    d = v.dist
+    if (d is None or d.family != "Normal" or transform_kind(d.support) != "identity"
+            or any(variables_in(e) for _, e in d.params)):
+        return np.array(np.inf)
+    return np.asarray(evaluate(d.param_dict["sigma"], {}, NumpyOps), dtype=float)
 
 
 def eager_when(condition, compute, keep):
