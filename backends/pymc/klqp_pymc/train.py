@@ -316,9 +316,8 @@ class Trainer(Adoptable):
             mu, pt.softplus(rho), ascent=-grad_mu / self.lowered.cost_scale, sample=sample,
             running=self.curvature, beta_global=weights["beta_global"],
             fallback_loc=updates[mu], fallback_scale=pt.softplus(updates[rho]),
-            matrix=self.curvature_matrix if self.rule.dense else None, column=column_values,
-            inverse=self.curvature_inverse, curvature_along=along,
-            floor=as_float(steps_rule.prior_curvature(problem.model)),
+            matrix=self.curvature_matrix, column=column_values, inverse=self.curvature_inverse,
+            curvature_along=along, floor=as_float(steps_rule.prior_curvature(problem.model)),
             when=lambda ok, compute, keep: ifelse(ok, pt.cast(compute(), keep.dtype), keep))
         if self.rule.dense:
             updates[self.curvature_matrix] = pt.cast(matrix, floatx)
