@@ -52,8 +52,9 @@ One step on a minibatch B of b rows:
    along that direction (``line_step_size``: one more Hessian-vector product, so that
    numbers the curvature couples, which the diagonal step moves together, never
    overshoot jointly), and moves its scale toward the one the objective's
-   optimum has at that curvature, s = sqrt(beta_global / c) (both changes clipped to
-   ``max_change``); a number whose averaged curvature is not positive takes Adam's step
+   optimum has at that curvature, s = sqrt(beta_global / c) (c at least beta_global /
+   sigma^2 where the prior is a kq.Normal with constant parameters: ``prior_curvature``;
+   both changes clipped to ``max_change``); a number whose averaged curvature is not positive takes Adam's step
    of ``learning_rate`` and keeps its scale's Adam step. A block of up to ``dense_max``
    numbers also keeps the whole curvature matrix, one exact column a step, and where
    it is correlated preconditions the mean step with it. Every kq.Param takes Adam steps
@@ -89,7 +90,8 @@ from . import schedules as _schedules
 __all__ = ["LocalStep", "RowAdam", "GlobalStep", "Rule", "resolve_local_step", "resolve_global_step",
            "describe", "quadrature",
            "LocalLayout", "local_layout", "row_objective", "newton_candidates", "keep_better",
-           "curvature_average", "curvature_weight", "probe_curvature", "column_average", "dense_inverse", "eager_when", "prior_curvature",
+           "curvature_average", "curvature_weight", "probe_curvature", "column_average",
+           "dense_inverse", "eager_when", "prior_curvature",
            "line_step_size",
            "coupling",
            "natural_gradient_loc", "curvature_scale", "global_update", "row_adam",
@@ -677,11 +679,13 @@ def dense_inverse(xp, curvature_matrix, relative_floor=1e-10):
 def prior_curvature(model) -> np.ndarray:
     """Each global number's prior curvature where it is known before any step, flat in
     model order (D,): 1 / sigma^2 for a kq.Normal prior whose parameters read no variable
-    (its q lives on the value itself), 0 elsewhere (no floor). The global step never
-    takes a curvature below beta_global x this (``global_update``), so q is never wider
-    than the prior: where the likelihood is log-concave the expected curvature is at
-    least the prior's, and elsewhere a Hutchinson estimate near 0 (a 10,000-weight
-    network's) would set scales far beyond the prior's and let the fit drift away.
+    (its q lives on the value itself), 0 elsewhere (no floor). Where a number's averaged
+    curvature is positive, the global step never takes one below beta_global x this
+    (``global_update``), so its q is never wider than the prior (a number whose curvature
+    is not positive keeps Adam's step): where the likelihood is log-concave the expected
+    curvature is at least the prior's, and elsewhere a Hutchinson estimate near 0 (a
+    10,000-weight network's) would set scales far beyond the prior's and let the fit
+    drift away.
 
     >>> import klqp as kq
     >>> with kq.Model("m") as model:
