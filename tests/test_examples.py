@@ -1,7 +1,12 @@
-"""The examples the docs show, run short on every installed backend."""
+"""The examples the docs show, run short on every installed backend.
+
+Each runs with the docs' quick arguments (scripts/build_docs.py); with KLQP_DOCS_RECORD=1
+(as .ci/run sets) the NumPyro run's output and figures become the docs' snippets, which
+``build_docs.py --quick --reuse`` then keeps instead of running the example again."""
 
 import functools
 import importlib.util
+import os
 import pathlib
 
 import numpy as np
@@ -14,22 +19,45 @@ BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
 
 
 @functools.cache  # one module per example in a process: its caches (NUTS draws) are shared
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+def load(name, folder=EXAMPLES):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+build_docs = load("build_docs", EXAMPLES.parent / "scripts")
+
+
+def recording(backend):
+    """Whether this run's output becomes the docs' snippet: NumPyro, float64 (the command
+    the docs show says JAX_ENABLE_X64=1), and KLQP_DOCS_RECORD=1."""
+    return (backend == "numpyro" and os.environ.get("KLQP_DOCS_RECORD") == "1"
+            and os.environ.get("JAX_ENABLE_X64") == "1")
+
+
+def run_docs_example(name, backend, tmp_path, capsys):
+    """The docs' quick run of example ``name`` in this process: (what its main returns,
+    what it printed, the folder its figures went to). Records the output for the docs
+    when ``recording``."""
+    keep = recording(backend)
+    folder = build_docs.OUT if keep else tmp_path
+    args = build_docs.quick_args(name, folder) + ["--backend", backend]
+    capsys.readouterr()  # only what main prints
+    result = load(name).main(args)
+    out = capsys.readouterr().out
+    if keep:
+        build_docs.record(name, args, out, build_docs.QUICK_ENV)
+    return result, out, folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hierarchical_example_reaches_the_mean_field_optimum(backend, capsys):
+def test_hierarchical_example_reaches_the_mean_field_optimum(backend, tmp_path, capsys):
     """What the README's flagship prints: q within one optimum sd of the exact mean-field
     optimum, with q sds that match (here 4,000 rows, 10 epochs)."""
     ex = load("hierarchical")
-    args = ["--backend", backend, "--rows", "4000", "--steps", "100", "--batch-size", "400"]
-    result = ex.main(args)
-    out = capsys.readouterr().out
+    result, out, _ = run_docs_example("hierarchical", backend, tmp_path, capsys)
     assert "klqp objective for model 'hierarchical'" in out and "exact mean-field optimum" in out
     assert "a local step before each global step" in out
     data, _ = ex.make_data(4000, 0)
@@ -44,8 +72,8 @@ def test_hierarchical_example_reaches_the_mean_field_optimum(backend, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tempered_posterior_example_matches_closed_form(backend):
-    rows = load("tempered_posterior").main(["--backend", backend, "--steps", "1500"])
+def test_tempered_posterior_example_matches_closed_form(backend, tmp_path, capsys):
+    rows, _, _ = run_docs_example("tempered_posterior", backend, tmp_path, capsys)
     for beta, T, q_mean, mean, q_sd, sd in rows:
         assert abs(q_mean - mean) < 0.25 * sd, (beta, T)
         assert q_sd == pytest.approx(sd, rel=0.1), (beta, T)
@@ -53,9 +81,9 @@ def test_tempered_posterior_example_matches_closed_form(backend):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_global_vs_local_example_shows_the_naive_loop_is_wrong(backend):
-    args = ["--backend", backend, "--rows", "1000", "--batch-size", "100", "--steps", "2000"]
-    results, (mf_mean, mf_sd) = load("global_vs_local").main(args)
+def test_global_vs_local_example_shows_the_naive_loop_is_wrong(backend, tmp_path, capsys):
+    (results, (mf_mean, mf_sd)), _, _ = run_docs_example("global_vs_local", backend,
+                                                         tmp_path, capsys)
     for way in ("in-graph", "streamed"):
         assert abs(float(results[way].std("mu")) / mf_sd - 1) < 0.15, way
         assert abs(float(results[way].mean("mu")) - mf_mean) < 3 * mf_sd, way
@@ -65,20 +93,19 @@ def test_global_vs_local_example_shows_the_naive_loop_is_wrong(backend):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_logistic_example_scale_changes_gradient_not_optimum(backend):
-    args = ["--backend", backend, "--rows", "4000", "--batch-size", "100", "--steps", "1000"]
-    results, grad_norms = load("minibatch_logistic").main(args)
+def test_logistic_example_scale_changes_gradient_not_optimum(backend, tmp_path, capsys):
+    (results, grad_norms), _, _ = run_docs_example("minibatch_logistic", backend, tmp_path,
+                                                   capsys)
     assert grad_norms[True] / grad_norms[False] == pytest.approx(100 / 4000, rel=1e-9)
     np.testing.assert_allclose(results[True].mean("w"), results[False].mean("w"), atol=0.05)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bayes_by_backprop_example_learns_digits(backend, tmp_path):
-    plot = tmp_path / "bbb.png"
-    rows, results = load("bayes_by_backprop").main(
-        ["--backend", backend, "--steps", "600", "--plot", str(plot)])
-    assert plot.stat().st_size > 10_000
+def test_bayes_by_backprop_example_learns_digits(backend, tmp_path, capsys):
+    (rows, results), _, folder = run_docs_example("bayes_by_backprop", backend, tmp_path,
+                                                  capsys)
+    assert (folder / "bayes_by_backprop.png").stat().st_size > 10_000
     for way, accuracy, nll, ece in rows:
         assert accuracy > 0.7, way  # 10 classes: chance is 0.1
     blundell = results["Blundell"].history["beta_global"]
@@ -88,10 +115,9 @@ def test_bayes_by_backprop_example_learns_digits(backend, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_vae_example_trades_reconstruction_for_kl(backend, tmp_path):
-    images = tmp_path / "vae.png"
-    results = load("vae").main(["--backend", backend, "--steps", "400", "--images", str(images)])
-    assert images.stat().st_size > 20_000
+def test_vae_example_trades_reconstruction_for_kl(backend, tmp_path, capsys):
+    results, _, folder = run_docs_example("vae", backend, tmp_path, capsys)
+    assert (folder / "vae.png").stat().st_size > 20_000
     kl = {label: r.history["kl_local"][-50:].mean() for label, r in results.items()}
     # a larger beta buys a smaller KL: beta = 16 (beta_norm 1) squeezes the code hardest
     assert kl["cont. Bernoulli, beta_norm=1"] < kl["cont. Bernoulli, beta=4"] < kl["cont. Bernoulli, beta=1"]
@@ -110,13 +136,16 @@ def test_scaling_out_example_agrees_with_one_device():
 
     if "numpyro" not in BACKENDS:
         pytest.skip("needs the NumPyro backend")
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "scaling_out.py"), "--rows", "8000",
-                           "--steps", "60", "--batch-size", "400"], capture_output=True,
-                          text=True, env={"CI": "true", "PATH": "", "HOME": str(EXAMPLES),
-                                          "JAX_PLATFORMS": "cpu"},
+    args = build_docs.quick_args("scaling_out") + ["--backend", "numpyro"]
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "scaling_out.py"), *args],
+                          capture_output=True, text=True,
+                          env={"CI": "true", "PATH": "", "HOME": str(EXAMPLES),
+                               "JAX_PLATFORMS": "cpu", **build_docs.QUICK_ENV},
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    if recording("numpyro"):
+        build_docs.record("scaling_out", args, out, build_docs.QUICK_ENV)
     assert "JAX devices: 4 x cpu" in out
     for line in ("4 devices, in memory", "local table in host memory"):
         found = re.search(re.escape(line) + r".*means (\S+) sd apart, sds (\S+) apart", out)
@@ -128,8 +157,9 @@ def test_scaling_out_example_agrees_with_one_device():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_varying_slopes_example_scores_held_out_rows_and_predicts_a_new_county(backend):
-    out = load("varying_slopes").main(["--backend", backend])  # its defaults, as the docs run it
+def test_varying_slopes_example_scores_held_out_rows_and_predicts_a_new_county(backend, tmp_path,
+                                                                              capsys):
+    out, _, _ = run_docs_example("varying_slopes", backend, tmp_path, capsys)  # its defaults
     # issue 18's target: q's hyperparameter means within 0.2 NUTS sds of NUTS's
     assert set(out["reference"]) == {"mu_a", "mu_b", "sigma_a", "sigma_b", "sigma"}
     for name, (z, sd_ratio) in out["reference"].items():

@@ -4,7 +4,7 @@ against NUTS on the same data and priors, on every installed backend."""
 import pytest
 
 import klqp as kq
-from test_examples import load  # the examples' loader, one copy
+from test_examples import load, run_docs_example  # the examples' loader, one copy
 
 BACKENDS = [b for b in ("numpyro", "pymc") if b in kq.backends.available()]
 
@@ -17,7 +17,7 @@ def example():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tutorial_models_match_nuts(example, backend):
+def test_tutorial_models_match_nuts(example, backend, tmp_path, capsys):
     """With 2,000 rows, 1,500 steps of 256 (the docs' run; the example's default is 3,000)
     and seed 0, every global's q mean is within 0.2 NUTS sds of NUTS's mean, the issue's
     target. Measured: at most 0.15 (b1 of the zero-inflated Poisson, whose intercept and
@@ -31,7 +31,7 @@ def test_tutorial_models_match_nuts(example, backend):
     for a Gaussian posterior with NUTS's covariance; q's ratio is within 7 % of it for
     every number (the rest: non-Gaussian posteriors, NUTS's covariance from 1,000 draws),
     so the test holds it within 12 %, and the ratio itself in [0.6, 1.05]."""
-    out = example.main(["--backend", backend, "--steps", "1500"])
+    out, _, _ = run_docs_example("tutorial_models", backend, tmp_path, capsys)  # --steps 1500
     assert set(out) == {"mixture", "zero_inflated", "ordinal"}
     for model, res in out.items():
         assert res["params"], model
