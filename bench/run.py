@@ -61,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pymc-modes", help="comma-separated PyTensor modes for klqp's PyMC "
                                              "backend and pm.fit: c, jax, numba "
                                              "(default c,jax; --quick: jax; '' for none)")
+    parser.add_argument("--global-steps", default="auto",
+                        help="comma-separated kq.fit global_step= settings to time klqp "
+                             f"with, from {', '.join(runners.GLOBAL_STEPS)} (default auto; "
+                             "diagonal: kq.GlobalStep(dense_max=0), none: Adam steps): what "
+                             "the curvature costs")
     parser.add_argument("--logistic-rows", type=int, help="N (default 100000; --quick: 10000)")
     parser.add_argument("--logistic-dim", type=int, default=20, help="D (default 20)")
     parser.add_argument("--logistic-batch", type=int, default=256, help="b (default 256)")
@@ -79,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.models) - set(MODELS)
     if unknown:
         parser.error(f"unknown --models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    bad_steps = set(args.global_steps) - set(runners.GLOBAL_STEPS)
+    if bad_steps or not args.global_steps:
+        parser.error(f"unknown --global-steps {sorted(bad_steps)}; choose from "
+                     f"{', '.join(runners.GLOBAL_STEPS)}")
     bad_modes = set(args.pymc_modes) - set(PYMC_MODES)
     if bad_modes:
         parser.error(f"unknown --pymc-modes {sorted(bad_modes)}; choose from {', '.join(PYMC_MODES)}")
@@ -99,6 +108,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
     args.hierarchical_batch = pick(args.hierarchical_batch, 500, 200)
     args.pymc_modes = [m for m in pick(args.pymc_modes, "c,jax", "jax").split(",") if m]
     args.models = [m for m in args.models.split(",") if m]
+    args.global_steps = [g for g in args.global_steps.split(",") if g]
     # klqp's default chunk is 500 steps; the warm-up is one chunk, so the steady rate
     # leaves out every compile. The lax.scan baselines run whole chunks, so every runner
     # gets a whole number of chunks (the same number of steps).
@@ -200,9 +210,12 @@ def planned_runs(case, args) -> list[tuple[str, object]]:
         ("numpyro-hand-epochs",
          (lambda: runners.time_numpyro_scan(case, steps, chunk, epochs=True))
          if installed("numpyro") else "numpyro not installed"),
-        ("klqp-numpyro", (lambda: runners.time_klqp(case, "numpyro", steps, chunk))
-         if have_numpyro else "klqp's numpyro backend not installed"),
     ]
+    for rule in args.global_steps:
+        runs.append((runners.klqp_runner_name("numpyro", None, rule),
+                     (lambda rule=rule: runners.time_klqp(case, "numpyro", steps, chunk,
+                                                          global_step=rule))
+                     if have_numpyro else "klqp's numpyro backend not installed"))
     for mode in args.pymc_modes:
         if not installed("pymc"):
             hand = "pymc not installed"
@@ -211,9 +224,11 @@ def planned_runs(case, args) -> list[tuple[str, object]]:
         else:
             hand = lambda mode=mode: runners.time_pymc_fit(case, steps, chunk, mode)
         runs.append((f"pymc-hand[{mode}]", hand))
-        runs.append((f"klqp-pymc[{mode}]",
-                     (lambda mode=mode: runners.time_klqp(case, "pymc", steps, chunk, mode))
-                     if have_pymc else "klqp's pymc backend not installed"))
+        for rule in args.global_steps:
+            runs.append((runners.klqp_runner_name("pymc", mode, rule),
+                         (lambda mode=mode, rule=rule: runners.time_klqp(
+                             case, "pymc", steps, chunk, mode, global_step=rule))
+                         if have_pymc else "klqp's pymc backend not installed"))
     return runs
 
 
@@ -274,24 +289,26 @@ def ratios(timings: dict) -> dict:
 def format_table(result: dict) -> str:
     """One model's figures: a row per runner, then klqp's ratios to each baseline."""
     timings, ratio = result["runners"], result["ratios"]
+    names = list(timings) + list(result["unavailable"]) + list(result["errors"])
+    w = max([20] + [len(n) for n in names])  # the runner column
     lines = [f"{result['description']}; {result['steps']} steps",
-             f"  {'runner':<20} {'first call s':>12} {'steps/s':>9} {'chunks min-max':>16} "
+             f"  {'runner':<{w}} {'first call s':>12} {'steps/s':>9} {'chunks min-max':>16} "
              f"{'end loss':>9}  dtype"]
     for name, t in timings.items():
         spread = f"{min(t['chunk_rates']):,.0f}-{max(t['chunk_rates']):,.0f}"
-        lines.append(f"  {name:<20} {t['first_call_s']:>12.1f} {t['steps_per_s']:>9,.0f} "
+        lines.append(f"  {name:<{w}} {t['first_call_s']:>12.1f} {t['steps_per_s']:>9,.0f} "
                      f"{spread:>16} {t['final_loss']:>9,.0f}  {t['dtype']}")
     for name, why in result["unavailable"].items():
-        lines.append(f"  {name:<20} {'n/a':>12} {'n/a':>9} {'':>16} {'':>9}  ({_short(why, 40)})")
+        lines.append(f"  {name:<{w}} {'n/a':>12} {'n/a':>9} {'':>16} {'':>9}  ({_short(why, 40)})")
     for name, err in result["errors"].items():
-        lines.append(f"  {name:<20} {'FAILED':>12} {'':>9} {'':>16} {'':>9}  {_short(err, 40)}")
+        lines.append(f"  {name:<{w}} {'FAILED':>12} {'':>9} {'':>16} {'':>9}  {_short(err, 40)}")
     baselines = sorted({b for row in ratio.values() for b in row}, key=list(timings).index)
     if ratio and baselines:
         width = max(len(b) for b in baselines) + 1
         lines.append("  ratio: klqp steps/s / hand-written baseline steps/s")
-        lines.append(f"  {'':<20}" + "".join(f"{b:>{width}}" for b in baselines))
+        lines.append(f"  {'':<{w}}" + "".join(f"{b:>{width}}" for b in baselines))
         for name, row in ratio.items():
-            lines.append(f"  {name:<20}" + "".join(f"{row[b]:>{width}.2f}" for b in baselines))
+            lines.append(f"  {name:<{w}}" + "".join(f"{row[b]:>{width}.2f}" for b in baselines))
     reasons: dict[str, list] = {}  # one line per reason, naming every runner it covers
     for name, why in result["unavailable"].items():
         reasons.setdefault(why, []).append(name)
@@ -323,7 +340,8 @@ def main(argv=None) -> int:
     prepare_process()
     settings = {"steps": args.steps, "repeat": args.repeat, "warmup_steps": args.chunk,
                 "klqp_chunk_size": args.chunk, "learning_rate": runners.LEARNING_RATE,
-                "optimizer": "Adam", "pymc_modes": args.pymc_modes, "quick": args.quick}
+                "optimizer": "Adam", "pymc_modes": args.pymc_modes, "quick": args.quick,
+                "global_steps": args.global_steps}
     print(f"settings: {settings}")
     report = {"machine": info, "settings": settings,
               "models": {case.name: run_case(case, args) for case in build_cases(args)}}

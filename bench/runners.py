@@ -93,15 +93,29 @@ def _finite_loss(runner: str, losses) -> float:
 
 # -- klqp ------------------------------------------------------------------------------------
 
-def time_klqp(case, backend: str, steps: int, chunk: int, mode: str | None = None) -> Timing:
-    """kq.fit as users call it; the callbacks between compiled chunks are the marks."""
-    runner = f"klqp-{backend}" + (f"[{mode}]" if mode else "")
+# kq.fit's global_step= for each --global-steps name: the default rule, its diagonal
+# curvature only, and plain Adam steps (what the curvature costs, in the same run)
+GLOBAL_STEPS = {"auto": "auto", "diagonal": kq.GlobalStep(dense_max=0), "none": None}
+
+
+def klqp_runner_name(backend: str, mode: str | None, global_step: str = "auto") -> str:
+    """klqp-numpyro, klqp-pymc[c], klqp-numpyro/diagonal, ..."""
+    return (f"klqp-{backend}" + (f"[{mode}]" if mode else "")
+            + ("" if global_step == "auto" else f"/{global_step}"))
+
+
+def time_klqp(case, backend: str, steps: int, chunk: int, mode: str | None = None,
+              global_step: str = "auto") -> Timing:
+    """kq.fit as users call it; the callbacks between compiled chunks are the marks.
+    ``global_step``: a GLOBAL_STEPS name; runners other than "auto" are named after it."""
+    runner = klqp_runner_name(backend, mode, global_step)
     clock = Clock()
     model = case.klqp_model()
     result = kq.fit(model, case.data, backend=backend, steps=steps, batch_size=case.batch,
                     learning_rate=LEARNING_RATE, seed=0, progress=False, chunk_size=chunk,
                     callbacks=[lambda step, _result: clock.mark(step)],
-                    backend_options={"mode": mode} if mode else None)
+                    backend_options={"mode": mode} if mode else None,
+                    global_step=GLOBAL_STEPS[global_step])
     if result.steps != steps:
         raise RuntimeError(f"{runner}: ran {result.steps} of {steps} steps")
     return clock.timing(runner, warmup=chunk, dtype=result.info["dtype"],

@@ -193,3 +193,23 @@ def test_classic_models_benchmark_compares_both_backends_with_nuts(tmp_path):
     assert {(r["model"], r["backend"]) for r in rows} == {
         ("diabetes", b) for b in ("numpyro", "pymc")}
     assert all(math.isfinite(r["max_z"]) and r["numbers"] > 0 and r["nuts_s"] > 0 for r in rows)
+
+
+def test_global_steps_option_adds_a_runner_per_rule():
+    """``--global-steps auto,diagonal,none`` times klqp with each rule (named after it,
+    the default one keeping its plain name) on every backend; an unknown name is refused."""
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        run = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(run)
+        args = run.parse_args(["--quick", "--models", "logistic", "--pymc-modes", "jax",
+                               "--global-steps", "auto,diagonal,none"])
+        case = run.build_cases(args)[0]
+        names = {name for name, _ in run.planned_runs(case, args)}
+        assert {"klqp-numpyro", "klqp-numpyro/diagonal", "klqp-numpyro/none", "klqp-pymc[jax]",
+                "klqp-pymc[jax]/diagonal", "klqp-pymc[jax]/none"} <= names
+        with pytest.raises(SystemExit):
+            run.parse_args(["--global-steps", "dense"])
+    finally:
+        sys.path.remove(str(REPO / "bench"))
